@@ -1,0 +1,1 @@
+"""Herald: spoken announcements from Home Assistant (MQTT) on Raspberry Pi speakers (ALSA)."""

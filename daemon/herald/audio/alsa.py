@@ -1,0 +1,315 @@
+"""ALSA playback from one dedicated thread, fed period by period from the event loop.
+
+The thread owns the PCM handle: it opens, writes, drops and closes it, so alsa-lib is never
+entered from two threads. The event loop talks to it through a command queue. Back-pressure is a
+semaphore of "credits", one per queued period, that the thread gives back as it writes; so at most
+`periods` periods wait in Python on top of the ALSA buffer itself, and a drop() silences the
+device within about one period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from herald.audio import AudioError
+from herald.audio.dsp import Samples, silence, upmix
+from herald.config import AudioConfig
+
+log = logging.getLogger(__name__)
+
+_UNDERRUN = -errno.EPIPE  # pyalsaaudio returns -EPIPE after preparing the PCM again
+
+
+@dataclass(frozen=True)
+class _Open:
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
+class _Write:
+    generation: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _Finish:
+    generation: int
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
+class _Drop:
+    pass
+
+
+@dataclass(frozen=True)
+class _Close:
+    done: asyncio.Future[None] | None
+
+
+_Command = _Open | _Write | _Finish | _Drop | _Close
+
+
+def open_pcm(cfg: AudioConfig) -> Any:
+    """Open the configured playback PCM with Herald's format, or raise AudioError naming it."""
+    import alsaaudio  # lazily: `herald say --output` works where alsa-lib is missing
+
+    try:
+        pcm = alsaaudio.PCM(
+            type=alsaaudio.PCM_PLAYBACK,
+            mode=alsaaudio.PCM_NORMAL,
+            device=cfg.device,
+            rate=cfg.sample_rate,
+            channels=cfg.channels,
+            format=alsaaudio.PCM_FORMAT_S16_LE,
+            periodsize=cfg.period_frames,
+            periods=cfg.periods,
+        )
+    except alsaaudio.ALSAAudioError as exc:
+        raise AudioError(f"cannot open ALSA device '{cfg.device}': {exc}") from None
+    info = pcm.info()
+    wrong = _mismatch(cfg, info)
+    if wrong:
+        pcm.close()
+        raise AudioError(f"ALSA device '{cfg.device}' {wrong}")
+    return pcm
+
+
+def _mismatch(cfg: AudioConfig, info: dict[str, Any]) -> str | None:
+    if info["format_name"] != "S16_LE":
+        return f"does not take S16_LE samples (it offers {info['format_name']})"
+    if info["rate"] != cfg.sample_rate:
+        return (
+            f"does not run at {cfg.sample_rate} Hz (it offers {info['rate']} Hz): "
+            f"set audio.sample_rate = {info['rate']}, or use a 'plughw:' or 'default' PCM"
+        )
+    if info["channels"] != cfg.channels:
+        return (
+            f"does not take {cfg.channels} channel(s) (it offers {info['channels']}): "
+            f"set audio.channels = {info['channels']}"
+        )
+    return None
+
+
+class AlsaOutput:
+    """An AudioSink that plays on an ALSA PCM."""
+
+    def __init__(self, cfg: AudioConfig) -> None:
+        self._cfg = cfg
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._generation = 0
+        self._pending = silence(0)  # interleaved samples short of a whole period
+        self._credits: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._error: AudioError | None = None
+        self._wake = threading.Event()  # cuts a wait for the buffer to play out short
+        self.underruns = 0
+
+    @property
+    def _period_samples(self) -> int:
+        return self._cfg.period_frames * self._cfg.channels
+
+    async def open(self) -> None:
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._credits = asyncio.Semaphore(self._cfg.periods)
+            self._thread = threading.Thread(target=self._run, name="alsa-out", daemon=True)
+            self._thread.start()
+        self._error = None
+        done: asyncio.Future[None] = self._loop_or_fail().create_future()
+        self._commands.put(_Open(done))
+        await done
+
+    async def play(self, samples: Samples) -> None:
+        self._raise_pending_error()
+        frames = upmix(samples, self._cfg.channels)
+        buffered = np.concatenate((self._pending, frames))
+        whole = len(buffered) - len(buffered) % self._period_samples
+        self._pending = buffered[whole:]
+        for start in range(0, whole, self._period_samples):
+            await self._send(buffered[start : start + self._period_samples])
+
+    async def finish(self) -> None:
+        if len(self._pending):
+            padding = silence(self._period_samples - len(self._pending))
+            period, self._pending = np.concatenate((self._pending, padding)), silence(0)
+            await self._send(period)
+        done: asyncio.Future[None] = self._loop_or_fail().create_future()
+        self._commands.put(_Finish(self._generation, done))
+        await done
+        self._raise_pending_error()
+
+    def drop(self) -> None:
+        self._generation += 1
+        self._pending = silence(0)
+        self._wake.set()
+        self._commands.put(_Drop())
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self.drop()
+        done: asyncio.Future[None] = self._loop_or_fail().create_future()
+        self._commands.put(_Close(done))
+        await done
+        self._thread.join(timeout=2)
+        self._thread = None
+
+    async def _send(self, period: Samples) -> None:
+        assert self._credits is not None
+        generation = self._generation
+        await self._credits.acquire()
+        if generation != self._generation or self._error is not None:
+            self._credits.release()  # dropped, or the device failed, while waiting for room
+            self._raise_pending_error()
+            return
+        self._commands.put(_Write(generation, period.astype("<i2").tobytes()))
+
+    def _loop_or_fail(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise AudioError(f"ALSA device '{self._cfg.device}' is not open")
+        return self._loop
+
+    def _raise_pending_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # --- everything below runs in the output thread -------------------------------------------
+
+    def _run(self) -> None:
+        pcm: Any = None
+        while True:
+            command = self._commands.get()
+            if isinstance(command, _Open):
+                pcm = self._open_in_thread(pcm, command.done)
+            elif isinstance(command, _Write):
+                pcm = self._write_in_thread(pcm, command)
+            elif isinstance(command, _Finish):
+                self._finish_in_thread(pcm, command)
+            elif isinstance(command, _Drop):
+                self._wake.clear()
+                if pcm is not None:
+                    pcm.drop()
+            else:
+                if pcm is not None:
+                    pcm.close()
+                if command.done is not None:
+                    self._resolve(command.done, None)
+                return
+
+    def _open_in_thread(self, pcm: Any, done: asyncio.Future[None]) -> Any:
+        if pcm is not None:
+            self._resolve(done, None)
+            return pcm
+        try:
+            pcm = open_pcm(self._cfg)
+        except AudioError as exc:
+            self._resolve(done, exc)
+            return None
+        info = pcm.info()
+        log.info(
+            "audio: opened ALSA device '%s' (%d Hz, %d ch, period %d frames, buffer %d frames)",
+            self._cfg.device,
+            info["rate"],
+            info["channels"],
+            info["period_size"],
+            info["buffer_size"],
+        )
+        self._resolve(done, None)
+        return pcm
+
+    def _write_in_thread(self, pcm: Any, command: _Write) -> Any:
+        try:
+            if pcm is None or command.generation != self._generation:
+                return pcm
+            self._write_period(pcm, command.data)
+            return pcm
+        except Exception as exc:  # alsaaudio.ALSAAudioError: the device went away
+            self._fail(f"ALSA device '{self._cfg.device}' failed: {exc}")
+            _close_quietly(pcm)
+            return None
+        finally:
+            self._give_credit()
+
+    def _write_period(self, pcm: Any, data: bytes) -> None:
+        frames_left = len(data) // (2 * self._cfg.channels)
+        view = memoryview(data)
+        while frames_left > 0:
+            written = pcm.write(view)
+            if written == _UNDERRUN:
+                # The device ran dry; pyalsaaudio has prepared it again, so the same period is
+                # written once more and playback resumes after a gap of at most one period.
+                self.underruns += 1
+                log.debug("audio: underrun on '%s', recovered", self._cfg.device)
+                continue
+            if written <= 0:
+                raise AudioError(f"write returned {written}")
+            frames_left -= written
+            view = view[written * 2 * self._cfg.channels :]
+
+    def _finish_in_thread(self, pcm: Any, command: _Finish) -> None:
+        if pcm is not None and command.generation == self._generation:
+            self._wait_until_played(pcm)
+            if command.generation == self._generation:
+                pcm.drop()  # the buffer is empty: stop cleanly instead of underrunning
+        self._resolve(command.done, None)
+
+    def _wait_until_played(self, pcm: Any) -> None:
+        buffer_frames = pcm.info()["buffer_size"]
+        while True:
+            avail = pcm.avail()
+            queued = buffer_frames - avail if avail >= 0 else 0
+            if queued <= 0:
+                return
+            # A timed wait on an event, not a poll: drop() sets it to end the wait early.
+            if self._wake.wait(queued / self._cfg.sample_rate + 0.002):
+                return
+
+    def _fail(self, message: str) -> None:
+        log.error("audio: %s", message)
+        self._error = AudioError(message)
+
+    def _give_credit(self) -> None:
+        if self._credits is not None and self._loop is not None:
+            self._call_in_loop(self._credits.release)
+
+    def _resolve(self, done: asyncio.Future[None], error: Exception | None) -> None:
+        def settle() -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        self._call_in_loop(settle)
+
+    def _call_in_loop(self, callback: Any) -> None:
+        assert self._loop is not None
+        # A closed loop raises RuntimeError: nobody waits for the answer any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback)
+
+
+def _close_quietly(pcm: Any) -> None:
+    try:
+        pcm.close()
+    except Exception as exc:  # already broken; closing is only tidying up
+        log.debug("audio: closing a failed PCM: %s", exc)
+
+
+def playback_devices() -> list[str]:
+    """Names of the ALSA PCMs that can play (as `aplay -L` lists them)."""
+    import alsaaudio
+
+    return list(alsaaudio.pcms(alsaaudio.PCM_PLAYBACK))

@@ -1,0 +1,97 @@
+"""`herald check`: prove each part works on this machine, one line and one fix per part."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from herald.audio import AudioError
+from herald.audio.alsa import AlsaOutput
+from herald.config import Config, ConfigError, read_secret
+from herald.mqtt.client import MqttBridge
+from herald.voice import VoiceError, build_voices
+
+BROKER_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = "✔" if self.ok else "✘"
+        text = f"{mark} {self.name}: {self.detail}"
+        return text if self.ok or not self.fix else f"{text}\n    fix: {self.fix}"
+
+
+async def run_checks(config: Config, source: Path | None) -> list[CheckResult]:
+    where = str(source) if source else "built-in defaults (no config file)"
+    results = [CheckResult("config", True, where)]
+    results.append(await check_broker(config))
+    results.append(await check_audio(config))
+    results.extend(await check_voices(config))
+    return results
+
+
+async def check_broker(config: Config) -> CheckResult:
+    name = f"broker {config.mqtt.host}:{config.mqtt.port}"
+    try:
+        password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
+    except ConfigError as exc:
+        return CheckResult(name, False, exc.lines[0], "make the password file readable")
+    bridge = MqttBridge(config.mqtt, f"herald-check-{config.node_id}", [], _ignore, password)
+    async with bridge:
+        if await bridge.wait_connected(BROKER_TIMEOUT_S):
+            return CheckResult(name, True, "connected")
+    return CheckResult(
+        name,
+        False,
+        bridge.last_error or f"no connection within {BROKER_TIMEOUT_S:.0f} s",
+        "is the broker running? (install.sh --with-broker installs one); check mqtt.host, "
+        "mqtt.port, mqtt.username and the password",
+    )
+
+
+async def check_audio(config: Config) -> CheckResult:
+    name = f"audio device '{config.audio.device}'"
+    output = AlsaOutput(config.audio)
+    try:
+        await output.open()
+    except AudioError as exc:
+        return CheckResult(
+            name,
+            False,
+            str(exc),
+            "list devices with `herald devices` and set audio.device; a busy 'hw:' device "
+            "cannot be shared (use 'default' or a dmix PCM)",
+        )
+    finally:
+        await output.close()
+    rate, channels = config.audio.sample_rate, config.audio.channels
+    return CheckResult(name, True, f"opened at {rate} Hz, {channels} channel(s)")
+
+
+async def check_voices(config: Config) -> list[CheckResult]:
+    results = []
+    for voice in build_voices(config):
+        try:
+            results.append(CheckResult(f"voice {voice.name}", True, await voice.check()))
+        except VoiceError as exc:
+            results.append(
+                CheckResult(
+                    f"voice {voice.name}",
+                    False,
+                    str(exc),
+                    f"see [voice.{voice.name}] in the config",
+                )
+            )
+        finally:
+            await voice.aclose()
+    return results
+
+
+def _ignore(_topic: str, _payload: bytes) -> None:
+    """`herald check` subscribes to nothing."""

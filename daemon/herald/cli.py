@@ -1,0 +1,209 @@
+"""The `herald` command: run, say, check, devices. Parses arguments; the work happens elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from herald.announcement import Announcement, new_id, parse_priority
+from herald.audio import AudioError, AudioSink
+from herald.audio.alsa import AlsaOutput, playback_devices
+from herald.audio.wav import WavFileOutput
+from herald.config import Config, ConfigError, load_config
+from herald.events import Event
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _version() -> str:
+    try:
+        return version("herald")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _priority(value: str) -> int:
+    try:
+        return parse_priority(int(value) if value.isdigit() else value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    common.add_argument("--version", action="version", version=f"herald {_version()}")
+    with_config = argparse.ArgumentParser(add_help=False)
+    with_config.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default: $HERALD_CONFIG, "
+        "else /etc/herald/herald.toml, else built-in defaults)",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="herald",
+        parents=[common],
+        description="Spoken announcements from Home Assistant on this speaker.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", parents=[common, with_config], help="run the daemon")
+
+    say = commands.add_parser("say", parents=[common, with_config], help="speak a test message")
+    say.add_argument("text", nargs="+", metavar="TEXT", help="what to say")
+    say.add_argument(
+        "--local",
+        action="store_true",
+        help="speak in this process, without the daemon or the broker",
+    )
+    say.add_argument(
+        "--output",
+        metavar="FILE.wav",
+        type=Path,
+        help="write a WAV file instead of playing (implies --local)",
+    )
+    say.add_argument(
+        "--priority",
+        type=_priority,
+        default=50,
+        metavar="P",
+        help="low, normal, high, critical or 0-100 (default normal)",
+    )
+    say.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="give up waiting for the daemon after S seconds (default 120)",
+    )
+
+    commands.add_parser(
+        "check", parents=[common, with_config], help="check config, broker, audio device and voices"
+    )
+    commands.add_parser("devices", parents=[common, with_config], help="list ALSA playback PCMs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_by_default = args.command != "run"
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose
+        else logging.WARNING
+        if quiet_by_default
+        else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handlers: dict[str, Callable[[argparse.Namespace, Config, Path | None], int]] = {
+        "run": _run,
+        "say": _say,
+        "check": _check,
+        "devices": _devices,
+    }
+    try:
+        config, source = load_config(args.config)
+        return handlers[args.command](args, config, source)
+    except ConfigError as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _run(_args: argparse.Namespace, config: Config, _source: Path | None) -> int:
+    from herald.app import run_daemon
+
+    return asyncio.run(run_daemon(config))
+
+
+def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
+    announcement = Announcement(id=new_id(), text=" ".join(args.text), priority=args.priority)
+    timeline = _Timeline()
+    if args.local or args.output:
+        output: AudioSink = (
+            WavFileOutput(args.output, config.audio) if args.output else AlsaOutput(config.audio)
+        )
+        final = asyncio.run(_say_locally(config, announcement, output, timeline.show))
+    else:
+        from herald.remote import RemoteError, announce_via_daemon
+
+        try:
+            final = asyncio.run(
+                announce_via_daemon(config, announcement, args.timeout, timeline.show)
+            )
+        except RemoteError as exc:
+            print(f"herald say: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.output and final.kind == "finished":
+        print(f"wrote {args.output}")
+    return EXIT_OK if final.kind == "finished" else EXIT_FAILED
+
+
+async def _say_locally(
+    config: Config, announcement: Announcement, output: AudioSink, show: Callable[[Event], None]
+) -> Event:
+    from herald.speaker import Speaker
+    from herald.voice import build_voices
+
+    final: list[Event] = []
+
+    def record(event: Event) -> None:
+        show(event)
+        final.append(event)
+
+    voices = build_voices(config)
+    record(Event("queued", announcement.id))
+    try:
+        await Speaker(voices, output, record, config.audio.sample_rate).speak(announcement)
+    finally:
+        await output.close()
+        for voice in voices:
+            await voice.aclose()
+    return final[-1]
+
+
+class _Timeline:
+    """Prints each event with its time since the first one."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+
+    def show(self, event: Event) -> None:
+        if self._start is None:
+            self._start = event.ts
+        details = ", ".join(f"{key} {value}" for key, value in event.details.items())
+        suffix = f" ({details})" if details else ""
+        print(f"+{event.ts - self._start:7.3f} s  {event.kind}{suffix}", flush=True)
+
+
+def _check(_args: argparse.Namespace, config: Config, source: Path | None) -> int:
+    from herald.checks import run_checks
+
+    results = asyncio.run(run_checks(config, source))
+    for result in results:
+        print(result.line())
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+def _devices(_args: argparse.Namespace, config: Config, _source: Path | None) -> int:
+    try:
+        names = playback_devices()
+    except (ImportError, AudioError) as exc:
+        print(f"herald devices: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for name in names:
+        marker = "*" if name == config.audio.device else " "
+        print(f"{marker} {name}")
+    print(f"(* = audio.device in the config; {len(names)} playback PCMs)")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Herald's settings: one frozen pydantic model loaded from TOML, plus secret lookup.
+
+Secrets never come from argv or from the TOML file itself: a `*_file` key names a file that
+holds the secret, else an environment variable, else a systemd credential
+(`$CREDENTIALS_DIRECTORY/<name>`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/herald/herald.toml")
+CONFIG_ENV = "HERALD_CONFIG"
+
+_TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class ConfigError(Exception):
+    """A configuration problem; `lines` are ready to print, one per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _default_node_id() -> str:
+    """The hostname, reduced to what is safe in an MQTT topic level."""
+    name = socket.gethostname().split(".")[0]
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", name).strip("-")
+    return cleaned or "herald"
+
+
+def _check_topic_level(value: str) -> str:
+    if not _TOPIC_LEVEL.match(value):
+        raise ValueError("use letters, digits, '_', '-' or '.' only (no '/', '+', '#' or spaces)")
+    return value
+
+
+class MqttConfig(_Frozen):
+    host: str = Field("localhost", min_length=1, description="MQTT broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="MQTT broker TCP port")
+    base_topic: str = Field("herald", description="first level of every Herald topic")
+    username: str | None = Field(None, description="broker login; password comes from a secret")
+    password_file: Path | None = Field(
+        None,
+        description="file holding the broker password; else $HERALD_MQTT_PASSWORD, "
+        "else the systemd credential 'mqtt_password'",
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval")
+    reconnect_max_s: int = Field(
+        60, ge=1, le=3600, description="longest wait between reconnect attempts"
+    )
+    max_payload_bytes: int = Field(
+        16384, ge=256, le=1_048_576, description="larger announce payloads are rejected"
+    )
+
+    @field_validator("base_topic")
+    @classmethod
+    def _base_topic_is_one_level(cls, value: str) -> str:
+        return _check_topic_level(value)
+
+
+class EspeakConfig(_Frozen):
+    voice: str = Field("en-us", min_length=1, description="espeak-ng voice (espeak-ng --voices)")
+    speed_wpm: int = Field(165, ge=80, le=450, description="words per minute")
+    pitch: int = Field(50, ge=0, le=99, description="base pitch, 0-99")
+
+
+EngineName = Literal["espeak"]
+
+
+class VoiceConfig(_Frozen):
+    engines: Annotated[list[EngineName], Field(min_length=1)] = Field(
+        default=["espeak"],
+        description="ordered fallback chain of voices",
+    )
+    espeak: EspeakConfig = EspeakConfig()
+
+    @field_validator("engines")
+    @classmethod
+    def _engines_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("an engine is listed twice")
+        return value
+
+
+class AudioConfig(_Frozen):
+    device: str = Field("default", min_length=1, description="ALSA PCM name (herald devices)")
+    sample_rate: int = Field(48000, ge=8000, le=192000, description="device rate in Hz")
+    channels: int = Field(1, ge=1, le=8, description="device channels; mono is copied to each")
+    period_ms: int = Field(20, ge=5, le=200, description="ALSA period: the unit of every write")
+    periods: int = Field(4, ge=2, le=32, description="ALSA buffer size in periods")
+
+    @property
+    def period_frames(self) -> int:
+        return self.sample_rate * self.period_ms // 1000
+
+
+class Config(_Frozen):
+    node_id: str = Field(
+        default_factory=_default_node_id, description="this speaker's name in MQTT topics"
+    )
+    mqtt: MqttConfig = MqttConfig()
+    voice: VoiceConfig = VoiceConfig()
+    audio: AudioConfig = AudioConfig()
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id_is_one_level(cls, value: str) -> str:
+        if value in ("all", "group"):
+            raise ValueError(f"'{value}' is reserved for topics that address several speakers")
+        return _check_topic_level(value)
+
+
+def config_path(explicit: str | None) -> tuple[Path, bool]:
+    """The file to load and whether it must exist (it must when somebody named it)."""
+    if explicit:
+        return Path(explicit), True
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load_config(explicit: str | None = None) -> tuple[Config, Path | None]:
+    """Load the config file (or built-in defaults when the default file is absent).
+
+    Returns the config and the file it came from, None for defaults.
+    Raises ConfigError with one printable line per problem.
+    """
+    path, required = config_path(explicit)
+    if not path.exists() and not required:
+        return Config(), None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"config error: {path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"config error: {path}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config error: {path}: TOML syntax: {exc}"]) from None
+    return parse_config(data, source=str(path)), path
+
+
+def parse_config(data: dict[str, object], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            [f"config error: {source}: {_key(err['loc'])}: {_reason(err)}" for err in exc.errors()]
+        ) from None
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1] = f"{parts[-1]}[{part}]" if parts else f"[{part}]"
+        else:
+            parts.append(part)
+    return ".".join(parts) or "(top level)"
+
+
+def _reason(err: object) -> str:
+    assert isinstance(err, dict)
+    kind, msg = err["type"], str(err["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "literal_error":
+        return f"{msg} (got {err['input']!r})"
+    return msg.removeprefix("Value error, ")
+
+
+def read_secret(file: Path | None, env: str, credential: str) -> str | None:
+    """A secret from `file`, else `$env`, else the systemd credential; None when none is set.
+
+    Raises ConfigError naming the file (never the secret) when a named file cannot be read.
+    """
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"config error: secret file {file}: {exc.strerror}"]) from None
+    if value := os.environ.get(env):
+        return value.strip()
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and (path := Path(cred_dir) / credential).is_file():
+        return path.read_text(encoding="utf-8").strip()
+    return None

@@ -1,0 +1,1 @@
+"""MQTT: the broker connection (paho's network thread bridged to asyncio) and the topic tree."""

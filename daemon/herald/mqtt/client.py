@@ -1,0 +1,123 @@
+"""The broker connection: paho-mqtt's network thread, bridged into the asyncio event loop.
+
+paho runs its own thread, which also reconnects with exponential backoff (1 s doubling up to
+`mqtt.reconnect_max_s`). Its callbacks do nothing but hand their data to the event loop with
+`call_soon_threadsafe`; every decision is taken in the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from herald.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+MAX_QUEUED_PUBLISHES = 1000  # bounds memory while the broker is away
+
+
+class MqttBridge:
+    """One broker session: subscribes on every (re)connect and hands messages to the loop."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        client_id: str,
+        subscriptions: list[str],
+        on_message: MessageHandler,
+        password: str | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self.last_error: str | None = None
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if cfg.username:
+            self._client.username_pw_set(cfg.username, password)
+        self._client.reconnect_delay_set(1, cfg.reconnect_max_s)
+        self._client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
+        self._client.on_connect = self._handle_connect
+        self._client.on_connect_fail = self._handle_connect_fail
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    @property
+    def where(self) -> str:
+        return f"{self._cfg.host}:{self._cfg.port}"
+
+    async def __aenter__(self) -> MqttBridge:
+        self._loop = asyncio.get_running_loop()
+        self._client.connect_async(self._cfg.host, self._cfg.port, self._cfg.keepalive_s)
+        self._client.loop_start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._client.disconnect()
+        # loop_stop joins paho's thread, which finishes its last socket work first.
+        await asyncio.to_thread(self._client.loop_stop)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, within_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), within_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        """Send, or queue until the broker is back (at most MAX_QUEUED_PUBLISHES)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            log.warning("mqtt: could not publish to %s: %s", topic, paho.error_string(info.rc))
+
+    # --- paho's thread -------------------------------------------------------------------------
+
+    def _in_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _handle_connect(
+        self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker {self.where} refused the connection: {reason}"
+            log.error("mqtt: %s", self.last_error)
+            return
+        self.last_error = None
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        log.info(
+            "mqtt: connected to %s, subscribed to %s", self.where, ", ".join(self._subscriptions)
+        )
+        self._in_loop(self._connected.set)
+
+    def _handle_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
+        self.last_error = f"cannot reach broker {self.where}"
+        log.warning(
+            "mqtt: %s; retrying with backoff (at most %d s apart)",
+            self.last_error,
+            self._cfg.reconnect_max_s,
+        )
+
+    def _handle_disconnect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        self._in_loop(self._connected.clear)
+        if reason.is_failure:
+            log.warning("mqtt: lost the connection to %s (%s); reconnecting", self.where, reason)
+
+    def _handle_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._in_loop(self._on_message, msg.topic, bytes(msg.payload))

@@ -1,0 +1,32 @@
+"""Herald's MQTT topic tree, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    base: str
+    node: str
+
+    @property
+    def say(self) -> str:
+        """Announcements for this speaker."""
+        return f"{self.base}/{self.node}/say"
+
+    @property
+    def say_all(self) -> str:
+        """Announcements for every Herald speaker."""
+        return f"{self.base}/all/say"
+
+    @property
+    def events(self) -> str:
+        """Lifecycle events of this speaker's announcements (JSON, not retained)."""
+        return f"{self.base}/{self.node}/events"
+
+    def subscriptions(self) -> list[str]:
+        return [self.say, self.say_all]
+
+    def is_say(self, topic: str) -> bool:
+        return topic in (self.say, self.say_all)
