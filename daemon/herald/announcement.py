@@ -62,7 +62,7 @@ class _JsonPayload(BaseModel):
 
     text: str
     id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
-    priority: Any = "normal"
+    priority: Any = DEFAULT_PRIORITY
 
     @field_validator("text")
     @classmethod
@@ -127,7 +127,8 @@ def _parse_json(text: str) -> Announcement:
 
 
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    # An unknown field is named first: it is usually a typo that also explains a missing one.
+    err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     field = ".".join(str(part) for part in err["loc"]) or "payload"
     kind = err["type"]
     if kind == "extra_forbidden":

@@ -41,6 +41,14 @@ class Herald:
     def accept(self, payload: bytes) -> Announcement | None:
         """Parse and queue one payload; emit `queued` or `rejected` (with the reason)."""
         try:
+            return self._admit(payload)
+        except Exception as exc:  # a bug must cost one message (with an event), not the daemon
+            log.exception("could not take a payload")
+            self._reject(None, f"internal error: {type(exc).__name__}: {exc}")
+            return None
+
+    def _admit(self, payload: bytes) -> Announcement | None:
+        try:
             announcement = parse_payload(payload, self._max_payload_bytes)
             self._scheduler.offer(announcement)
         except PayloadRejected as exc:
@@ -119,12 +127,13 @@ async def run_daemon(config: Config) -> int:
         config.audio.sample_rate,
     )
     try:
-        async with bridge, asyncio.TaskGroup() as tasks:
-            speaking = tasks.create_task(herald.speak_queue(), name="speak-queue")
-            await stop.wait()
-            log.info("herald: stopping")
-            speaking.cancel()
-        herald.abandon_queue("herald shut down before speaking it")
+        async with bridge:
+            async with asyncio.TaskGroup() as tasks:
+                speaking = tasks.create_task(herald.speak_queue(), name="speak-queue")
+                await stop.wait()
+                log.info("herald: stopping")
+                speaking.cancel()
+            herald.abandon_queue("herald shut down before speaking it")
     finally:
         output.drop()
         await output.close()

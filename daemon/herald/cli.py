@@ -178,9 +178,8 @@ class _Timeline:
     def show(self, event: Event) -> None:
         if self._start is None:
             self._start = event.ts
-        details = ", ".join(f"{key} {value}" for key, value in event.details.items())
-        suffix = f" ({details})" if details else ""
-        print(f"+{event.ts - self._start:7.3f} s  {event.kind}{suffix}", flush=True)
+        details = "  ".join(f"{key}={value}" for key, value in event.details.items())
+        print(f"+{event.ts - self._start:.3f}s  {event.kind:<9} {details}".rstrip(), flush=True)
 
 
 def _check(_args: argparse.Namespace, config: Config, source: Path | None) -> int:

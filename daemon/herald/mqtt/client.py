@@ -50,6 +50,8 @@ class MqttBridge:
         self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
+        self._subscribe_mid: int | None = None
 
     @property
     def where(self) -> str:
@@ -97,11 +99,32 @@ class MqttBridge:
             log.error("mqtt: %s", self.last_error)
             return
         self.last_error = None
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
-        log.info(
-            "mqtt: connected to %s, subscribed to %s", self.where, ", ".join(self._subscriptions)
-        )
+        if not self._subscriptions:
+            self._ready()
+            return
+        result, mid = client.subscribe([(topic, 1) for topic in self._subscriptions])
+        if result != paho.MQTT_ERR_SUCCESS:
+            log.warning("mqtt: could not subscribe: %s", paho.error_string(result))
+        self._subscribe_mid = mid
+
+    def _handle_subscribe(
+        self, _client: paho.Client, _userdata: Any, mid: int, reasons: list[ReasonCode], _p: Any
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [t for t, r in zip(self._subscriptions, reasons, strict=False) if r.is_failure]
+        if refused:
+            self.last_error = (
+                f"broker {self.where} refused the subscription to {', '.join(refused)}"
+            )
+            log.error("mqtt: %s", self.last_error)
+            return
+        self._ready()
+
+    def _ready(self) -> None:
+        """Connected, and every subscription is in place: messages can flow both ways."""
+        topics = ", ".join(self._subscriptions) or "nothing"
+        log.info("mqtt: connected to %s, subscribed to %s", self.where, topics)
         self._in_loop(self._connected.set)
 
     def _handle_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:

@@ -127,5 +127,7 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-    # Wait even when cancelled, so no zombie is left behind.
-    await asyncio.shield(process.wait())
+    # communicate(), not wait(): wait() also waits for the pipes to close, and a stdout pipe whose
+    # reading was paused (its buffer full) never closes unless it is read to the end.
+    # Shielded, so a second cancellation leaves no zombie behind.
+    await asyncio.shield(process.communicate())

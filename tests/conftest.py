@@ -1,0 +1,99 @@
+"""Fixtures that start real peers: mosquitto, ALSA capture devices, the daemon process."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    Broker,
+    Capture,
+    DaemonProcess,
+    MqttProbe,
+    daemon_env,
+    write_alsa_config,
+    write_config,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def alsa_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every ALSA client in the test run (this process and the daemons) sees the test PCMs.
+
+    alsa-lib reads $XDG_CONFIG_HOME/alsa/asoundrc; it is set before anything opens ALSA.
+    """
+    home = tmp_path_factory.mktemp("xdg")
+    write_alsa_config(home)
+    old = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(home)
+    yield home
+    if old is None:
+        del os.environ["XDG_CONFIG_HOME"]
+    else:
+        os.environ["XDG_CONFIG_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    started = Broker(tmp_path_factory.mktemp("mosquitto"))
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker for one test, which it may stop and start again."""
+    started = Broker(tmp_path)
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Capture:
+    return Capture(tmp_path / "played.raw")
+
+
+@pytest.fixture
+def node_id() -> str:
+    """A node name of this test's own, so tests sharing the broker never hear each other."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+DaemonFactory = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def make_daemon(
+    tmp_path: Path, alsa_config_home: Path, node_id: str, capture: Capture
+) -> Iterator[DaemonFactory]:
+    started: list[DaemonProcess] = []
+
+    def make(broker: Broker, extra: str = "", device: str | None = None) -> DaemonProcess:
+        config = write_config(
+            tmp_path / f"herald-{len(started)}.toml",
+            f'node_id = "{node_id}"\n'
+            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_max_s = 1\n'
+            f'[audio]\ndevice = "{device or capture.device}"\n' + extra,
+        )
+        daemon = DaemonProcess(config, daemon_env(alsa_config_home))
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        if daemon.alive:
+            daemon.stop()
+
+
+@pytest.fixture
+def probe(broker: Broker, node_id: str) -> Iterator[MqttProbe]:
+    """Listens to this test node's events on the shared broker."""
+    listener = MqttProbe(broker, f"herald/{node_id}/events")
+    yield listener
+    listener.close()

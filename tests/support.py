@@ -1,0 +1,281 @@
+"""Real peers for the tests: a mosquitto broker, ALSA capture devices, a daemon process, MQTT."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import paho.mqtt.client as paho
+import soxr
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parent.parent
+RATE = 48000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait (with a bound) until condition() holds; fail naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+# --- mosquitto --------------------------------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    """A real mosquitto on a loopback port, started and stopped by the tests."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        conf = self.workdir / f"mosquitto-{self.port}.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        log = (self.workdir / f"mosquitto-{self.port}.log").open("ab")
+        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        wait_for(self._accepts, 10, f"mosquitto on port {self.port}")
+
+    def _accepts(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"mosquitto exited with {self.process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(5)
+        self.process = None
+
+
+class MqttProbe:
+    """A plain paho client for tests: publishes, and records every message on its topics."""
+
+    def __init__(self, broker: Broker, *topics: str) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.seen: list[tuple[str, bytes]] = []
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4()}")
+        self._subscribed = threading.Event()
+        self._topics = topics
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = lambda _c, _u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self._client.connect(broker.host, broker.port)
+        self._client.loop_start()
+        if topics:
+            assert self._subscribed.wait(10), "probe could not subscribe"
+
+    def _on_connect(self, client: paho.Client, *_: Any) -> None:
+        for topic in self._topics:
+            client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        self._client.publish(topic, payload, qos=qos).wait_for_publish(10)
+
+    def next_json(self, timeout: float = 30) -> dict[str, Any]:
+        topic, payload = self.messages.get(timeout=timeout)
+        self.seen.append((topic, payload))
+        result: dict[str, Any] = json.loads(payload)
+        return result
+
+    def events_until(
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
+    ) -> list[dict[str, Any]]:
+        """Collect JSON messages until done(collected) holds."""
+        deadline = time.monotonic() + timeout
+        collected: list[dict[str, Any]] = []
+        while not done(collected):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out; events so far: {collected}")
+            try:
+                collected.append(self.next_json(left))
+            except queue.Empty:
+                continue
+        return collected
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def finished_or_failed(ident: str) -> Callable[[list[dict[str, Any]]], bool]:
+    def done(events: list[dict[str, Any]]) -> bool:
+        return any(
+            e.get("id") == ident and e["event"] in ("finished", "failed", "rejected")
+            for e in events
+        )
+
+    return done
+
+
+# --- ALSA ---------------------------------------------------------------------------------------
+
+ASOUNDRC = """
+# A PCM that stores everything played on it in the file named by its argument.
+pcm.herald_capture {
+    @args [ FILE ]
+    @args.FILE { type string default "/dev/null" }
+    type file
+    slave.pcm "null"
+    file $FILE
+    format "raw"
+}
+"""
+
+
+def write_alsa_config(config_home: Path) -> None:
+    (config_home / "alsa").mkdir(parents=True, exist_ok=True)
+    (config_home / "alsa" / "asoundrc").write_text(ASOUNDRC)
+
+
+@dataclass
+class Capture:
+    """An ALSA device backed by a raw file: what Herald plays is what the file holds."""
+
+    path: Path
+    channels: int = 1
+
+    @property
+    def device(self) -> str:
+        return f"herald_capture:FILE={self.path}"
+
+    def samples(self) -> npt.NDArray[np.int16]:
+        if not self.path.exists():
+            return np.zeros(0, dtype=np.int16)
+        return np.frombuffer(self.path.read_bytes(), dtype="<i2").astype(np.int16)
+
+
+def espeak_reference(text: str, rate: int = RATE, voice: str = "en-us", speed: int = 165) -> Any:
+    """What espeak-ng says for `text`, resampled to `rate`: the ground truth for captures."""
+    wav = subprocess.run(
+        ["espeak-ng", "--stdout", "-v", voice, "-s", str(speed), "-p", "50"],
+        input=text.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    data_at = wav.index(b"data") + 8
+    source_rate = int.from_bytes(wav[24:28], "little")
+    samples = np.frombuffer(wav[data_at:], dtype="<i2").astype(np.int16)
+    return soxr.resample(samples, source_rate, rate, "HQ").astype(np.int16)
+
+
+def contains_speech(samples: npt.NDArray[np.int16], rate: int = RATE) -> bool:
+    """Speech: loud enough, at least 0.3 s long, with both voiced stretches and pauses."""
+    if len(samples) < 0.3 * rate:
+        return False
+    frame = rate // 50
+    frames = samples[: len(samples) // frame * frame].astype(np.float64).reshape(-1, frame)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    voiced = rms > 500
+    return bool(voiced.mean() > 0.2 and (~voiced).any() and rms.max() > 2000)
+
+
+def similarity(a: npt.NDArray[np.int16], b: npt.NDArray[np.int16]) -> float:
+    """Normalised correlation of two signals over their common length (1.0 = identical)."""
+    n = min(len(a), len(b))
+    x, y = a[:n].astype(np.float64), b[:n].astype(np.float64)
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator else 0.0
+
+
+# --- the daemon as a process --------------------------------------------------------------------
+
+
+@dataclass
+class DaemonProcess:
+    """`herald run` in a subprocess, with its log lines kept for assertions."""
+
+    config_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen[str] | None = None
+    log_lines: list[str] = field(default_factory=list)
+
+    def start(self, wait_until: str = "mqtt: connected") -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "herald", "run", "--config", str(self.config_path)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read_log, daemon=True).start()
+        self.wait_for_log(wait_until)
+
+    def _read_log(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log_lines.append(line.rstrip("\n"))
+
+    def wait_for_log(self, fragment: str, timeout: float = 20) -> None:
+        wait_for(
+            lambda: any(fragment in line for line in self.log_lines) or not self.alive,
+            timeout,
+            f"'{fragment}' in the daemon log",
+        )
+        assert self.alive, "daemon exited:\n" + "\n".join(self.log_lines)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def daemon_env(config_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XDG_CONFIG_HOME"] = str(config_home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("HERALD_CONFIG", None)
+    return env
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@contextlib.contextmanager
+def running(daemon: DaemonProcess) -> Iterator[DaemonProcess]:
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        if daemon.alive:
+            daemon.stop()

@@ -1,0 +1,184 @@
+"""End to end: the real daemon process, a real mosquitto, real alsa-lib writing to a file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import DaemonFactory
+from tests.support import (
+    Broker,
+    Capture,
+    MqttProbe,
+    contains_speech,
+    espeak_reference,
+    finished_or_failed,
+    similarity,
+    wait_for,
+)
+
+
+def test_published_text_is_spoken_with_its_events(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str, capture: Capture
+) -> None:
+    with_daemon = make_daemon(broker)
+    with_daemon.start()
+    probe.publish(f"herald/{node_id}/say", json.dumps({"text": "Hello from Herald", "id": "a1"}))
+
+    events = probe.events_until(finished_or_failed("a1"))
+
+    assert [e["event"] for e in events] == ["queued", "started", "finished"]
+    assert all(e["id"] == "a1" and isinstance(e["ts"], float) for e in events)
+    assert events[0]["ts"] <= events[1]["ts"] <= events[2]["ts"]
+    assert events[1]["voice"] == "espeak"
+    played = capture.samples()
+    assert contains_speech(played)
+    reference = espeak_reference("Hello from Herald")
+    # Exactly espeak-ng's speech reached ALSA: same samples, padded to a whole period at most.
+    assert 0 <= len(played) - len(reference) < 960 + 64
+    assert similarity(played, reference) > 0.99
+    assert events[2]["duration_s"] == pytest.approx(len(reference) / 48000, abs=0.03)
+
+
+def test_plain_text_and_the_all_topic_are_spoken_in_arrival_order(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str
+) -> None:
+    make_daemon(broker).start()
+    probe.publish(f"herald/{node_id}/say", "First message.")
+    probe.publish("herald/all/say", json.dumps({"text": "Second message.", "id": "second"}))
+    probe.publish(f"herald/{node_id}/say", json.dumps({"text": "Third message.", "id": "third"}))
+
+    events = probe.events_until(finished_or_failed("third"))
+
+    starts = [e["id"] for e in events if e["event"] == "started"]
+    assert len(starts) == 3
+    assert starts[1:] == ["second", "third"]
+    assert [e["event"] for e in events].count("finished") == 3
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "empty payload"),
+        (b"   ", "empty payload"),
+        (b"\xff\xfe hello", "not UTF-8"),
+        (b'{"text": "unterminated', "invalid JSON"),
+        (b'{"txt": "typo"}', "unknown field 'txt'"),
+        (b'{"text": ""}', "text: is empty"),
+        (b'{"text": "hi", "priority": "urgent"}', "priority: must be"),
+        (b"x" * 16385, "over the 16384-byte limit"),
+    ],
+)
+def test_bad_payloads_are_rejected_with_a_reason_and_the_daemon_lives_on(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    payload: bytes,
+    reason: str,
+) -> None:
+    daemon = make_daemon(broker)
+    daemon.start()
+    probe.publish(f"herald/{node_id}/say", payload)
+    rejected = probe.next_json()
+    assert rejected["event"] == "rejected"
+    assert reason in rejected["reason"]
+
+    probe.publish(f"herald/{node_id}/say", json.dumps({"text": "Still here.", "id": "after"}))
+    events = probe.events_until(finished_or_failed("after"))
+    assert events[-1]["event"] == "finished"
+    assert daemon.alive
+
+
+def test_rejected_json_keeps_the_given_id(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str
+) -> None:
+    make_daemon(broker).start()
+    probe.publish(f"herald/{node_id}/say", json.dumps({"id": "mine", "text": "x", "volume": 2}))
+    rejected = probe.next_json()
+    assert rejected == {**rejected, "event": "rejected", "id": "mine"}
+    assert rejected["reason"] == "unknown field 'volume'"
+
+
+def test_daemon_reconnects_and_resubscribes_after_the_broker_restarts(
+    own_broker: Broker, make_daemon: DaemonFactory, node_id: str, capture: Capture
+) -> None:
+    daemon = make_daemon(own_broker)
+    daemon.start()
+    own_broker.stop()
+    daemon.wait_for_log("lost the connection")
+    own_broker.start()
+    daemon.wait_for_log("subscribed to", timeout=30)
+    wait_for(lambda: sum("subscribed to" in line for line in daemon.log_lines) >= 2, 30, "resub")
+
+    probe = MqttProbe(own_broker, f"herald/{node_id}/events")
+    try:
+        probe.publish(f"herald/{node_id}/say", json.dumps({"text": "Back again.", "id": "back"}))
+        events = probe.events_until(finished_or_failed("back"))
+    finally:
+        probe.close()
+    assert events[-1]["event"] == "finished"
+    assert contains_speech(capture.samples())
+
+
+def test_sigterm_while_speaking_exits_cleanly_and_says_what_was_lost(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str, tmp_path
+) -> None:
+    # A paced device would hold the speech for seconds; the capture file is instant, so a long
+    # text queued behind another keeps the daemon busy long enough to be stopped mid-queue.
+    daemon = make_daemon(broker)
+    daemon.start()
+    long_text = "This announcement is long. " * 200
+    for n in range(3):
+        probe.publish(f"herald/{node_id}/say", json.dumps({"text": long_text, "id": f"long{n}"}))
+    probe.events_until(lambda events: any(e["event"] == "started" for e in events))
+
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 5
+
+    def final(events: list[dict[str, object]]) -> dict[object, object]:
+        return {e["id"]: e for e in events if e["event"] in ("finished", "failed")}
+
+    outcome = final(probe.events_until(lambda events: len(final(events)) == 3, timeout=10))
+    assert set(outcome) == {"long0", "long1", "long2"}
+    assert outcome["long2"]["reason"] == "herald shut down before speaking it"  # type: ignore[index]
+
+
+def test_say_command_waits_for_the_daemon_and_prints_the_timeline(
+    broker: Broker, make_daemon: DaemonFactory, capture: Capture
+) -> None:
+    daemon = make_daemon(broker)
+    daemon.start()
+    result = subprocess.run(
+        [sys.executable, "-m", "herald", "say", "--config", str(daemon.config_path), "Hi there"],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[1] for line in lines] == ["queued", "started", "finished"]
+    assert "voice=espeak" in lines[1]
+    assert contains_speech(capture.samples())
+
+
+def test_say_command_without_a_daemon_fails_with_a_clear_message(
+    broker: Broker, make_daemon: DaemonFactory
+) -> None:
+    nobody_listening = make_daemon(broker)  # written, never started
+    result = subprocess.run(
+        [sys.executable, "-m", "herald", "say", "--config", str(nobody_listening.config_path), "x"],
+        env=nobody_listening.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no answer from herald node" in result.stderr
+    assert "Traceback" not in result.stderr
