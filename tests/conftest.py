@@ -14,6 +14,7 @@ from tests.support import (
     Capture,
     DaemonProcess,
     MqttProbe,
+    PulseServer,
     daemon_env,
     write_alsa_config,
     write_config,
@@ -97,3 +98,12 @@ def probe(broker: Broker, node_id: str) -> Iterator[MqttProbe]:
     listener = MqttProbe(broker, f"herald/{node_id}/events")
     yield listener
     listener.close()
+
+
+@pytest.fixture(scope="session")
+def pulse(alsa_config_home: Path) -> Iterator[PulseServer]:
+    """A real-time paced output: ALSA PCM 'herald_paced' plays into a PulseAudio null sink."""
+    server = PulseServer(alsa_config_home)
+    server.start()
+    yield server
+    server.stop()

@@ -60,7 +60,9 @@ class Broker:
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / f"mosquitto-{self.port}.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        )
         log = (self.workdir / f"mosquitto-{self.port}.log").open("ab")
         self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
         wait_for(self._accepts, 10, f"mosquitto on port {self.port}")
@@ -153,12 +155,77 @@ pcm.herald_capture {
     file $FILE
     format "raw"
 }
+
+# A PCM paced in real time: a PulseAudio null sink, recorded from its monitor. It reports
+# underruns like a sound card does.
+pcm.herald_paced {
+    type pulse
+    server "unix:PULSE_SOCKET"
+    handle_underrun true
+}
 """
 
 
 def write_alsa_config(config_home: Path) -> None:
     (config_home / "alsa").mkdir(parents=True, exist_ok=True)
-    (config_home / "alsa" / "asoundrc").write_text(ASOUNDRC)
+    text = ASOUNDRC.replace("PULSE_SOCKET", str(pulse_socket(config_home)))
+    (config_home / "alsa" / "asoundrc").write_text(text)
+
+
+def pulse_socket(config_home: Path) -> Path:
+    return config_home / "pulse-native"
+
+
+@dataclass
+class PulseServer:
+    """A PulseAudio daemon with one null sink; `record()` captures what reaches the sink."""
+
+    config_home: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server(self) -> str:
+        return f"unix:{pulse_socket(self.config_home)}"
+
+    def start(self) -> None:
+        script = self.config_home / "pulse.pa"
+        script.write_text(
+            f"load-module module-native-protocol-unix socket={pulse_socket(self.config_home)} "
+            "auth-anonymous=1\n"
+            f"load-module module-null-sink sink_name=herald_sink rate={RATE} channels=1\n"
+            "set-default-sink herald_sink\n"
+        )
+        runtime = self.config_home / "pulse-runtime"
+        runtime.mkdir(exist_ok=True)
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime)}
+        log = (self.config_home / "pulse.log").open("ab")
+        self.process = subprocess.Popen(
+            ["pulseaudio", "-n", "-F", str(script), "--daemonize=no", "--exit-idle-time=-1",
+             "--use-pid-file=no", "--disallow-exit"],
+            env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+        wait_for(lambda: pulse_socket(self.config_home).exists(), 15, "pulseaudio to start")
+
+    @contextlib.contextmanager
+    def record(self, into: Path) -> Iterator[Path]:
+        """Record the sink's monitor (mono s16le at RATE) into a file while the block runs."""
+        with into.open("wb") as sink:
+            recorder = subprocess.Popen(
+                ["parec", "--server", self.server, "-d", "herald_sink.monitor", "--raw",
+                 "--format=s16le", f"--rate={RATE}", "--channels=1", "--latency-msec=20"],
+                stdout=sink,
+            )  # fmt: skip
+            try:
+                time.sleep(0.3)  # parec needs a moment before its stream records
+                yield into
+            finally:
+                recorder.terminate()
+                recorder.wait(5)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(5)
 
 
 @dataclass

@@ -88,15 +88,14 @@ class _JsonPayload(BaseModel):
 
 def parse_payload(payload: bytes, max_bytes: int) -> Announcement:
     """Turn one MQTT payload into an Announcement, or raise PayloadRejected saying why."""
-    if not payload.strip():
-        raise PayloadRejected("empty payload")
     if len(payload) > max_bytes:
         raise PayloadRejected(f"payload is {len(payload)} bytes, over the {max_bytes}-byte limit")
     try:
-        text = payload.decode("utf-8")
+        text = payload.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
         raise PayloadRejected(f"payload is not UTF-8 (bad byte at offset {exc.start})") from None
-    text = text.strip()
+    if not text:
+        raise PayloadRejected("empty payload")
     if text.startswith("{"):
         return _parse_json(text)
     if _has_control_characters(text):

@@ -1,0 +1,112 @@
+"""The `herald` command as a user runs it: say --local/--output, check, devices, --version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from tests.support import Broker, Capture, contains_speech, espeak_reference, similarity
+
+
+def herald(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "herald", *args]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_say_output_writes_a_wav_with_the_spoken_text(tmp_path: Path) -> None:
+    wav_path = tmp_path / "x.wav"
+    result = herald("say", "--local", "--output", str(wav_path), "Hello from Herald")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"wrote {wav_path}"
+    with wave.open(str(wav_path)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (48000, 1, 2)
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    assert contains_speech(samples)
+    assert similarity(samples, espeak_reference("Hello from Herald")) > 0.99
+
+
+def test_say_local_plays_on_the_configured_alsa_device(tmp_path: Path, capture: Capture) -> None:
+    config = write(tmp_path / "h.toml", f'[audio]\ndevice = "{capture.device}"\n')
+    result = herald("say", "--local", "Kitchen timer done", config=config)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == [
+        "queued",
+        "started",
+        "finished",
+    ]
+    assert contains_speech(capture.samples())
+
+
+def test_say_local_on_a_missing_device_fails_naming_it(tmp_path: Path) -> None:
+    config = write(tmp_path / "h.toml", '[audio]\ndevice = "no_such_pcm"\n')
+    result = herald("say", "--local", "hello", config=config)
+    assert result.returncode == 1
+    assert "failed    reason=cannot open ALSA device 'no_such_pcm'" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_say_rejects_a_bad_priority_before_doing_anything() -> None:
+    result = herald("say", "--local", "--priority", "urgent", "hello")
+    assert result.returncode == 2
+    assert "must be low, normal, high, critical or an integer 0-100" in result.stderr
+
+
+def test_check_passes_when_everything_works(
+    tmp_path: Path, broker: Broker, capture: Capture
+) -> None:
+    config = write(
+        tmp_path / "h.toml",
+        f'[mqtt]\nport = {broker.port}\nhost = "{broker.host}"\n'
+        f'[audio]\ndevice = "{capture.device}"\n',
+    )
+    result = herald("check", config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "✔ config",
+        f"✔ broker {broker.host}",
+        f"✔ audio device '{capture.device.split(':')[0]}",
+        "✔ voice espeak",
+    ]
+
+
+def test_check_names_each_failure_with_a_fix(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "h.toml",
+        '[mqtt]\nhost = "127.0.0.1"\nport = 9\n[audio]\ndevice = "no_such_pcm"\n'
+        '[voice.espeak]\nvoice = "xx-nowhere"\n',
+    )
+    result = herald("check", config=config)
+    assert result.returncode == 1
+    failures = [line for line in result.stdout.splitlines() if line.startswith("✘")]
+    assert len(failures) == 3
+    assert failures[0].startswith("✘ broker 127.0.0.1:9: cannot reach broker 127.0.0.1:9")
+    assert failures[1].startswith("✘ audio device 'no_such_pcm': cannot open ALSA device")
+    assert failures[2].startswith("✘ voice espeak: espeak-ng (voice 'xx-nowhere') failed")
+    assert result.stdout.count("    fix: ") == 3
+
+
+def test_devices_lists_playback_pcms_and_marks_the_configured_one(tmp_path: Path) -> None:
+    config = write(tmp_path / "h.toml", '[audio]\ndevice = "herald_capture"\n')
+    result = herald("devices", config=config)
+    assert result.returncode == 0
+    assert "* herald_capture" in result.stdout.splitlines()
+    assert "  null" in result.stdout.splitlines()
+
+
+def test_version_works_on_every_command() -> None:
+    for args in (["--version"], ["say", "--version"], ["run", "--version"]):
+        result = herald(*args)
+        assert result.returncode == 0
+        assert result.stdout.startswith("herald 0.1.0")

@@ -1,0 +1,138 @@
+"""Config loading: defaults, the shipped example, one-line errors that name the key, secrets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from herald.config import Config, ConfigError, load_config, read_secret
+from tests.support import REPO
+
+
+def errors_for(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "herald.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    return caught.value.lines
+
+
+def test_the_shipped_example_is_valid_and_equals_the_defaults(monkeypatch) -> None:
+    monkeypatch.delenv("HERALD_CONFIG", raising=False)
+    config, source = load_config(str(REPO / "config" / "herald.toml"))
+    assert source == REPO / "config" / "herald.toml"
+    assert config.model_dump(exclude={"node_id"}) == Config().model_dump(exclude={"node_id"})
+
+
+def test_contract_keys_and_defaults() -> None:
+    config = Config()
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.base_topic) == (
+        "localhost",
+        1883,
+        "herald",
+    )
+    assert config.voice.engines == ["espeak"]
+    assert (config.audio.device, config.audio.sample_rate, config.audio.channels) == (
+        "default",
+        48000,
+        1,
+    )
+    assert config.node_id  # the host name, made safe for a topic level
+    assert "/" not in config.node_id
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(ValueError, match="frozen"):
+        Config().mqtt.port = 1  # type: ignore[misc]
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    lines = errors_for(tmp_path, "[mqtt]\nhots = 'x'\n")
+    assert lines == [f"config error: {tmp_path / 'herald.toml'}: mqtt.hots: unknown key"]
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    (line,) = errors_for(tmp_path, "[mqtt]\nport = 'eighteen'\n")
+    assert line.startswith(f"config error: {tmp_path / 'herald.toml'}: mqtt.port: ")
+    assert "integer" in line
+
+
+def test_bad_values_are_named_each_on_its_own_line(tmp_path: Path) -> None:
+    lines = errors_for(
+        tmp_path,
+        'node_id = "kitchen/one"\n[audio]\nchannels = 0\n[voice]\nengines = ["telepathy"]\n',
+    )
+    assert len(lines) == 3
+    keys = [line.split(": ")[2] for line in lines]
+    assert keys == ["node_id", "voice.engines[0]", "audio.channels"]
+    assert "no '/'" in lines[0]
+    assert "'espeak'" in lines[1] and "telepathy" in lines[1]
+
+
+def test_an_engine_listed_twice_is_an_error(tmp_path: Path) -> None:
+    (line,) = errors_for(tmp_path, '[voice]\nengines = ["espeak", "espeak"]\n')
+    assert line.endswith("voice.engines: an engine is listed twice")
+
+
+def test_toml_syntax_error(tmp_path: Path) -> None:
+    (line,) = errors_for(tmp_path, "[mqtt\nport = 1\n")
+    assert line.startswith(f"config error: {tmp_path / 'herald.toml'}: TOML syntax: ")
+
+
+def test_a_named_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(tmp_path / "missing.toml"))
+    assert caught.value.lines == [
+        f"config error: {tmp_path / 'missing.toml'}: cannot read: No such file or directory"
+    ]
+
+
+def test_herald_config_env_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "env.toml"
+    path.write_text('node_id = "from-env"\n')
+    monkeypatch.setenv("HERALD_CONFIG", str(path))
+    config, source = load_config(None)
+    assert (config.node_id, source) == ("from-env", path)
+
+
+def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[audio]\nsample_rate = 'fast'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "herald", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"config error: {path}: audio.sample_rate: Input should be a valid integer, "
+        "unable to parse string as an integer"
+    ]
+
+
+def test_secret_from_file_then_env_then_credential(tmp_path: Path, monkeypatch) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file\n")
+    monkeypatch.setenv("HERALD_TEST_SECRET", "from-env")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "test_secret").write_text("from-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+
+    assert read_secret(secret_file, "HERALD_TEST_SECRET", "test_secret") == "from-file"
+    assert read_secret(None, "HERALD_TEST_SECRET", "test_secret") == "from-env"
+    monkeypatch.delenv("HERALD_TEST_SECRET")
+    assert read_secret(None, "HERALD_TEST_SECRET", "test_secret") == "from-credential"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert read_secret(None, "HERALD_TEST_SECRET", "test_secret") is None
+
+
+def test_an_unreadable_secret_file_is_named_but_never_shown(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        read_secret(tmp_path / "nope", "UNSET_VARIABLE_FOR_TEST", "none")
+    assert caught.value.lines == [
+        f"config error: secret file {tmp_path / 'nope'}: No such file or directory"
+    ]

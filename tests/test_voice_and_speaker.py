@@ -1,0 +1,123 @@
+"""The espeak-ng voice as a real subprocess, and the Speaker's fallback from voice to voice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from herald.announcement import Announcement
+from herald.audio.dsp import Samples
+from herald.audio.wav import WavFileOutput
+from herald.config import AudioConfig, EspeakConfig
+from herald.events import Event
+from herald.speaker import Speaker
+from herald.voice.base import Voice, VoiceError
+from herald.voice.espeak import EspeakVoice
+from tests.support import contains_speech, espeak_reference, similarity
+
+
+async def collect(voice: EspeakVoice, text: str) -> np.ndarray:
+    chunks = [chunk async for chunk in voice.stream(text)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_espeak_streams_speech_at_the_output_rate(rate: int) -> None:
+    samples = asyncio.run(collect(EspeakVoice(EspeakConfig(), rate), "Testing one two three."))
+    reference = espeak_reference("Testing one two three.", rate)
+    assert contains_speech(samples, rate)
+    assert abs(len(samples) - len(reference)) <= 2
+    assert similarity(samples, reference) > 0.99
+
+
+def test_text_is_never_taken_for_an_option() -> None:
+    samples = asyncio.run(collect(EspeakVoice(EspeakConfig(), 16000), "--version"))
+    assert contains_speech(samples, 16000)
+
+
+def test_an_unknown_espeak_voice_says_so() -> None:
+    voice = EspeakVoice(EspeakConfig(voice="xx-nowhere"), 16000)
+    with pytest.raises(
+        VoiceError, match=r"espeak-ng \(voice 'xx-nowhere'\) failed: .*does not exist"
+    ):
+        asyncio.run(collect(voice, "hello"))
+
+
+def test_a_missing_espeak_binary_says_how_to_install_it() -> None:
+    voice = EspeakVoice(EspeakConfig(), 16000, binary="espeak-ng-not-installed")
+    with pytest.raises(VoiceError, match=r"not installed \(apt install espeak-ng\)"):
+        asyncio.run(collect(voice, "hello"))
+
+
+def child_processes() -> set[str]:
+    """Names of this process's children, zombies (exited, not yet reaped) included."""
+    names = set()
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+    return names
+
+
+def test_stopping_a_stream_early_leaves_no_process_behind() -> None:
+    async def take_one_chunk() -> tuple[set[str], set[str]]:
+        voice = EspeakVoice(EspeakConfig(), 48000)
+        stream = voice.stream("A long text that would take a while to speak. " * 50)
+        await anext(stream)
+        during = child_processes()
+        await stream.aclose()
+        return during, child_processes()
+
+    during, after = asyncio.run(take_one_chunk())
+    assert "espeak-ng" in during
+    assert "espeak-ng" not in after
+
+
+class BrokenVoice:
+    """A voice that fails before any audio, like a cloud voice whose server is unreachable."""
+
+    name = "broken"
+
+    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
+        if text:
+            raise VoiceError("server unreachable")
+        yield np.zeros(0, np.int16)
+
+    async def check(self) -> str:
+        raise VoiceError("server unreachable")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def speak_with(voices: list[Voice], tmp_path: Path) -> tuple[bool, list[Event], WavFileOutput]:
+    events: list[Event] = []
+    output = WavFileOutput(tmp_path / "out.wav", AudioConfig(sample_rate=16000))
+
+    async def run() -> bool:
+        speaker = Speaker(voices, output, events.append, 16000)
+        try:
+            return await speaker.speak(Announcement("a1", "Fallback works."))
+        finally:
+            await output.close()
+
+    return asyncio.run(run()), events, output
+
+
+def test_the_next_voice_speaks_when_the_first_cannot(tmp_path: Path) -> None:
+    ok, events, output = speak_with([BrokenVoice(), EspeakVoice(EspeakConfig(), 16000)], tmp_path)
+    assert ok
+    assert [e.kind for e in events] == ["started", "finished"]
+    assert events[0].details == {"voice": "espeak", "degraded": True}
+    assert output.frames_written > 0.5 * 16000
+
+
+def test_when_no_voice_can_speak_the_announcement_fails_with_every_reason(tmp_path: Path) -> None:
+    ok, events, _ = speak_with([BrokenVoice()], tmp_path)
+    assert not ok
+    assert [(e.kind, e.details) for e in events] == [
+        ("failed", {"reason": "no voice could speak: broken: server unreachable"})
+    ]
