@@ -132,7 +132,7 @@ def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
         )
         final = asyncio.run(_say_locally(config, announcement, output, timeline.show))
     else:
-        from herald.remote import RemoteError, announce_via_daemon
+        from herald.mqtt.remote import RemoteError, announce_via_daemon
 
         try:
             final = asyncio.run(
