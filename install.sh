@@ -1,0 +1,414 @@
+#!/usr/bin/env bash
+# Install Herald on Debian 12 / Raspberry Pi OS bookworm, or set up a developer checkout.
+# Safe to run again: it installs what is missing, upgrades the package, and never
+# overwrites /etc/herald/herald.toml.  Run `install.sh --help` for the options.
+set -euo pipefail
+umask 022 # the venv and config must be readable by the herald user
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+
+BASE_PACKAGES=(python3-venv python3-dev gcc libasound2-dev espeak-ng alsa-utils)
+BROKER_PACKAGES=(mosquitto mosquitto-clients)
+DEV_PACKAGES=("${BASE_PACKAGES[@]}" "${BROKER_PACKAGES[@]}"
+    pulseaudio pulseaudio-utils libasound2-plugins sox shellcheck)
+
+SERVICE_USER=herald
+SYSTEM_CONFIG=/etc/herald/herald.toml
+
+MODE=install # install | dev | uninstall
+WITH_BROKER=0
+PURGE=0
+ROOT="" # staging root; empty means the real system
+DONE=() # what this run did, for the summary
+
+say() { printf 'herald-install: %s\n' "$*"; }
+die() {
+    printf 'herald-install: error: %s\n' "$*" >&2
+    exit 1
+}
+usage_error() {
+    printf 'herald-install: error: %s (see --help)\n' "$*" >&2
+    exit 2
+}
+did() {
+    DONE+=("$*")
+    say "$*"
+}
+
+usage() {
+    cat <<'EOF'
+Usage: install.sh [OPTIONS]
+
+Install Herald (spoken MQTT announcements through ALSA) on Debian 12 or
+Raspberry Pi OS bookworm.  Safe to run again to upgrade.
+
+With no options: install the apt packages Herald needs, create the system user
+`herald`, create the venv /opt/herald with Herald in it, link
+/usr/local/bin/herald, copy the example config to /etc/herald/herald.toml
+(only if that file does not exist yet), install and start the systemd unit.
+
+Options:
+  --with-broker  also install a local MQTT broker (mosquitto, listening on
+                 localhost only) and start it
+  --dev          set up this checkout for development instead: apt packages
+                 for the tests, ./.venv with Herald installed editable plus its
+                 dev tools; touches neither /etc nor /opt
+  --uninstall    stop and remove the service, /opt/herald and the
+                 /usr/local/bin/herald link; keeps /etc/herald and the user
+  --purge        with --uninstall: also remove /etc/herald, /var/lib/herald
+                 and the herald user
+  --root DIR     install into (or uninstall from) the staging root DIR instead
+                 of /: no apt, no user, no systemctl (prints what it would do)
+  -h, --help     show this help and exit
+
+Privileged steps use sudo unless you run this as root.  The service's venv is
+built with /usr/bin/python3 (--dev and --root: python3 from PATH); set
+HERALD_PYTHON to use another interpreter.
+EOF
+}
+
+parse_args() {
+    while (($# > 0)); do
+        case "$1" in
+        --with-broker) WITH_BROKER=1 ;;
+        --dev) MODE=dev ;;
+        --uninstall) MODE=uninstall ;;
+        --purge) PURGE=1 ;;
+        --root)
+            if (($# < 2)) || [[ -z "$2" ]]; then
+                usage_error "--root needs a directory"
+            fi
+            ROOT="$2"
+            shift
+            ;;
+        --root=*)
+            ROOT="${1#--root=}"
+            [[ -n "$ROOT" ]] || usage_error "--root needs a directory"
+            ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *) usage_error "unknown option: $1" ;;
+        esac
+        shift
+    done
+    if ((PURGE)) && [[ "$MODE" != uninstall ]]; then
+        usage_error "--purge only goes with --uninstall"
+    fi
+    if [[ "$MODE" == dev && -n "$ROOT" ]]; then
+        usage_error "--dev sets up the checkout; it does not take --root"
+    fi
+    if [[ "$MODE" == uninstall ]] && ((WITH_BROKER)); then
+        usage_error "--uninstall never removes mosquitto; drop --with-broker"
+    fi
+    if [[ -n "$ROOT" ]]; then
+        ROOT="$(realpath -m -- "$ROOT")"
+        [[ "$ROOT" != / ]] || ROOT=""
+    fi
+}
+
+set_paths() {
+    VENV="$ROOT/opt/herald"
+    BIN_LINK="$ROOT/usr/local/bin/herald"
+    CONFIG_DIR="$ROOT/etc/herald"
+    CONFIG="$ROOT$SYSTEM_CONFIG"
+    UNIT="$ROOT/etc/systemd/system/herald.service"
+    STATE_DIR="$ROOT/var/lib/herald"
+}
+
+staging() { [[ -n "$ROOT" ]]; }
+
+systemd_running() { ! staging && [[ -d /run/systemd/system ]]; }
+
+# Run a command as root: directly when we are root, else through sudo.  A staging
+# root belongs to the caller, so there everything runs as the caller.
+as_root() {
+    if staging || ((EUID == 0)); then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "this step needs root and sudo is not installed: $*"
+    fi
+}
+
+# --- apt --------------------------------------------------------------------------------------
+
+package_installed() {
+    local status
+    # shellcheck disable=SC2016 # ${Status} is a dpkg-query field, not a shell expansion
+    status="$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" || return 1
+    [[ "$status" == "install ok installed" ]]
+}
+
+install_apt_packages() {
+    local missing=() pkg
+    if staging; then
+        say "staging root: would apt-get install $*"
+        return
+    fi
+    for pkg in "$@"; do
+        package_installed "$pkg" || missing+=("$pkg")
+    done
+    if ((${#missing[@]} == 0)); then
+        say "apt packages already installed: $*"
+        return
+    fi
+    say "installing apt packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${missing[@]}"
+    did "installed apt packages: ${missing[*]}"
+}
+
+# --- the system install -----------------------------------------------------------------------
+
+create_user() {
+    if staging; then
+        say "staging root: would create system user $SERVICE_USER (home /var/lib/herald, group audio)"
+        return
+    fi
+    if id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        say "user $SERVICE_USER exists"
+    else
+        as_root useradd --system --user-group --groups audio \
+            --home-dir /var/lib/herald --no-create-home \
+            --shell /usr/sbin/nologin "$SERVICE_USER"
+        did "created system user $SERVICE_USER"
+    fi
+    if ! id -nG "$SERVICE_USER" | tr ' ' '\n' | grep -qx audio; then
+        as_root usermod --append --groups audio "$SERVICE_USER"
+        did "added $SERVICE_USER to group audio"
+    fi
+    as_root install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
+}
+
+# The interpreter for the venv.  The service's venv is built on Debian's python3 (the one
+# python3-venv serves, and one the herald user can reach) unless HERALD_PYTHON says otherwise.
+venv_python() {
+    if [[ -n "${HERALD_PYTHON:-}" ]]; then
+        echo "$HERALD_PYTHON"
+    elif [[ "$MODE" == install ]] && ! staging && [[ -x /usr/bin/python3 ]]; then
+        echo /usr/bin/python3
+    else
+        echo python3
+    fi
+}
+
+# A copy of the checkout without build leftovers and venvs.  Building in it keeps root-owned
+# build/ and *.egg-info out of the (often user-owned) checkout, and stale files out of the wheel.
+STAGE=""
+remove_stage() { if [[ -n "$STAGE" ]]; then rm -rf -- "$STAGE"; fi; }
+stage_source() {
+    STAGE="$(mktemp -d)"
+    trap remove_stage EXIT
+    tar -C "$SRC" -cf - \
+        --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+        --exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache \
+        --exclude=.ruff_cache --exclude=.hypothesis . | tar -C "$STAGE" -xf -
+}
+
+install_venv() {
+    local python version
+    python="$(venv_python)"
+    if "$VENV/bin/python" -c '' >/dev/null 2>&1; then
+        say "venv $VENV exists"
+    else
+        as_root "$python" -m venv --clear "$VENV"
+        did "created venv $VENV ($("$VENV/bin/python" --version))"
+    fi
+    stage_source
+    say "installing Herald from $SRC into $VENV (this can take a few minutes)"
+    as_root "$VENV/bin/pip" install --quiet --upgrade "$STAGE" || die "pip install into $VENV failed"
+    as_root install -D -m 0644 "$SRC/README.md" "$VENV/share/doc/herald/README.md"
+    version="$("$VENV/bin/herald" --version)" || die "$VENV/bin/herald does not run"
+    did "installed $version into $VENV"
+    link_command
+}
+
+link_command() {
+    if [[ "$(readlink -- "$BIN_LINK" || true)" == "$VENV/bin/herald" ]]; then
+        say "link $BIN_LINK is in place"
+        return
+    fi
+    as_root mkdir -p "$(dirname "$BIN_LINK")"
+    as_root ln -sfn "$VENV/bin/herald" "$BIN_LINK"
+    did "linked $BIN_LINK -> $VENV/bin/herald"
+}
+
+install_config() {
+    [[ -f "$SRC/config/herald.toml" ]] || die "missing $SRC/config/herald.toml"
+    if [[ -e "$CONFIG" ]]; then
+        say "kept existing $CONFIG (never overwritten; the shipped example is $SRC/config/herald.toml)"
+        return
+    fi
+    as_root install -d -m 0755 "$CONFIG_DIR"
+    as_root install -m 0644 "$SRC/config/herald.toml" "$CONFIG"
+    did "installed config $CONFIG"
+}
+
+install_unit() {
+    if [[ -f "$UNIT" ]] && cmp -s "$SRC/systemd/herald.service" "$UNIT"; then
+        say "unit $UNIT is up to date"
+        return
+    fi
+    as_root install -D -m 0644 "$SRC/systemd/herald.service" "$UNIT"
+    did "installed unit $UNIT"
+}
+
+# systemctl, or with no systemd to talk to, a note of what it would have done.
+run_systemctl() {
+    if systemd_running; then
+        as_root systemctl "$@"
+    else
+        say "would run: systemctl $*"
+    fi
+}
+
+start_broker() {
+    say "mosquitto 2 as Debian configures it listens on localhost only, which is what a broker for this machine alone wants"
+    if systemd_running; then
+        as_root systemctl enable --now mosquitto
+        did "enabled and started mosquitto"
+    else
+        run_systemctl enable --now mosquitto
+    fi
+}
+
+start_service() {
+    if ! systemd_running; then
+        staging || say "systemd is not running here"
+        run_systemctl daemon-reload
+        run_systemctl enable --now herald
+        say "to run Herald by hand: herald run --config $SYSTEM_CONFIG"
+        return
+    fi
+    as_root systemctl daemon-reload
+    if systemctl is-active --quiet herald; then
+        as_root systemctl enable herald
+        as_root systemctl restart herald
+        did "restarted herald.service with the new version"
+    else
+        as_root systemctl enable --now herald
+        did "enabled and started herald.service"
+    fi
+}
+
+summary() {
+    say "done."
+    if ((${#DONE[@]} == 0)); then
+        say "nothing needed changing."
+    else
+        say "this run:"
+        local line
+        for line in "${DONE[@]}"; do
+            say "  - $line"
+        done
+    fi
+}
+
+install_system() {
+    local packages=("${BASE_PACKAGES[@]}")
+    if ((WITH_BROKER)); then
+        packages+=("${BROKER_PACKAGES[@]}")
+    fi
+    install_apt_packages "${packages[@]}"
+    create_user
+    install_venv
+    install_config
+    install_unit
+    if ((WITH_BROKER)); then
+        start_broker
+    fi
+    start_service
+    summary
+    say "check it with:"
+    say "  systemctl status herald"
+    say "  journalctl -u herald -f"
+    say "  herald check"
+    say "  herald say \"Hello\""
+    say "settings: $SYSTEM_CONFIG (restart the service after editing it)"
+}
+
+# --- uninstall --------------------------------------------------------------------------------
+
+stop_service() {
+    if systemd_running; then
+        if [[ -f "$UNIT" ]]; then
+            as_root systemctl disable --now herald || say "could not stop herald.service; continuing"
+            did "stopped and disabled herald.service"
+        fi
+    else
+        run_systemctl disable --now herald
+    fi
+}
+
+remove_path() {
+    if [[ -e "$1" || -L "$1" ]]; then
+        as_root rm -rf -- "$1"
+        did "removed $1"
+    fi
+}
+
+remove_user() {
+    if staging; then
+        say "staging root: would delete user $SERVICE_USER"
+    elif id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        as_root userdel "$SERVICE_USER"
+        did "deleted user $SERVICE_USER"
+    fi
+}
+
+uninstall_system() {
+    stop_service
+    remove_path "$UNIT"
+    run_systemctl daemon-reload
+    remove_path "$VENV"
+    if [[ -L "$BIN_LINK" ]]; then
+        remove_path "$BIN_LINK"
+    elif [[ -e "$BIN_LINK" ]]; then
+        say "left $BIN_LINK alone: it is not the link this script made"
+    fi
+    if ((PURGE)); then
+        remove_path "$CONFIG_DIR"
+        remove_path "$STATE_DIR"
+        remove_user
+    elif [[ -e "$CONFIG_DIR" ]]; then
+        say "kept $CONFIG_DIR (add --purge to remove it and the herald user)"
+    fi
+    summary
+    say "mosquitto, if installed, is left as it is."
+}
+
+# --- the developer checkout -------------------------------------------------------------------
+
+install_dev() {
+    local version
+    install_apt_packages "${DEV_PACKAGES[@]}"
+    cd "$SRC"
+    if [[ -x .venv/bin/python ]]; then
+        say "venv $SRC/.venv exists"
+    else
+        python3 -m venv .venv
+        did "created venv $SRC/.venv"
+    fi
+    say "installing Herald (editable) with its dev tools into .venv"
+    .venv/bin/pip install --quiet -e ".[dev]"
+    version="$(.venv/bin/herald --version)" || die "$SRC/.venv/bin/herald does not run"
+    did "installed $version editable into $SRC/.venv"
+    summary
+    say "run the tests with: .venv/bin/pytest"
+}
+
+main() {
+    parse_args "$@"
+    set_paths
+    case "$MODE" in
+    install) install_system ;;
+    uninstall) uninstall_system ;;
+    dev) install_dev ;;
+    esac
+}
+
+main "$@"
