@@ -1,0 +1,711 @@
+"""A fake Deepgram Aura streaming TTS server: a real WebSocket peer on loopback for tests.
+
+It follows /work/shared/docs/tts-protocols.md section 1 (the live service, today): the `/v1/speak`
+handshake with `Authorization: Token <key>` and query parameters, `Metadata` first, `Speak`,
+`Flush`/`Flushed`, `Clear`/`Cleared`, `Close`, the `EXCESSIVE_FLUSH` warning, the close codes
+and the limits. Audio is a sine tone per utterance whose pitch (`tone_hz`) and length
+(`seconds_for`) are functions of the text, so a test can tell from the samples (`dominant_hz`)
+which utterance it hears.
+
+Use it as `async with FakeDeepgram(options) as server:` and connect to `server.url`, or run
+`python -m tests.fake_deepgram --port 0` and read the URL from the first line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import time
+import uuid
+import weakref
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from types import UnionType
+from typing import Any, TypedDict, get_args, get_type_hints
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+SPEAK_PATH = "/v1/speak"
+DEFAULT_MODEL = "aura-asteria-en"  # what the live service picks when `model` is missing
+DEFAULT_SAMPLE_RATE = 24000
+AMPLITUDE = 0.3  # of full scale
+DG_ERRORS = {
+    400: "BAD_REQUEST",
+    401: "INVALID_AUTH",
+    402: "PAYMENT_REQUIRED",
+    403: "INSUFFICIENT_PERMISSIONS",
+    404: "NOT_FOUND",
+    429: "TOO_MANY_REQUESTS",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+JsonObject = dict[str, Any]
+
+
+@dataclass
+class FakeDeepgramOptions:
+    """How the fake behaves. Handshake checks read it live; a connection copies it when accepted."""
+
+    api_key: str = "test-key"
+    first_byte_s: float = 0.1  # from Flush to the first audio frame
+    pace: float = 0.0  # 0: as fast as possible; 1.0: real time; 2.0: twice real time
+    lifetime_s: float = 3600.0  # then close 1011 NET-0003
+    idle_timeout_s: float | None = None  # no client message for this long: close 1011 NET-0001
+    chars_per_minute: int = 2400  # Speak characters in the sliding window; beyond: 1008 DATA-0001
+    max_speak_chars: int = 2000  # a longer Speak text: 1009 BIG-0001
+    max_message_bytes: int = 1 << 20  # a larger text frame: 1009 BIG-0000
+    flushes_per_minute: int = 20  # beyond: EXCESSIVE_FLUSH warning, flush ignored
+    window_s: float = 60.0  # the sliding window of both limits above
+    accept_reset: bool = False  # False: Reset closes 1008 DATA-0000; True: Clear without an ack
+    handshake_status: int | None = None  # refuse every handshake with this HTTP status
+    max_connections: int | None = None  # concurrent sockets; beyond: HTTP 429
+    chunk_ms: int = 20  # audio frame length
+    round_trip_s: float = 0.0  # simulated network round trip; the handshake costs three
+    clear_latency_s: float = 0.0  # how long audio keeps flowing after a Clear arrives
+    seconds_per_char: float = 0.06
+    spec_warning_fields: bool = (
+        False  # send Warning as code/description (spec) not warn_code/warn_msg
+    )
+    error_frames: bool = False  # send an Error JSON frame (err_code/err_msg) before an error close
+    valid_models: set[str] = field(
+        default_factory=lambda: {"aura-2-thalia-en", "aura-2-andromeda-en", DEFAULT_MODEL}
+    )
+    sample_rates: set[int] = field(default_factory=lambda: {8000, 16000, 24000, 32000, 48000})
+
+
+class ReceivedMessage(TypedDict):
+    """One frame a client sent: `message` is the parsed JSON (None if unparsable or binary)."""
+
+    connection: int
+    at: float
+    message: Any
+    raw: str | bytes
+
+
+# --- audio: pure functions the tests share ------------------------------------------------------
+
+
+def tone_hz(text: str) -> float:
+    """The pitch the fake speaks `text` at: 300..899 Hz, a fixed function of the text."""
+    return 300.0 + zlib.crc32(text.encode()) % 600
+
+
+def seconds_for(text: str, seconds_per_char: float = 0.06) -> float:
+    """How long the fake's audio for `text` lasts (at speed 1.0)."""
+    return max(0.2, seconds_per_char * len(text))
+
+
+def utterance_samples(
+    text: str, rate: int, seconds_per_char: float = 0.06, speed: float = 1.0
+) -> int:
+    return round(seconds_for(text, seconds_per_char) / speed * rate)
+
+
+def tone_chunk(hz: float, rate: int, start: int, count: int) -> bytes:
+    """Samples [start, start+count) of a sine at `hz` as linear16 little-endian mono."""
+    n = np.arange(start, start + count, dtype=np.float64)
+    wave = AMPLITUDE * 32767.0 * np.sin(2.0 * np.pi * hz * n / rate)
+    return np.round(wave).astype("<i2").tobytes()
+
+
+def synthesize(text: str, rate: int, seconds_per_char: float = 0.06, speed: float = 1.0) -> bytes:
+    """All the audio the fake streams for one flush of `text`, byte for byte."""
+    count = utterance_samples(text, rate, seconds_per_char, speed)
+    return tone_chunk(tone_hz(text), rate, 0, count)
+
+
+def pcm16(data: bytes) -> npt.NDArray[np.int16]:
+    return np.frombuffer(data, dtype="<i2")
+
+
+def dominant_hz(samples: npt.ArrayLike, rate: int) -> float:
+    """The strongest frequency in `samples` (Hann-windowed FFT peak, parabolic refinement)."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size < 4:
+        raise ValueError("need at least 4 samples")
+    spectrum = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(x.size)))
+    k = int(np.argmax(spectrum[1:])) + 1
+    offset = 0.0
+    if k < spectrum.size - 1:
+        a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)
+        denominator = a - 2.0 * b + c
+        offset = 0.5 * (a - c) / denominator if denominator != 0 else 0.0
+    return float((k + offset) * rate / x.size)
+
+
+# --- limits and handshake: pure ------------------------------------------------------------------
+
+
+@dataclass
+class SlidingWindow:
+    """Amounts added over the last `span_s` seconds."""
+
+    span_s: float
+    _events: deque[tuple[float, int]] = field(default_factory=deque)
+    _total: int = 0
+
+    def total(self, now: float) -> int:
+        while self._events and self._events[0][0] <= now - self.span_s:
+            self._total -= self._events.popleft()[1]
+        return self._total
+
+    def add(self, now: float, amount: int) -> None:
+        self.total(now)
+        self._events.append((now, amount))
+        self._total += amount
+
+
+@dataclass(frozen=True)
+class SpeakParams:
+    """The query parameters of an accepted socket; fixed for its life."""
+
+    model: str = DEFAULT_MODEL
+    encoding: str = "linear16"
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    dg_error: str
+    message: str
+
+
+def refusal_for_status(status: int) -> Refusal:
+    phrase = HTTPStatus(status).phrase
+    return Refusal(status, DG_ERRORS.get(status, phrase.upper().replace(" ", "_")), phrase)
+
+
+def check_handshake(
+    options: FakeDeepgramOptions, path: str, authorization: str | None, open_sockets: int
+) -> SpeakParams | Refusal:
+    """What the live service answers to an upgrade request: the socket's parameters or a refusal."""
+    if options.handshake_status is not None:
+        return refusal_for_status(options.handshake_status)
+    url = urlsplit(path)
+    if url.path != SPEAK_PATH:
+        return Refusal(404, "NOT_FOUND", f"no such endpoint: {url.path}")
+    if authorization != f"Token {options.api_key}":
+        return Refusal(401, "INVALID_AUTH", "Invalid credentials.")
+    if options.max_connections is not None and open_sockets >= options.max_connections:
+        return Refusal(429, "TOO_MANY_REQUESTS", "Too many concurrent requests.")
+    return parse_query(options, url.query)
+
+
+def parse_query(options: FakeDeepgramOptions, query: str) -> SpeakParams | Refusal:
+    values = {key: found[-1] for key, found in parse_qs(query, keep_blank_values=True).items()}
+    params = SpeakParams(
+        model=values.get("model", DEFAULT_MODEL),
+        encoding=values.get("encoding", "linear16"),
+        sample_rate=_int_or(values.get("sample_rate"), DEFAULT_SAMPLE_RATE),
+        speed=_float_or(values.get("speed"), 1.0),
+    )
+    if params.model not in options.valid_models:
+        return Refusal(400, "UNKNOWN_MODEL", f"No such model: {params.model}")
+    if params.encoding != "linear16":
+        return Refusal(400, "UNSUPPORTED_ENCODING", f"Unsupported encoding: {params.encoding}")
+    if params.sample_rate not in options.sample_rates:
+        return Refusal(400, "UNSUPPORTED_SAMPLE_RATE", f"Bad sample_rate: {values['sample_rate']}")
+    if not 0.7 <= params.speed <= 1.5:
+        return Refusal(400, "INVALID_QUERY_PARAMETER", "speed must be within 0.7..1.5")
+    if values.get("mip_opt_out", "false") not in ("true", "false"):
+        return Refusal(400, "INVALID_QUERY_PARAMETER", "mip_opt_out must be true or false")
+    return params
+
+
+def _int_or(text: str | None, default: int) -> int:
+    if text is None:
+        return default
+    return int(text) if text.isdigit() else -1
+
+
+def _float_or(text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _parse_object(raw: str) -> JsonObject | None:
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+# --- one socket ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    params: SpeakParams
+    request_id: str
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One flush: the utterance's text, its sequence id, when its first byte is due."""
+
+    text: str
+    sequence_id: int
+    ready_at: float
+
+
+class _Session:
+    """One accepted socket: a reader, a speaker (one flush at a time) and a watchdog."""
+
+    def __init__(
+        self, server: FakeDeepgram, ws: ServerConnection, index: int, accepted: _Accepted
+    ) -> None:
+        self.server = server
+        self.ws = ws
+        self.index = index
+        self.accepted = accepted
+        self.options = dataclasses.replace(server.options)
+        self._chars = SlidingWindow(self.options.window_s)
+        self._flushes = SlidingWindow(self.options.window_s)
+        self._text: list[str] = []
+        self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()  # None: Close was received
+        self._flush_seq = 0
+        self._clear_seq = 0
+        self._opened = self._last_message = time.monotonic()
+        self._closing = False
+        self._finishing = False  # Close received: no idle timeout while pending audio goes out
+        self._speaker: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Serve until the socket is closed by anyone, then cancel and await every helper task."""
+        with contextlib.suppress(ConnectionClosed):  # then the reader sees the close too
+            await self._send_json(self._metadata())  # Metadata always comes first.
+        reader = asyncio.create_task(self._read_loop(), name=f"fake-dg-{self.index}-reader")
+        watchdog = asyncio.create_task(self._watch(), name=f"fake-dg-{self.index}-watchdog")
+        self._start_speaker()
+        try:
+            await self.ws.wait_closed()
+        finally:
+            await _reap([reader, watchdog, self._speaker])
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.server._log_close(code, reason)
+        if self.options.error_frames and code != 1000:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send_json({"type": "Error", "err_code": reason, "err_msg": reason})
+        await self.ws.close(code, reason)
+
+    def _metadata(self) -> JsonObject:
+        model = self.accepted.params.model
+        return {
+            "type": "Metadata",
+            "request_id": self.accepted.request_id,
+            "model_name": model,
+            "model_version": "fake",
+            "model_uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, model)),
+        }
+
+    async def _send_json(self, message: JsonObject) -> None:
+        self.server.sent.append((self.index, message))
+        await self.ws.send(json.dumps(message))
+
+    # reading
+
+    async def _read_loop(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while await self._dispatch(await self.ws.recv()):
+                pass
+
+    async def _dispatch(self, frame: str | bytes) -> bool:
+        """Act on one client frame; False when the socket is closing and reading should stop."""
+        self._last_message = time.monotonic()
+        message = _parse_object(frame) if isinstance(frame, str) else None
+        received = ReceivedMessage(
+            connection=self.index, at=self._last_message, message=message, raw=frame
+        )
+        self.server._record(received)
+        if isinstance(frame, bytes):
+            return await self._refuse(1003, "MESSAGE-0000")
+        if len(frame.encode()) > self.options.max_message_bytes:
+            return await self._refuse(1009, "BIG-0000")
+        handlers: dict[Any, Callable[[JsonObject], Awaitable[bool]]] = {
+            "Speak": self._on_speak,
+            "Flush": self._on_flush,
+            "Clear": self._on_clear,
+            "Close": self._on_close,
+        }
+        if self.options.accept_reset:
+            handlers["Reset"] = self._on_reset
+        handler = handlers.get(message.get("type")) if message is not None else None
+        if message is None or handler is None:
+            return await self._refuse(1008, "DATA-0000")
+        return await handler(message)
+
+    async def _refuse(self, code: int, reason: str) -> bool:
+        await self.close(code, reason)
+        return False
+
+    async def _on_speak(self, message: JsonObject) -> bool:
+        text = message.get("text")
+        if not isinstance(text, str):
+            return await self._refuse(1008, "DATA-0000")
+        if len(text) > self.options.max_speak_chars:
+            return await self._refuse(1009, "BIG-0001")
+        now = time.monotonic()
+        in_window = self._chars.total(now) + len(text)
+        self.server.max_chars_in_window_seen = max(self.server.max_chars_in_window_seen, in_window)
+        if in_window > self.options.chars_per_minute:
+            return await self._refuse(1008, "DATA-0001")
+        self._chars.add(now, len(text))
+        self.server.speak_chars_total += len(text)
+        self._text.append(text)
+        return True
+
+    async def _on_flush(self, message: JsonObject) -> bool:
+        now = time.monotonic()
+        if self._flushes.total(now) >= self.options.flushes_per_minute:
+            await self._warn(
+                "EXCESSIVE_FLUSH", "Too many Flush messages in the last minute; ignored."
+            )
+            return True
+        self._flushes.add(now, 1)
+        self._enqueue_buffered(now)
+        return True
+
+    async def _on_clear(self, message: JsonObject) -> bool:
+        await self._stop_audio()
+        # Cleared goes out only after the speaker has stopped: no audio of the old text follows it.
+        await self._send_json({"type": "Cleared", "sequence_id": self._clear_seq})
+        self._clear_seq += 1
+        return True
+
+    async def _on_reset(self, message: JsonObject) -> bool:
+        await self._stop_audio()  # the seed spec's Reset: like Clear, but no acknowledgement
+        return True
+
+    async def _on_close(self, message: JsonObject) -> bool:
+        self._finishing = True
+        if self._text:  # Close finalizes synthesis: buffered text is spoken too
+            self._enqueue_buffered(time.monotonic())
+        self._jobs.put_nowait(None)
+        return False
+
+    async def _warn(self, code: str, text: str) -> None:
+        keys = (
+            ("code", "description")
+            if self.options.spec_warning_fields
+            else ("warn_code", "warn_msg")
+        )
+        await self._send_json({"type": "Warning", keys[0]: code, keys[1]: text})
+
+    def _enqueue_buffered(self, now: float) -> None:
+        job = _Job("".join(self._text), self._flush_seq, now + self.options.first_byte_s)
+        self._text.clear()
+        self._flush_seq += 1
+        self._jobs.put_nowait(job)
+
+    # speaking
+
+    def _start_speaker(self) -> None:
+        self._speaker = asyncio.create_task(
+            self._speak_loop(), name=f"fake-dg-{self.index}-speaker"
+        )
+
+    async def _stop_audio(self) -> None:
+        """Drop buffered text, pending flushes and the audio being sent, then start afresh."""
+        if self.options.clear_latency_s > 0:
+            await asyncio.sleep(self.options.clear_latency_s)
+        await _reap([self._speaker])
+        self._text.clear()
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        self._start_speaker()
+
+    async def _speak_loop(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while (job := await self._jobs.get()) is not None:
+                await _sleep_until(job.ready_at)
+                if job.text.strip():
+                    await self._stream(job.text)
+                # Flushed follows the last audio frame of its flush.
+                await self._send_json({"type": "Flushed", "sequence_id": job.sequence_id})
+            await self.close(1000, "")
+
+    async def _stream(self, text: str) -> None:
+        rate, hz = self.accepted.params.sample_rate, tone_hz(text)
+        total = utterance_samples(
+            text, rate, self.options.seconds_per_char, self.accepted.params.speed
+        )
+        step = max(1, rate * self.options.chunk_ms // 1000)
+        interval = (
+            self.options.chunk_ms / 1000 / self.options.pace if self.options.pace > 0 else 0.0
+        )
+        started = time.monotonic()
+        for k, first in enumerate(range(0, total, step)):
+            await _sleep_until(started + k * interval)  # yields even when due, so Clear gets in
+            await self.ws.send(tone_chunk(hz, rate, first, min(step, total - first)))
+
+    # timers
+
+    async def _watch(self) -> None:
+        lifetime_end = self._opened + self.options.lifetime_s
+        while True:
+            now = time.monotonic()
+            if now >= lifetime_end:
+                await self.close(1011, "NET-0003")
+                return
+            idle_end = self._idle_deadline()
+            if now >= idle_end:
+                await self.close(1011, "NET-0001")
+                return
+            await asyncio.sleep(min(lifetime_end, idle_end) - now)
+
+    def _idle_deadline(self) -> float:
+        if self.options.idle_timeout_s is None or self._finishing:
+            return math.inf
+        return self._last_message + self.options.idle_timeout_s
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+
+async def _reap(tasks: Sequence[asyncio.Task[None] | None]) -> None:
+    """Cancel the tasks, wait for them to end, and re-raise a failure of theirs if any."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running)
+    for task in running:
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+class FakeDeepgram:
+    """The fake service on 127.0.0.1; counters and logs are plain attributes for tests to read."""
+
+    def __init__(
+        self, options: FakeDeepgramOptions | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.options = options if options is not None else FakeDeepgramOptions()
+        self.host = host
+        self.connections = 0  # accepted handshakes
+        self.refused = 0  # refused handshakes
+        self.refusals: list[tuple[int, str]] = []  # HTTP status and dg-error of each refusal
+        self.close_log: list[tuple[int, str]] = []  # every close the server initiated
+        self.received: list[ReceivedMessage] = []
+        self.sent: list[tuple[int, JsonObject]] = []  # every JSON frame sent, by connection index
+        self.speak_chars_total = 0
+        self.max_chars_in_window_seen = 0  # includes a Speak that broke the limit
+        self._port = port
+        self._server: Server | None = None
+        self._sessions: set[_Session] = set()
+        self._accepted: weakref.WeakKeyDictionary[ServerConnection, _Accepted] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> FakeDeepgram:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self._port,
+            process_request=self._process_request,
+            process_response=self._process_response,
+            max_size=None,  # the fake checks sizes itself, to close with Deepgram's codes
+            compression=None,
+            open_timeout=60,
+            close_timeout=2,
+        )
+
+    async def stop(self) -> None:
+        """Close every socket (1001) and wait until every connection handler has returned."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the fake is not started")
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}{SPEAK_PATH}"
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._sessions)
+
+    def set_handshake_status(self, status: int | None) -> None:
+        self.options.handshake_status = status
+
+    # The bounded waits take a timeout, as the tests' brief asks, rather than relying on callers.
+    async def wait_until(
+        self,
+        condition: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> None:
+        """Wait (bounded) until `condition()` holds; it is re-checked whenever the fake changes."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await self._changed.wait()
+
+    async def wait_for_connections(self, n: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        await self.wait_until(lambda: self.connections >= n, timeout)
+
+    async def kill_all(self) -> None:
+        """Drop every TCP connection without a close frame, as a network failure would."""
+        killed = set(self._sessions)
+        for session in killed:
+            session.ws.transport.abort()
+        await self.wait_until(lambda: not killed & self._sessions)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        await asyncio.gather(*(session.close(code, reason) for session in list(self._sessions)))
+
+    # hooks
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        if self.options.round_trip_s > 0:  # TCP + TLS + upgrade: three round trips
+            await asyncio.sleep(3 * self.options.round_trip_s)
+        verdict = check_handshake(
+            self.options, request.path, request.headers.get("Authorization"), len(self._sessions)
+        )
+        if isinstance(verdict, SpeakParams):
+            self._accepted[connection] = _Accepted(verdict, str(uuid.uuid4()))
+            return None
+        return self._refuse(connection, verdict)
+
+    def _process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        accepted = self._accepted.get(connection)
+        if accepted is not None:
+            response.headers["dg-request-id"] = accepted.request_id
+
+    def _refuse(self, connection: ServerConnection, refusal: Refusal) -> Response:
+        request_id = str(uuid.uuid4())
+        body = {"err_code": refusal.dg_error, "err_msg": refusal.message, "request_id": request_id}
+        response = connection.respond(refusal.status, json.dumps(body))
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        response.headers["dg-error"] = refusal.dg_error
+        response.headers["dg-request-id"] = request_id
+        self.refused += 1
+        self.refusals.append((refusal.status, refusal.dg_error))
+        self._notify()
+        return response
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = _Session(self, ws, self.connections, self._accepted.pop(ws))
+        self.connections += 1
+        self._sessions.add(session)
+        self._notify()
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+            self._notify()
+
+    def _record(self, message: ReceivedMessage) -> None:
+        self.received.append(message)
+        self._notify()
+
+    def _log_close(self, code: int, reason: str) -> None:
+        self.close_log.append((code, reason))
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _parse_args(argv: Sequence[str] | None) -> tuple[FakeDeepgramOptions, str, int]:
+    """Every scalar option is a flag (`--first-byte-s`); `--*-ms` spell the two delays in ms."""
+    parser = argparse.ArgumentParser(description="Run the fake Deepgram Aura TTS server.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--first-byte-ms", type=float)
+    parser.add_argument("--round-trip-ms", type=float)
+    hints = get_type_hints(FakeDeepgramOptions)
+    names = [option.name for option in dataclasses.fields(FakeDeepgramOptions)]
+    for name in names:
+        kind = _scalar_type(hints[name])
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction)
+        elif kind is not None:
+            parser.add_argument(flag, type=kind)
+    args = vars(parser.parse_args(argv))
+    options = FakeDeepgramOptions(
+        **{name: args[name] for name in names if args.get(name) is not None}
+    )
+    if args["first_byte_ms"] is not None:
+        options.first_byte_s = args["first_byte_ms"] / 1000
+    if args["round_trip_ms"] is not None:
+        options.round_trip_s = args["round_trip_ms"] / 1000
+    return options, args["host"], args["port"]
+
+
+def _scalar_type(hint: object) -> type | None:
+    """`int`, `float`, `str` or `bool` for a field of that type (or that type or None)."""
+    for kind in (bool, int, float, str):
+        if hint is kind or (isinstance(hint, UnionType) and kind in get_args(hint)):
+            return kind
+    return None
+
+
+async def _serve_until_signalled(options: FakeDeepgramOptions, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with FakeDeepgram(options, host=host, port=port) as server:
+        print(server.url, flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options, host, port = _parse_args(argv)
+    asyncio.run(_serve_until_signalled(options, host, port))
+
+
+if __name__ == "__main__":
+    main()
