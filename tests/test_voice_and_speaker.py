@@ -86,6 +86,9 @@ class BrokenVoice:
             raise VoiceError("server unreachable")
         yield np.zeros(0, np.int16)
 
+    async def run(self) -> None:
+        pass
+
     async def check(self) -> str:
         raise VoiceError("server unreachable")
 

@@ -19,7 +19,7 @@ from herald.mqtt.client import MqttBridge
 from herald.mqtt.topics import Topics
 from herald.scheduler import DuplicateId, Scheduler
 from herald.speaker import Speaker
-from herald.voice import build_voices
+from herald.voice import build_voices, voices_running
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ async def run_daemon(config: Config) -> int:
         config.audio.sample_rate,
     )
     try:
-        async with bridge:
+        async with voices_running(voices), bridge:
             async with asyncio.TaskGroup() as tasks:
                 speaking = tasks.create_task(herald.speak_queue(), name="speak-queue")
                 await stop.wait()
@@ -137,8 +137,6 @@ async def run_daemon(config: Config) -> int:
     finally:
         output.drop()
         await output.close()
-        for voice in voices:
-            await voice.aclose()
     return 0
 
 

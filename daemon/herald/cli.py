@@ -150,7 +150,7 @@ async def _say_locally(
     config: Config, announcement: Announcement, output: AudioSink, show: Callable[[Event], None]
 ) -> Event:
     from herald.speaker import Speaker
-    from herald.voice import build_voices
+    from herald.voice import build_voices, voices_running
 
     final: list[Event] = []
 
@@ -161,11 +161,10 @@ async def _say_locally(
     voices = build_voices(config)
     record(Event("queued", announcement.id))
     try:
-        await Speaker(voices, output, record, config.audio.sample_rate).speak(announcement)
+        async with voices_running(voices):
+            await Speaker(voices, output, record, config.audio.sample_rate).speak(announcement)
     finally:
         await output.close()
-        for voice in voices:
-            await voice.aclose()
     return final[-1]
 
 

@@ -77,7 +77,51 @@ class EspeakConfig(_Frozen):
     pitch: int = Field(50, ge=0, le=99, description="base pitch, 0-99")
 
 
-EngineName = Literal["espeak"]
+class DeepgramConfig(_Frozen):
+    url: str = Field(
+        "wss://api.deepgram.com/v1/speak",
+        description="streaming TTS endpoint; wss://api.eu.deepgram.com/v1/speak for the EU",
+    )
+    model: str = Field("aura-2-thalia-en", min_length=1, description="Aura voice model")
+    api_key_file: Path | None = Field(
+        None,
+        description="file holding the API key; else $DEEPGRAM_API_KEY, "
+        "else the systemd credential 'deepgram_api_key'",
+    )
+    max_age_s: float = Field(
+        3300, ge=2, le=3540, description="replace the socket at this age (server limit: 3600 s)"
+    )
+    clear_message: Literal["Clear", "Reset"] = Field(
+        "Clear", description="'Reset' only for servers that follow the older spec"
+    )
+    chars_per_minute: int = Field(
+        2400, ge=100, le=1_000_000, description="client-side text budget per socket"
+    )
+    flushes_per_minute: int = Field(20, ge=1, le=1000, description="server's Flush limit")
+    connect_wait_s: float = Field(
+        2.0, ge=0, le=60, description="longest wait for a socket before the next voice speaks"
+    )
+    first_audio_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="no audio this long after Flush: the socket is dead"
+    )
+    clear_timeout_s: float = Field(
+        1.0, gt=0, le=10, description="longest wait for Cleared before the socket is replaced"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        if not value.startswith(("wss://", "ws://")):
+            raise ValueError("must start with wss:// (or ws:// for a local server)")
+        return value
+
+    @field_validator("api_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+EngineName = Literal["deepgram", "espeak"]
 
 
 class VoiceConfig(_Frozen):
@@ -86,6 +130,7 @@ class VoiceConfig(_Frozen):
         description="ordered fallback chain of voices",
     )
     espeak: EspeakConfig = EspeakConfig()
+    deepgram: DeepgramConfig = DeepgramConfig()
 
     @field_validator("engines")
     @classmethod

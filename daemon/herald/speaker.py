@@ -52,26 +52,29 @@ class Speaker:
         return True
 
     async def _stream_first_working_voice(self, announcement: Announcement) -> tuple[str, int]:
-        """Play the text with the first voice that produces audio; return its name and frames."""
+        """Play the text with the first voice that speaks it to the end; return its name, frames.
+
+        A voice that fails, even halfway, hands the whole text to the next one: the listener may
+        hear a beginning twice, but never loses the end.
+        """
         problems: list[str] = []
+        started = False
         for voice in self._voices:
             frames = 0
             try:
                 async with contextlib.aclosing(voice.stream(announcement.text)) as chunks:
                     async for chunk in chunks:
-                        if frames == 0:
+                        if not started:
+                            degraded = voice is not self._voices[0]
                             self._event(
-                                "started",
-                                announcement,
-                                voice=voice.name,
-                                degraded=voice is not self._voices[0],
+                                "started", announcement, voice=voice.name, degraded=degraded
                             )
+                            started = True
                         frames += len(chunk)
                         await self._output.play(chunk)
             except VoiceError as exc:
-                if frames:
-                    raise VoiceError(f"{voice.name} failed mid-announcement: {exc}") from None
-                log.warning("voice %s cannot speak %s: %s", voice.name, announcement.id, exc)
+                where = "halfway" if frames else "before any audio"
+                log.warning("voice %s failed %s on %s: %s", voice.name, where, announcement.id, exc)
                 problems.append(f"{voice.name}: {exc}")
                 continue
             if frames:

@@ -22,6 +22,10 @@ class Voice(Protocol):
         """
         ...
 
+    async def run(self) -> None:
+        """Background upkeep (a warm socket) until cancelled; returns at once if none is needed."""
+        ...
+
     async def check(self) -> str:
         """Prove the voice works; return a short description. Raises VoiceError."""
         ...

@@ -1,0 +1,355 @@
+"""Deepgram Aura streaming TTS: the protocol (pure) and the voice that speaks over a warm socket.
+
+Protocol facts (docs/tts-protocols.md in the team's shared notes): text frames `Speak`, `Flush`,
+`Clear` (`Reset` in the older spec), `Close`; the server answers with binary linear16 audio and
+`Metadata`, `Flushed`, `Cleared`, `Warning` (two field shapes) and, in the seed spec, `Error`.
+Errors arrive as close codes, or as HTTP statuses during the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from websockets.exceptions import ConnectionClosed
+
+from herald.audio.dsp import Samples, StreamResampler, pcm16
+from herald.config import DeepgramConfig
+from herald.voice.base import VoiceError
+from herald.voice.protocol import Failure, FailureKind, SlidingBudget, split_text
+from herald.voice.socket import LiveSocket, SocketKeeper, SocketSpec
+
+log = logging.getLogger(__name__)
+
+MAX_SPEAK_CHARS = 2000
+SAMPLE_RATES = (8000, 16000, 24000, 32000, 48000)
+
+
+# --- client messages ------------------------------------------------------------------------
+
+
+def speak(text: str) -> str:
+    return json.dumps({"type": "Speak", "text": text}, ensure_ascii=False)
+
+
+FLUSH = json.dumps({"type": "Flush"})
+CLOSE = json.dumps({"type": "Close"})
+
+
+def clear(message_name: str = "Clear") -> str:
+    """`Clear` for today's service; `Reset` for servers that follow the older spec."""
+    return json.dumps({"type": message_name})
+
+
+def socket_url(base: str, model: str, sample_rate: int) -> str:
+    """The URL with the query parameters fixed for the life of a socket."""
+    parts = urlsplit(base)
+    query = urlencode({"model": model, "encoding": "linear16", "sample_rate": sample_rate})
+    return urlunsplit(parts._replace(query=query))
+
+
+def request_rate(device_rate: int) -> int:
+    """The rate to ask for: the device's own when Deepgram offers it, so nothing is resampled."""
+    return device_rate if device_rate in SAMPLE_RATES else 48000
+
+
+# --- server messages ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Audio:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Metadata:
+    request_id: str
+    model_name: str
+
+
+@dataclass(frozen=True)
+class Flushed:
+    sequence_id: int | None
+
+
+@dataclass(frozen=True)
+class Cleared:
+    sequence_id: int | None
+
+
+@dataclass(frozen=True)
+class Warning:  # the protocol's own name for it
+    code: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Error:
+    code: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    text: str
+
+
+ServerEvent = Audio | Metadata | Flushed | Cleared | Warning | Error | Unknown
+
+
+def decode(frame: str | bytes) -> ServerEvent:
+    """One frame from the server as a typed event; never raises."""
+    if isinstance(frame, bytes):
+        return Audio(frame)
+    try:
+        message: dict[str, Any] = json.loads(frame)
+        kind = message.get("type")
+    except (ValueError, AttributeError):
+        return Unknown(frame[:200])
+    if kind == "Flushed":
+        return Flushed(_int_or_none(message.get("sequence_id")))
+    if kind == "Cleared":
+        return Cleared(_int_or_none(message.get("sequence_id")))
+    if kind == "Metadata":
+        return Metadata(str(message.get("request_id", "")), str(message.get("model_name", "")))
+    if kind == "Warning":  # the live server says warn_code/warn_msg; the spec code/description
+        code = message.get("warn_code", message.get("code", ""))
+        return Warning(str(code), str(message.get("warn_msg", message.get("description", ""))))
+    if kind == "Error":
+        code = message.get("err_code", message.get("code", ""))
+        return Error(str(code), str(message.get("err_msg", message.get("description", ""))))
+    return Unknown(frame[:200])
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+def classify_close(code: int | None, reason: str) -> Failure:
+    """What a close frame from Deepgram means for Herald."""
+    said = f"{code} {reason}".strip() if code is not None else "no close frame"
+    if code == 1011 and reason.startswith("NET-0003"):
+        return Failure(FailureKind.LIFETIME, f"socket reached the 60-minute limit ({said})")
+    if code == 1011 and reason.startswith("NET-0001"):
+        return Failure(FailureKind.TRANSIENT, f"closed as idle ({said})")
+    if code == 1008 and reason.startswith("DATA-0001"):
+        return Failure(FailureKind.RATE_LIMITED, f"too many characters per minute ({said})")
+    if code == 1008 and reason.startswith("DATA-0000"):
+        return Failure(
+            FailureKind.CONFIG,
+            f"server refused a message ({said}); if clear_message is 'Reset', set it to 'Clear'",
+        )
+    if code in (1003, 1009):
+        return Failure(FailureKind.TRANSIENT, f"server refused a message ({said}): a Herald bug")
+    if code == 1000:
+        return Failure(FailureKind.TRANSIENT, f"closed by the server ({said})")
+    return Failure(FailureKind.TRANSIENT, f"connection lost ({said})")
+
+
+def classify_handshake(status: int, dg_error: str | None) -> Failure:
+    """What an HTTP status refusing the WebSocket upgrade means."""
+    said = f"HTTP {status}" + (f" {dg_error}" if dg_error else "")
+    if status == 400:
+        return Failure(FailureKind.CONFIG, f"{said}: check voice.deepgram.model and url")
+    if status in (401, 402, 403):
+        hint = {
+            401: "the API key was refused",
+            402: "the account has no credit left",
+            403: "the key lacks permission for text-to-speech",
+        }[status]
+        return Failure(FailureKind.AUTH, f"{said}: {hint}")
+    if status == 429:
+        return Failure(FailureKind.RATE_LIMITED, f"{said}: too many concurrent sockets")
+    return Failure(FailureKind.TRANSIENT, f"{said}: server unavailable")
+
+
+# --- the voice --------------------------------------------------------------------------------
+
+MAX_ATTEMPTS = 2  # an announcement whose socket dies is replayed once on a fresh socket
+STALL_TIMEOUT_S = 5.0  # no audio for this long in the middle of an utterance: the socket is dead
+NO_KEY = (
+    "deepgram has no API key: set voice.deepgram.api_key_file, $DEEPGRAM_API_KEY, "
+    "or the systemd credential 'deepgram_api_key'"
+)
+
+
+class _SocketFailed(Exception):
+    """The socket cannot finish this utterance; the announcement may be replayed on another."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+class DeepgramVoice:
+    """Aura over one warm socket: text in as Speak messages and one Flush, linear16 audio out."""
+
+    name = "deepgram"
+
+    def __init__(
+        self,
+        cfg: DeepgramConfig,
+        api_key: str | None,
+        output_rate: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._output_rate = output_rate
+        self._socket_rate = request_rate(output_rate)
+        self._chars = SlidingBudget(cfg.chars_per_minute)
+        self._flushes = SlidingBudget(cfg.flushes_per_minute)
+        self.keeper = None if not api_key else SocketKeeper(self._spec(api_key), clock)
+
+    def _spec(self, api_key: str) -> SocketSpec:
+        return SocketSpec(
+            name=self.name,
+            url=socket_url(self._cfg.url, self._cfg.model, self._socket_rate),
+            headers={"Authorization": f"Token {api_key}"},
+            max_age_s=self._cfg.max_age_s,
+            classify_close=classify_close,
+            classify_handshake=classify_handshake,
+            error_header="dg-error",
+            goodbye=CLOSE,
+        )
+
+    async def run(self) -> None:
+        """Keep the socket warm until cancelled."""
+        if self.keeper is None:
+            log.error("%s", NO_KEY)
+            return
+        await self.keeper.run()
+
+    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
+        if self.keeper is None:
+            raise VoiceError(NO_KEY)
+        pieces = split_text(text, MAX_SPEAK_CHARS)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            async with self.keeper.lease(self._cfg.connect_wait_s) as live:
+                try:
+                    async with contextlib.aclosing(self._utterance(live, pieces)) as audio:
+                        async for samples in audio:
+                            yield samples
+                    return
+                except _SocketFailed as exc:
+                    self.keeper.retire(live, str(exc))
+                    if attempt == MAX_ATTEMPTS:
+                        raise VoiceError(f"deepgram: {exc}") from None
+                    log.warning(
+                        "deepgram: socket #%d failed mid-announcement (%s); "
+                        "replaying it on a fresh socket",
+                        live.number,
+                        exc,
+                    )
+                except (GeneratorExit, asyncio.CancelledError):
+                    await self._interrupt(live)
+                    raise
+
+    async def _utterance(
+        self, live: LiveSocket, pieces: list[str]
+    ) -> AsyncGenerator[Samples, None]:
+        connection = live.connection
+        resampler = StreamResampler(self._socket_rate, self._output_rate)
+        try:
+            for piece in pieces:
+                await self._within(self._chars, len(piece))
+                await connection.send(speak(piece))
+            await self._within(self._flushes, 1)
+            await connection.send(FLUSH)
+            carry = b""
+            timeout = self._cfg.first_audio_timeout_s
+            while True:
+                event = decode(await asyncio.wait_for(connection.recv(), timeout))
+                if isinstance(event, Audio):
+                    data = carry + event.data
+                    usable = len(data) - len(data) % 2
+                    carry = data[usable:]
+                    timeout = STALL_TIMEOUT_S
+                    if len(out := resampler.push(pcm16(data[:usable]))):
+                        yield out
+                elif isinstance(event, Flushed):
+                    if len(tail := resampler.flush()):
+                        yield tail
+                    return
+                else:
+                    _note(event)
+        except ConnectionClosed as exc:
+            raise _SocketFailed(_close_failure(exc)) from None
+        except TimeoutError:
+            raise _SocketFailed(
+                Failure(FailureKind.TRANSIENT, "no audio from the server in time")
+            ) from None
+
+    async def _within(self, budget: SlidingBudget, count: int) -> None:
+        """Wait until the server's limit allows `count` more, then count them."""
+        delay = budget.delay(count, self._clock())
+        if delay > 0:
+            log.info("deepgram: holding text back %.1f s to stay within the server's limits", delay)
+            await asyncio.sleep(delay)
+        budget.spend(count, self._clock())
+
+    async def _interrupt(self, live: LiveSocket) -> None:
+        """Stop the server's synthesis and swallow its stale audio, so none reaches a speaker."""
+        assert self.keeper is not None
+        try:
+            await live.connection.send(clear(self._cfg.clear_message))
+            if self._cfg.clear_message == "Reset":  # the old spec acknowledges nothing
+                self.keeper.retire(live, "Reset sends no acknowledgement")
+                return
+            async with asyncio.timeout(self._cfg.clear_timeout_s):
+                while not isinstance(decode(await live.connection.recv()), Cleared):
+                    pass  # audio between Clear and Cleared is stale: discard it
+        except (TimeoutError, ConnectionClosed):
+            self.keeper.retire(live, "no Cleared after Clear")
+
+    async def check(self) -> str:
+        """Open a socket and speak a few words; report the model and the time to first audio."""
+        if self.keeper is None:
+            raise VoiceError(NO_KEY)
+        keeping = asyncio.create_task(self.keeper.run())
+        try:
+            started = self._clock()
+            frames, first = 0, 0.0
+            async for chunk in self.stream("Herald check."):
+                first = first or self._clock() - started
+                frames += len(chunk)
+            return (
+                f"model '{self._cfg.model}', first audio after {first * 1000:.0f} ms "
+                f"(cold), {frames / self._output_rate:.1f} s of test speech"
+            )
+        finally:
+            keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeping
+
+    async def aclose(self) -> None:
+        """The keeper's task closes the socket when it is cancelled."""
+
+
+def _close_failure(exc: ConnectionClosed) -> Failure:
+    received = exc.rcvd
+    return classify_close(received.code if received else None, received.reason if received else "")
+
+
+def _note(event: ServerEvent) -> None:
+    if isinstance(event, Warning):
+        log.warning("deepgram: server warning %s: %s", event.code, event.description)
+    elif isinstance(event, Error):
+        log.error("deepgram: server error %s: %s", event.code, event.description)
+    else:
+        log.debug("deepgram: %s", event)

@@ -1,0 +1,284 @@
+"""The warm-socket keeper: one WebSocket per engine, open before it is needed, never cold.
+
+It connects at start-up, lets WebSocket pings keep the socket alive (never an application
+message), replaces it before the server's age limit (a new socket is open before the old one
+is closed, and never while an announcement is using it), and after any close or failure
+reconnects in the background with capped, jittered exponential backoff, so the next
+announcement finds a socket ready. Each engine brings its own protocol: how to classify a close
+code or a refused handshake, what to send before closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from herald.voice.base import VoiceError
+from herald.voice.protocol import Failure, FailureKind
+
+log = logging.getLogger(__name__)
+
+# websockets logs request headers at DEBUG, and a header carries the API key: keep it quieter.
+logging.getLogger("websockets").setLevel(logging.INFO)
+
+PERSON_NEEDED_RETRY_S = 300.0  # a wrong key or setting will not fix itself: try every 5 minutes
+STABLE_AFTER_S = 30.0  # a socket that lived this long was a success: the backoff starts over
+
+
+class Backoff:
+    """Capped exponential delays with jitter; `reset()` after a success. Pure but for random."""
+
+    def __init__(self, first_s: float = 0.25, cap_s: float = 30.0, factor: float = 2.0) -> None:
+        self.first_s, self.cap_s, self.factor = first_s, cap_s, factor
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap_s, self.first_s * self.factor**self._attempt)
+        self._attempt += 1
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not cryptography)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    """What the keeper needs to know of one engine's socket."""
+
+    name: str
+    url: str
+    headers: dict[str, str] = field(repr=False)  # carries the key: never logged
+    max_age_s: float
+    classify_close: Callable[[int | None, str], Failure]
+    classify_handshake: Callable[[int, str | None], Failure]
+    error_header: str | None = None  # the response header that names a handshake error
+    goodbye: str | None = None  # sent before closing a socket Herald retires
+    ping_interval_s: float = 20.0
+    open_timeout_s: float = 10.0
+    after_open: Callable[[ClientConnection], Awaitable[None]] | None = None
+
+
+@dataclass
+class LiveSocket:
+    connection: ClientConnection
+    opened_at: float
+    number: int
+
+    def age(self, now: float) -> float:
+        return now - self.opened_at
+
+
+class SocketKeeper:
+    def __init__(self, spec: SocketSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self._clock = clock
+        self._backoff = Backoff()
+        self._live: LiveSocket | None = None
+        self._ready = asyncio.Event()  # set while a socket is open and usable
+        self._idle = asyncio.Event()  # set while no announcement holds the socket
+        self._idle.set()
+        self._lease_lock = asyncio.Lock()
+        self._retire_requested = asyncio.Event()
+        self._dialing = False
+        self._unreachable = False  # the last attempt to connect failed: do not make anyone wait
+        self._closing: set[asyncio.Task[None]] = set()
+        self.last_failure: Failure | None = None
+        self.opened = 0  # sockets opened so far (tests and the benchmark read it)
+
+    # --- for the engine ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, wait_s: float) -> AsyncIterator[LiveSocket]:
+        """The open socket, for one announcement at a time; raises VoiceError when none is."""
+        async with self._lease_lock:
+            live = await self._usable_socket(wait_s)
+            self._idle.clear()
+            try:
+                yield live
+            finally:
+                self._idle.set()
+
+    def retire(self, live: LiveSocket, why: str) -> None:
+        """The engine found this socket unusable: replace it now."""
+        if live is self._live:
+            log.info("%s: retiring socket #%d: %s", self.spec.name, live.number, why)
+            self._ready.clear()
+            self._retire_requested.set()
+
+    def describe(self) -> str:
+        """One line for a person: how the voice's connection is doing."""
+        if self._live is not None and self._ready.is_set():
+            minutes = self._live.age(self._clock()) / 60
+            return f"{self.spec.name} warm (age {minutes:.0f} min)"
+        if self.last_failure is not None:
+            return f"{self.spec.name} down: {self.last_failure}"
+        return f"{self.spec.name} connecting"
+
+    async def _usable_socket(self, wait_s: float) -> LiveSocket:
+        if not self._ready.is_set() and not self._dialing and self._unreachable:
+            raise VoiceError(f"{self.spec.name} is unavailable: {self.last_failure}")
+        try:
+            await asyncio.wait_for(self._ready.wait(), wait_s)
+        except TimeoutError:
+            problem = self.last_failure or "still connecting"
+            raise VoiceError(f"{self.spec.name} has no open socket ({problem})") from None
+        assert self._live is not None
+        return self._live
+
+    # --- the keeper's own task --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep a socket open until cancelled; then close it politely."""
+        try:
+            while True:
+                live = self._live or await self._dial_until_open()
+                await self._watch(live)
+        finally:
+            await self._close_all()
+
+    async def _dial_until_open(self) -> LiveSocket:
+        while True:
+            try:
+                live = await self._dial()
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                failure = self._classify_dial_error(exc)
+                self._unreachable = True
+                await self._pause_after(failure, "cannot connect")
+                continue
+            self._install(live)
+            return live
+
+    async def _dial(self) -> LiveSocket:
+        self._dialing = True
+        try:
+            connection = await connect(
+                self.spec.url,
+                additional_headers=self.spec.headers,
+                ping_interval=self.spec.ping_interval_s,
+                ping_timeout=self.spec.ping_interval_s,
+                open_timeout=self.spec.open_timeout_s,
+                max_size=None,
+                compression=None,
+            )
+            if self.spec.after_open is not None:
+                await self.spec.after_open(connection)
+        finally:
+            self._dialing = False
+        self.opened += 1
+        return LiveSocket(connection, self._clock(), self.opened)
+
+    def _install(self, live: LiveSocket) -> None:
+        self._live = live
+        self.last_failure = None
+        self._unreachable = False
+        self._retire_requested.clear()
+        self._ready.set()
+        log.info("%s: socket #%d open", self.spec.name, live.number)
+
+    async def _watch(self, live: LiveSocket) -> None:
+        """Return once the socket is closed, retired or replaced by a fresh one."""
+        rotate_in = max(self.spec.max_age_s - live.age(self._clock()), 0)
+        closed = asyncio.create_task(live.connection.wait_closed())
+        retired = asyncio.create_task(self._retire_requested.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {closed, retired}, timeout=rotate_in, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed.cancel()
+            retired.cancel()
+        if not done:
+            await self._rotate(live)
+            return
+        self._drop(live)
+        if closed in done:
+            failure = self.spec.classify_close(
+                live.connection.close_code, live.connection.close_reason or ""
+            )
+            if live.age(self._clock()) >= STABLE_AFTER_S:
+                self._backoff.reset()
+            await self._pause_after(failure, f"socket #{live.number} closed")
+        else:
+            self._close_politely(live)
+
+    async def _rotate(self, old: LiveSocket) -> None:
+        """Make before break: open the new socket, then hand it out, then close the old one."""
+        await self._idle.wait()  # never while an announcement is using it
+        try:
+            fresh = await self._dial()
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            log.warning(
+                "%s: could not open a replacement for socket #%d (%s)",
+                self.spec.name,
+                old.number,
+                self._classify_dial_error(exc),
+            )
+            self._drop(old)
+            self._close_politely(old)
+            return
+        async with self._lease_lock:  # waits for an announcement that began meanwhile
+            self._install(fresh)
+        log.info(
+            "%s: rotated socket #%d (age %.0f s) to #%d",
+            self.spec.name,
+            old.number,
+            old.age(self._clock()),
+            fresh.number,
+        )
+        self._close_politely(old)
+
+    def _drop(self, live: LiveSocket) -> None:
+        if self._live is live:
+            self._live = None
+            self._ready.clear()
+
+    async def _pause_after(self, failure: Failure, what: str) -> None:
+        self.last_failure = failure
+        if failure.kind.needs_a_person:
+            delay = PERSON_NEEDED_RETRY_S
+            log.error("%s: %s: %s; retrying in %.0f s", self.spec.name, what, failure, delay)
+        else:
+            delay = self._backoff.next_delay()
+            log.warning("%s: %s: %s; reconnecting in %.1f s", self.spec.name, what, failure, delay)
+        await asyncio.sleep(delay)
+
+    def _classify_dial_error(self, exc: BaseException) -> Failure:
+        if isinstance(exc, InvalidStatus):
+            header = self.spec.error_header
+            detail = exc.response.headers.get(header) if header else None
+            return self.spec.classify_handshake(exc.response.status_code, detail)
+        if isinstance(exc, ConnectionClosed):
+            rcvd = exc.rcvd
+            return self.spec.classify_close(
+                rcvd.code if rcvd else None, rcvd.reason if rcvd else ""
+            )
+        if isinstance(exc, TimeoutError):
+            return Failure(FailureKind.TRANSIENT, "the handshake timed out")
+        return Failure(FailureKind.TRANSIENT, f"{type(exc).__name__}: {exc}")
+
+    def _close_politely(self, live: LiveSocket) -> None:
+        task = asyncio.create_task(self._say_goodbye(live), name=f"close-{self.spec.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _say_goodbye(self, live: LiveSocket) -> None:
+        with contextlib.suppress(ConnectionClosed, OSError):
+            if self.spec.goodbye is not None:
+                await live.connection.send(self.spec.goodbye)
+            await live.connection.close()
+
+    async def _close_all(self) -> None:
+        if self._live is not None:
+            live, self._live = self._live, None
+            self._ready.clear()
+            self._close_politely(live)
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=2)
