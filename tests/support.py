@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -346,3 +347,31 @@ def running(daemon: DaemonProcess) -> Iterator[DaemonProcess]:
     finally:
         if daemon.alive:
             daemon.stop()
+
+
+# --- the fake Deepgram server, for a daemon running in another process ---------------------------
+
+
+class FakeDeepgramThread:
+    """The fake Aura server on an event loop of its own, so synchronous tests can drive it."""
+
+    def __init__(self, options: Any) -> None:
+        from tests.fake_deepgram import FakeDeepgram
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.server = FakeDeepgram(options)
+
+    def call(self, coroutine: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def __enter__(self) -> FakeDeepgramThread:
+        self._thread.start()
+        self.call(self.server.start())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.call(self.server.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()

@@ -1,8 +1,9 @@
 """Speaking one announcement: voice stream → audio out, with started/finished/failed events.
 
 The Speaker is the one place that sequences the I/O of an announcement. It tries the voices in
-order; a voice that fails before producing any audio hands over to the next one, so a broken
-cloud voice never silences the speaker while the local one works.
+order; a voice that fails hands the text over to the next one, so a broken cloud voice never
+silences the speaker while the local one works. Events say which voice spoke, and `degraded`
+when it was not the first.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ class Speaker:
             self._output.drop()
             self._event("failed", announcement, reason="stopped: herald shut down while speaking")
             raise
-        self._event(
-            "finished", announcement, voice=voice, duration_s=round(frames / self._sample_rate, 3)
-        )
+        duration_s = round(frames / self._sample_rate, 3)
+        degraded = voice != self._voices[0].name
+        self._event("finished", announcement, voice=voice, degraded=degraded, duration_s=duration_s)
         return True
 
     async def _stream_first_working_voice(self, announcement: Announcement) -> tuple[str, int]:
