@@ -241,3 +241,17 @@ def test_reset_for_old_servers_retires_the_socket() -> None:
     after, server = run(scenario())
     assert after == synthesize("Fresh socket.", RATE)
     assert server.connections == 2
+
+
+def test_an_idle_close_is_followed_by_a_fresh_socket_before_the_next_announcement() -> None:
+    options = FakeDeepgramOptions(first_byte_s=0.01, idle_timeout_s=0.5)
+
+    async def scenario() -> tuple[bytes, FakeDeepgram]:
+        async with FakeDeepgram(options) as server, warm_voice(server) as voice:
+            await server.wait_until(lambda: server.connections >= 2, timeout=5)
+            audio = await speak(voice, "After an idle close.")
+            return audio, server
+
+    audio, server = run(scenario())
+    assert audio == synthesize("After an idle close.", RATE)
+    assert (1011, "NET-0001") in server.close_log
