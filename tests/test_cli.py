@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from herald.audio.chimes import load_chime
 from tests.support import Broker, Capture, contains_speech, espeak_reference, similarity
 
 
@@ -32,8 +33,19 @@ def test_say_output_writes_a_wav_with_the_spoken_text(tmp_path: Path) -> None:
     with wave.open(str(wav_path)) as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (48000, 1, 2)
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    assert contains_speech(samples)
-    assert similarity(samples, espeak_reference("Hello from Herald")) > 0.99
+    chime = load_chime("soft", 48000)  # a normal announcement's chime comes first
+    assert np.array_equal(samples[: len(chime)], chime)
+    assert contains_speech(samples[len(chime) :])
+    assert similarity(samples[len(chime) :], espeak_reference("Hello from Herald")) > 0.99
+
+
+def test_say_chime_none_speaks_without_one(tmp_path: Path) -> None:
+    wav_path = tmp_path / "x.wav"
+    result = herald("say", "--output", str(wav_path), "--chime", "none", "Just words")
+    assert result.returncode == 0, result.stderr
+    with wave.open(str(wav_path)) as wav:
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    assert similarity(samples, espeak_reference("Just words")) > 0.99
 
 
 def test_say_local_plays_on_the_configured_alsa_device(tmp_path: Path, capture: Capture) -> None:

@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
+from herald.audio.chimes import load_chime
 from tests.conftest import DaemonFactory
 from tests.support import (
     Broker,
@@ -36,11 +38,14 @@ def test_published_text_is_spoken_with_its_events(
     assert events[0]["ts"] <= events[1]["ts"] <= events[2]["ts"]
     assert events[1]["voice"] == "espeak"
     played = capture.samples()
-    assert contains_speech(played)
+    chime = load_chime("soft", 48000)  # the chime of a normal announcement comes first
+    assert np.array_equal(played[: len(chime)], chime)
+    speech = played[len(chime) :]
+    assert contains_speech(speech)
     reference = espeak_reference("Hello from Herald")
     # Exactly espeak-ng's speech reached ALSA: same samples, padded to a whole period at most.
-    assert 0 <= len(played) - len(reference) < 960 + 64
-    assert similarity(played, reference) > 0.99
+    assert 0 <= len(speech) - len(reference) < 960 + 64
+    assert similarity(speech, reference) > 0.99
     assert events[2]["duration_s"] == pytest.approx(len(reference) / 48000, abs=0.03)
 
 
@@ -98,10 +103,12 @@ def test_rejected_json_keeps_the_given_id(
     broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str
 ) -> None:
     make_daemon(broker).start()
-    probe.publish(f"herald/{node_id}/say", json.dumps({"id": "mine", "text": "x", "volume": 2}))
+    probe.publish(
+        f"herald/{node_id}/say", json.dumps({"id": "mine", "text": "x", "voice": "Brian"})
+    )
     rejected = probe.next_json()
     assert rejected == {**rejected, "event": "rejected", "id": "mine"}
-    assert rejected["reason"] == "unknown field 'volume'"
+    assert rejected["reason"] == "unknown field 'voice'"
 
 
 def test_daemon_reconnects_and_resubscribes_after_the_broker_restarts(

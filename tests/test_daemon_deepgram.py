@@ -65,7 +65,8 @@ def test_ten_announcements_use_the_one_socket_opened_before_the_first(
 
     texts = [f"Announcement {n} of ten." for n in range(10)]
     for n, text in enumerate(texts):
-        probe.publish(f"herald/{node_id}/say", json.dumps({"text": text, "id": f"a{n}"}))
+        payload = {"text": text, "id": f"a{n}", "chime": False}
+        probe.publish(f"herald/{node_id}/say", json.dumps(payload))
     events = probe.events_until(finished_or_failed("a9"))
 
     finished = [e for e in events if e["event"] == "finished"]
@@ -117,7 +118,8 @@ def test_the_server_dying_mid_announcement_loses_nothing(
         daemon = deepgram_daemon(make_daemon, broker, fake)
         daemon.start()
         wait_for(lambda: fake.server.connections == 1, 10, "the warm socket")
-        probe.publish(f"herald/{node_id}/say", json.dumps({"text": text, "id": "cut"}))
+        payload = {"text": text, "id": "cut", "chime": False}
+        probe.publish(f"herald/{node_id}/say", json.dumps(payload))
         probe.events_until(lambda events: any(e["event"] == "started" for e in events))
         wait_for(lambda: len(capture.samples()) > RATE // 2, 10, "half a second of audio")
         if how == "kill":

@@ -14,7 +14,7 @@ from herald.audio.dsp import Samples
 from herald.audio.wav import WavFileOutput
 from herald.config import AudioConfig, EspeakConfig
 from herald.events import Event
-from herald.speaker import Speaker
+from herald.speaker import Delivery, Speaker
 from herald.voice.base import Voice, VoiceError
 from herald.voice.espeak import EspeakVoice
 from tests.support import contains_speech, espeak_reference, similarity
@@ -101,7 +101,7 @@ def speak_with(voices: list[Voice], tmp_path: Path) -> tuple[bool, list[Event], 
     output = WavFileOutput(tmp_path / "out.wav", AudioConfig(sample_rate=16000))
 
     async def run() -> bool:
-        speaker = Speaker(voices, output, events.append, 16000)
+        speaker = Speaker(voices, output, events.append, Delivery(16000))
         try:
             return await speaker.speak(Announcement("a1", "Fallback works."))
         finally:

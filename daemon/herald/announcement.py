@@ -9,13 +9,19 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from herald.audio.chimes import validate_chime_spec
+
 PRIORITY_LEVELS: dict[str, int] = {"low": 20, "normal": 50, "high": 80, "critical": 100}
 DEFAULT_PRIORITY = PRIORITY_LEVELS["normal"]
+INTERRUPTS_BY_DEFAULT_FROM = PRIORITY_LEVELS["high"]
 MAX_ID_LENGTH = 128
+MAX_TTL_S = 7 * 24 * 3600
+OnPreempt = Literal["restart", "resume", "drop"]
 
 
 class PayloadRejected(ValueError):
@@ -29,9 +35,22 @@ class PayloadRejected(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Announcement:
+    """One thing to say, with everything that decides when and how it is said."""
+
     id: str
     text: str
     priority: int = DEFAULT_PRIORITY
+    expires_at: float | None = None  # Unix time; None: never
+    interrupt: bool = False  # may cut in on a less urgent announcement that is speaking
+    on_preempt: OnPreempt = "restart"  # what happens to it when something cuts in on it
+    volume: float | None = None  # 0.0-1.0; None: the configured default
+    chime: str | bool = True  # True: the priority's default chime; False: none; else a name/path
+    repeat: int = 1
+
+    @property
+    def level(self) -> str:
+        """The priority level this announcement belongs to (the highest one at or below it)."""
+        return level_of(self.priority)
 
     @property
     def priority_name(self) -> str:
@@ -40,6 +59,18 @@ class Announcement:
             if value == self.priority:
                 return name
         return str(self.priority)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+def level_of(priority: int) -> str:
+    """`low` below 50, `normal` below 80, `high` below 100, else `critical`."""
+    name = "low"
+    for level, value in PRIORITY_LEVELS.items():
+        if priority >= value:
+            name = level
+    return name
 
 
 def new_id() -> str:
@@ -57,12 +88,49 @@ def parse_priority(value: object) -> int:
     raise ValueError("must be low, normal, high, critical or an integer 0-100")
 
 
+def parse_time(value: object) -> float:
+    """Unix seconds, or an ISO 8601 date-time with a time zone, as Unix seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be Unix seconds or an ISO 8601 time with a zone")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be Unix seconds or an ISO 8601 time with a zone") from None
+        if moment.tzinfo is None:
+            raise ValueError("needs a time zone, e.g. 2026-11-21T18:00:00+01:00")
+        return moment.timestamp()
+    raise ValueError("must be Unix seconds or an ISO 8601 time with a zone")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a payload leaves out: the time to live of each priority level."""
+
+    ttl_s: dict[str, float]
+
+    def ttl_for(self, priority: int) -> float:
+        return self.ttl_s[level_of(priority)]
+
+
+NO_DEFAULTS = Defaults({level: float(MAX_TTL_S) for level in PRIORITY_LEVELS})
+
+
 class _JsonPayload(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     text: str
     id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
     priority: Any = DEFAULT_PRIORITY
+    ttl: float | None = Field(None, gt=0, le=MAX_TTL_S)
+    expires_at: Any = None
+    interrupt: bool | None = None
+    on_preempt: OnPreempt = "restart"
+    volume: float | None = Field(None, ge=0.0, le=1.0)
+    chime: str | bool = True
+    repeat: int = Field(1, ge=1, le=5)
 
     @field_validator("text")
     @classmethod
@@ -85,8 +153,27 @@ class _JsonPayload(BaseModel):
     def _priority_known(cls, value: object) -> int:
         return parse_priority(value)
 
+    @field_validator("expires_at")
+    @classmethod
+    def _expires_at_is_a_time(cls, value: object) -> float | None:
+        return None if value is None else parse_time(value)
 
-def parse_payload(payload: bytes, max_bytes: int) -> Announcement:
+    @field_validator("chime")
+    @classmethod
+    def _chime_known(cls, value: str | bool) -> str | bool:
+        return value if isinstance(value, bool) else validate_chime_spec(value)
+
+    @field_validator("ttl", "volume", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)  # strict mode would refuse 30 where 30.0 is meant
+        return value
+
+
+def parse_payload(
+    payload: bytes, max_bytes: int, now: float = 0.0, defaults: Defaults = NO_DEFAULTS
+) -> Announcement:
     """Turn one MQTT payload into an Announcement, or raise PayloadRejected saying why."""
     if len(payload) > max_bytes:
         raise PayloadRejected(f"payload is {len(payload)} bytes, over the {max_bytes}-byte limit")
@@ -97,17 +184,21 @@ def parse_payload(payload: bytes, max_bytes: int) -> Announcement:
     if not text:
         raise PayloadRejected("empty payload")
     if text.startswith("{"):
-        return _parse_json(text)
+        return _parse_json(text, now, defaults)
     if _has_control_characters(text):
         raise PayloadRejected("text contains control characters")
-    return Announcement(id=new_id(), text=text)
+    return Announcement(
+        id=new_id(),
+        text=text,
+        expires_at=now + defaults.ttl_for(DEFAULT_PRIORITY),
+    )
 
 
 def _has_control_characters(text: str) -> bool:
     return any(not (ch.isprintable() or ch in "\n\r\t") for ch in text)
 
 
-def _parse_json(text: str) -> Announcement:
+def _parse_json(text: str, now: float, defaults: Defaults) -> Announcement:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -122,7 +213,23 @@ def _parse_json(text: str) -> Announcement:
         parsed = _JsonPayload.model_validate(data)
     except ValidationError as exc:
         raise PayloadRejected(_first_error(exc), given_id) from None
-    return Announcement(id=parsed.id or new_id(), text=parsed.text, priority=parsed.priority)
+    if parsed.ttl is not None and parsed.expires_at is not None:
+        raise PayloadRejected("give ttl or expires_at, not both", given_id)
+    ttl = parsed.ttl if parsed.ttl is not None else defaults.ttl_for(parsed.priority)
+    interrupt = parsed.interrupt
+    if interrupt is None:
+        interrupt = parsed.priority >= INTERRUPTS_BY_DEFAULT_FROM
+    return Announcement(
+        id=parsed.id or new_id(),
+        text=parsed.text,
+        priority=parsed.priority,
+        expires_at=parsed.expires_at if parsed.expires_at is not None else now + ttl,
+        interrupt=interrupt,
+        on_preempt=parsed.on_preempt,
+        volume=parsed.volume,
+        chime=parsed.chime,
+        repeat=parsed.repeat,
+    )
 
 
 def _first_error(exc: ValidationError) -> str:

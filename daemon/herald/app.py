@@ -1,7 +1,9 @@
-"""Wiring: MQTT messages in, announcements queued and spoken, events out; start-up and shutdown.
+"""Wiring: MQTT messages in, announcements scheduled and spoken, events out; start-up and shutdown.
 
-One asyncio event loop owns every decision. SIGTERM and SIGINT cancel the main task, so every
-`finally` and context manager runs: audio is silenced, the broker connection closed cleanly.
+One asyncio event loop owns every decision. The Scheduler decides (pure); Herald carries its
+decisions out: it starts the Speaker on the next announcement, interrupts it when the Scheduler
+says a newcomer preempts it, and publishes an event for every outcome. SIGTERM and SIGINT end
+the main task, so every `finally` and context manager runs: audio fades, sockets close cleanly.
 """
 
 from __future__ import annotations
@@ -9,85 +11,169 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
+from collections.abc import Callable
+from datetime import time as clock_time
 
-from herald.announcement import Announcement, PayloadRejected, parse_payload
+from herald.announcement import (
+    PRIORITY_LEVELS,
+    Announcement,
+    Defaults,
+    PayloadRejected,
+    parse_payload,
+    parse_priority,
+)
 from herald.audio import AudioError, AudioSink
 from herald.audio.alsa import AlsaOutput
+from herald.audio.chimes import ChimeError, load_chime
+from herald.audio.dsp import Samples
 from herald.config import Config, read_secret
-from herald.events import Event, EventSink
+from herald.events import Event, EventSink, event_for
 from herald.mqtt.client import MqttBridge
 from herald.mqtt.topics import Topics
-from herald.scheduler import DuplicateId, Scheduler
-from herald.speaker import Speaker
+from herald.scheduler import Outcome, Preempt, QuietHours, Scheduler
+from herald.speaker import Delivery, Speaker
+from herald.text import unspoken_part
 from herald.voice import build_voices, voices_running
 
 log = logging.getLogger(__name__)
 
 
 class Herald:
-    """Admits announcements into the queue and speaks them one at a time."""
+    """Admits announcements, speaks them in the Scheduler's order, interrupts when it says so."""
 
-    def __init__(self, speaker: Speaker, emit: EventSink, max_payload_bytes: int) -> None:
+    def __init__(
+        self,
+        speaker: Speaker,
+        scheduler: Scheduler,
+        emit: EventSink,
+        defaults: Defaults,
+        max_payload_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._speaker = speaker
+        self._scheduler = scheduler
         self._emit = emit
+        self._defaults = defaults
         self._max_payload_bytes = max_payload_bytes
-        self._scheduler = Scheduler()
-        self._wake = asyncio.Event()
+        self._clock = clock
+        self._changed = asyncio.Event()
+        self._speaking: asyncio.Task[bool] | None = None
+        self._preempted_by: str | None = None
 
     @property
     def queue_length(self) -> int:
         return len(self._scheduler)
 
+    # --- commands, called in the event loop -----------------------------------------------------
+
     def accept(self, payload: bytes) -> Announcement | None:
-        """Parse and queue one payload; emit `queued` or `rejected` (with the reason)."""
+        """Parse and offer one payload; publish what happened to it (and to any it displaced)."""
         try:
             return self._admit(payload)
         except Exception as exc:  # a bug must cost one message (with an event), not the daemon
             log.exception("could not take a payload")
-            self._reject(None, f"internal error: {type(exc).__name__}: {exc}")
+            self._emit(Event("rejected", None, details={"reason": f"internal error: {exc!r}"}))
             return None
 
     def _admit(self, payload: bytes) -> Announcement | None:
         try:
-            announcement = parse_payload(payload, self._max_payload_bytes)
-            self._scheduler.offer(announcement)
-        except PayloadRejected as exc:
-            self._reject(exc.announcement_id, exc.reason)
-            return None
-        except DuplicateId as exc:
-            self._reject(announcement.id, str(exc))
-            return None
-        self._emit(
-            Event(
-                "queued",
-                announcement.id,
-                details={
-                    "priority": announcement.priority_name,
-                    "queue_length": len(self._scheduler),
-                },
+            announcement = parse_payload(
+                payload, self._max_payload_bytes, self._clock(), self._defaults
             )
-        )
-        self._wake.set()
+        except PayloadRejected as exc:
+            log.warning("rejected announcement %s: %s", exc.announcement_id or "(no id)", exc)
+            self._emit(Event("rejected", exc.announcement_id, details={"reason": exc.reason}))
+            return None
+        self._publish(self._scheduler.offer(announcement, self._clock()))
+        self._changed.set()
         return announcement
 
-    def _reject(self, announcement_id: str | None, reason: str) -> None:
-        log.warning("rejected announcement %s: %s", announcement_id or "(no id)", reason)
-        self._emit(Event("rejected", announcement_id, details={"reason": reason}))
+    def stop_current(self) -> None:
+        """The `stop` command: silence what is speaking now; the queue goes on."""
+        outcomes = self._scheduler.stop()
+        if outcomes and self._speaking is not None:
+            self._speaker.silence_now()
+            self._speaking.cancel()
+        self._publish(outcomes)
+
+    def clear_queue(self) -> None:
+        """The `clear` command: drop everything waiting; what is speaking finishes."""
+        self._publish(self._scheduler.clear())
+
+    def abandon(self) -> None:
+        """On shutdown: fail what is speaking and what waits, each with an event."""
+        if (current := self._scheduler.current) is not None:
+            self._fail(current, "herald shut down while speaking it")
+            self._scheduler.finish()
+        for announcement in self._scheduler.waiting():
+            self._fail(announcement, "herald shut down before speaking it")
+        self._scheduler.clear()
+
+    def _fail(self, announcement: Announcement, reason: str) -> None:
+        self._emit(Event("failed", announcement.id, details={"reason": reason}))
+
+    # --- the queue loop -----------------------------------------------------------------------
 
     async def speak_queue(self) -> None:
-        """Speak queued announcements in order, forever; waits (no polling) while idle."""
+        """Speak announcements in the Scheduler's order, forever; waits (no polling) when idle."""
         while True:
-            announcement = self._scheduler.next()
+            announcement, outcomes = self._scheduler.start_next(self._clock())
+            self._publish(outcomes)
             if announcement is None:
-                self._wake.clear()
-                await self._wake.wait()
+                await self._wait_for_change()
                 continue
-            await self._speaker.speak(announcement)
+            await self._speak(announcement)
 
-    def abandon_queue(self, reason: str) -> None:
-        """Fail everything still waiting, each with an event, so nothing vanishes unannounced."""
-        for announcement in self._scheduler.clear():
-            self._emit(Event("failed", announcement.id, details={"reason": reason}))
+    async def _wait_for_change(self) -> None:
+        """Sleep until an event, or until the Scheduler says time alone changes something."""
+        self._changed.clear()
+        now = self._clock()
+        wakeup = self._scheduler.next_wakeup(now)
+        timeout = None if wakeup is None else max(wakeup - now, 0.0) + 0.01
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            self._publish(self._scheduler.expire(self._clock()))
+
+    async def _speak(self, announcement: Announcement) -> None:
+        task = asyncio.create_task(
+            self._speaker.speak(announcement), name=f"speak-{announcement.id}"
+        )
+        self._speaking = task
+        try:
+            await asyncio.wait([task])  # returns when the task ends, cancelled or not
+        except asyncio.CancelledError:
+            task.cancel()  # shutdown: the announcement is abandoned by the caller
+            await asyncio.wait([task])
+            raise
+        finally:
+            self._speaking = None
+        preempted_by, self._preempted_by = self._preempted_by, None
+        if not task.cancelled():
+            self._scheduler.finish()
+        elif preempted_by is not None:
+            resume = unspoken_part(announcement.text, self._speaker.speech_seconds)
+            self._publish(self._scheduler.preempted(preempted_by, resume))
+        # else: stopped; the Scheduler let go of it when the command came
+
+    def _publish(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if isinstance(outcome, Preempt):
+                self._interrupt_for(outcome.by)
+            elif (event := event_for(outcome)) is not None:
+                self._emit(event)
+
+    def _interrupt_for(self, newcomer: Announcement) -> None:
+        if self._speaking is None or self._speaking.done():
+            return
+        log.info("%s (priority %d) cuts in", newcomer.id, newcomer.priority)
+        self._speaker.silence_now()  # silence first: cancelling takes a turn of the loop
+        self._preempted_by = newcomer.id
+        self._speaking.cancel()
+
+
+# --- building the daemon ------------------------------------------------------------------------
 
 
 def mqtt_event_sink(bridge: MqttBridge, topics: Topics) -> EventSink:
@@ -96,6 +182,49 @@ def mqtt_event_sink(bridge: MqttBridge, topics: Topics) -> EventSink:
         bridge.publish(topics.events, event.to_json(), qos=1)
 
     return publish
+
+
+def chime_resolver(config: Config) -> Callable[[Announcement], Samples | None]:
+    """The chime an announcement asks for, or its priority's default; a broken one is skipped."""
+    rate = config.audio.sample_rate
+
+    def chime_for(announcement: Announcement) -> Samples | None:
+        level_default = config.priorities.for_level(announcement.level).chime
+        spec = level_default if announcement.chime is True else announcement.chime
+        if isinstance(spec, bool):  # False: no chime
+            return None
+        try:
+            return load_chime(str(spec), rate)
+        except ChimeError as exc:
+            log.warning("%s; speaking without it", exc)
+            return None
+
+    return chime_for
+
+
+def build_scheduler(config: Config) -> Scheduler:
+    quiet = config.quiet_hours
+    hours = None
+    if quiet.enabled:
+        start, end = clock_time.fromisoformat(quiet.start), clock_time.fromisoformat(quiet.end)
+        hours = QuietHours(start, end, parse_priority(quiet.min_priority))
+    return Scheduler(config.queue.max_length, hours)
+
+
+def build_delivery(config: Config) -> Delivery:
+    audio = config.audio
+    return Delivery(
+        sample_rate=audio.sample_rate,
+        volume=audio.volume,
+        critical_min_volume=audio.critical_min_volume,
+        wake_preroll_ms=audio.wake_preroll_ms,
+        idle_after_s=audio.idle_after_s,
+        chime_for=chime_resolver(config),
+    )
+
+
+def announcement_defaults(config: Config) -> Defaults:
+    return Defaults({level: config.priorities.for_level(level).ttl_s for level in PRIORITY_LEVELS})
 
 
 async def run_daemon(config: Config) -> int:
@@ -107,8 +236,14 @@ async def run_daemon(config: Config) -> int:
     herald: Herald | None = None
 
     def on_message(topic: str, payload: bytes) -> None:
-        if herald is not None and topics.is_say(topic):
+        if herald is None:
+            return
+        if topics.is_say(topic):
             herald.accept(payload)
+        elif topic == topics.stop:
+            herald.stop_current()
+        elif topic == topics.clear:
+            herald.clear_queue()
 
     password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
     bridge = MqttBridge(
@@ -116,8 +251,13 @@ async def run_daemon(config: Config) -> int:
     )
     emit = mqtt_event_sink(bridge, topics)
     voices = build_voices(config)
+    speaker = Speaker(voices, output, emit, build_delivery(config))
     herald = Herald(
-        Speaker(voices, output, emit, config.audio.sample_rate), emit, config.mqtt.max_payload_bytes
+        speaker,
+        build_scheduler(config),
+        emit,
+        announcement_defaults(config),
+        config.mqtt.max_payload_bytes,
     )
     log.info(
         "herald: node '%s', voices %s, audio '%s' at %d Hz",
@@ -133,7 +273,7 @@ async def run_daemon(config: Config) -> int:
                 await stop.wait()
                 log.info("herald: stopping")
                 speaking.cancel()
-            herald.abandon_queue("herald shut down before speaking it")
+            herald.abandon()
     finally:
         output.drop()
         await output.close()

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from herald.announcement import Announcement, new_id, parse_priority
+from herald.announcement import (
+    Announcement,
+    PayloadRejected,
+    new_id,
+    parse_payload,
+    parse_priority,
+)
 from herald.audio import AudioError, AudioSink
 from herald.audio.alsa import AlsaOutput, playback_devices
 from herald.audio.wav import WavFileOutput
@@ -75,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="low, normal, high, critical or 0-100 (default normal)",
     )
     say.add_argument(
+        "--chime",
+        metavar="NAME",
+        help="soft, bell, alert, alarm, a WAV file's absolute path, or none "
+        "(default: the priority's chime)",
+    )
+    say.add_argument(
         "--timeout",
         type=float,
         default=120.0,
@@ -124,7 +138,22 @@ def _run(_args: argparse.Namespace, config: Config, _source: Path | None) -> int
 
 
 def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
-    announcement = Announcement(id=new_id(), text=" ".join(args.text), priority=args.priority)
+    from herald.app import announcement_defaults
+
+    payload: dict[str, object] = {
+        "text": " ".join(args.text),
+        "id": new_id(),
+        "priority": args.priority,
+    }
+    if args.chime is not None:
+        payload["chime"] = False if args.chime == "none" else args.chime
+    try:
+        announcement = parse_payload(
+            json.dumps(payload).encode(), 1 << 20, time.time(), announcement_defaults(config)
+        )
+    except PayloadRejected as exc:
+        print(f"herald say: {exc.reason}", file=sys.stderr)
+        return EXIT_USAGE
     timeline = _Timeline()
     if args.local or args.output:
         output: AudioSink = (
@@ -135,9 +164,7 @@ def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
         from herald.mqtt.remote import RemoteError, announce_via_daemon
 
         try:
-            final = asyncio.run(
-                announce_via_daemon(config, announcement, args.timeout, timeline.show)
-            )
+            final = asyncio.run(announce_via_daemon(config, payload, args.timeout, timeline.show))
         except RemoteError as exc:
             print(f"herald say: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -149,6 +176,7 @@ def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
 async def _say_locally(
     config: Config, announcement: Announcement, output: AudioSink, show: Callable[[Event], None]
 ) -> Event:
+    from herald.app import build_delivery
     from herald.speaker import Speaker
     from herald.voice import build_voices, voices_running
 
@@ -162,7 +190,7 @@ async def _say_locally(
     record(Event("queued", announcement.id))
     try:
         async with voices_running(voices):
-            await Speaker(voices, output, record, config.audio.sample_rate).speak(announcement)
+            await Speaker(voices, output, record, build_delivery(config)).speak(announcement)
     finally:
         await output.close()
     return final[-1]

@@ -140,12 +140,80 @@ class VoiceConfig(_Frozen):
         return value
 
 
+class LevelConfig(_Frozen):
+    ttl_s: float = Field(
+        gt=0, le=7 * 24 * 3600, description="unspoken after this long, it expires instead"
+    )
+    chime: str | Literal[False] = Field(description="a built-in chime, a WAV path, or false")
+
+    @field_validator("chime")
+    @classmethod
+    def _chime_known(cls, value: str | bool) -> str | bool:
+        from herald.audio.chimes import validate_chime_spec
+
+        return value if value is False else validate_chime_spec(str(value))
+
+
+class PrioritiesConfig(_Frozen):
+    low: LevelConfig = LevelConfig(ttl_s=3600, chime=False)
+    normal: LevelConfig = LevelConfig(ttl_s=900, chime="soft")
+    high: LevelConfig = LevelConfig(ttl_s=300, chime="bell")
+    critical: LevelConfig = LevelConfig(ttl_s=300, chime="alarm")
+
+    def for_level(self, level: str) -> LevelConfig:
+        level_config: LevelConfig = getattr(self, level)
+        return level_config
+
+
+_CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class QuietHoursConfig(_Frozen):
+    enabled: bool = Field(False, description="hold back less urgent announcements at night")
+    start: str = Field("22:00", description="local time HH:MM")
+    end: str = Field("07:00", description="local time HH:MM; may be earlier than start")
+    min_priority: str | int = Field(
+        "high", description="at or above this priority announcements still speak"
+    )
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        if not _CLOCK_TIME.match(value):
+            raise ValueError("must be a 24-hour time HH:MM, e.g. 22:30")
+        return value
+
+    @field_validator("min_priority")
+    @classmethod
+    def _known_priority(cls, value: str | int) -> str | int:
+        from herald.announcement import parse_priority
+
+        parse_priority(value)
+        return value
+
+
+class QueueConfig(_Frozen):
+    max_length: int = Field(
+        100, ge=1, le=10_000, description="when full, the least urgent oldest one is dropped"
+    )
+
+
 class AudioConfig(_Frozen):
     device: str = Field("default", min_length=1, description="ALSA PCM name (herald devices)")
     sample_rate: int = Field(48000, ge=8000, le=192000, description="device rate in Hz")
     channels: int = Field(1, ge=1, le=8, description="device channels; mono is copied to each")
     period_ms: int = Field(20, ge=5, le=200, description="ALSA period: the unit of every write")
     periods: int = Field(4, ge=2, le=32, description="ALSA buffer size in periods")
+    volume: float = Field(1.0, ge=0.0, le=1.0, description="default software volume")
+    critical_min_volume: float = Field(
+        0.7, ge=0.0, le=1.0, description="critical announcements are never quieter than this"
+    )
+    wake_preroll_ms: int = Field(
+        0, ge=0, le=2000, description="silence before the first sound after the output was idle"
+    )
+    idle_after_s: float = Field(
+        5.0, ge=0, le=3600, description="the output counts as idle after this long without sound"
+    )
 
     @property
     def period_frames(self) -> int:
@@ -159,6 +227,9 @@ class Config(_Frozen):
     mqtt: MqttConfig = MqttConfig()
     voice: VoiceConfig = VoiceConfig()
     audio: AudioConfig = AudioConfig()
+    queue: QueueConfig = QueueConfig()
+    priorities: PrioritiesConfig = PrioritiesConfig()
+    quiet_hours: QuietHoursConfig = QuietHoursConfig()
 
     @field_validator("node_id")
     @classmethod

@@ -1,7 +1,9 @@
 """Lifecycle events: what happened to an announcement, as published on `<base>/<node>/events`.
 
-queued → started → finished, or rejected (never queued) / failed (could not be spoken).
-Every accepted announcement ends in exactly one of finished or failed.
+queued → started → finished; or rejected (never queued); or failed, preempted (cut off by a
+more urgent one: requeued, or dropped), expired, dropped (evicted from a full queue, cleared,
+stopped). Every accepted announcement ends in exactly one of finished, failed, expired, dropped
+or a preempted event with requeued = false.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-EventKind = Literal["queued", "started", "finished", "rejected", "failed"]
+from herald.scheduler import Dropped, Evicted, Expired, Outcome, Preempted, Queued, Rejected
+
+EventKind = Literal[
+    "queued", "started", "finished", "rejected", "failed", "preempted", "expired", "dropped"
+]
 
 
 @dataclass(frozen=True)
@@ -35,3 +41,37 @@ class Event:
 
 
 EventSink = Callable[[Event], None]
+
+
+def event_for(outcome: Outcome) -> Event | None:
+    """The event that tells the world about a Scheduler outcome (None for instructions)."""
+    if isinstance(outcome, Queued):
+        a = outcome.announcement
+        return Event(
+            "queued",
+            a.id,
+            details={"priority": a.priority_name, "queue_length": outcome.queue_length},
+        )
+    if isinstance(outcome, Rejected):
+        return Event("rejected", outcome.announcement.id, details={"reason": outcome.reason})
+    if isinstance(outcome, Expired):
+        return Event(
+            "expired",
+            outcome.announcement.id,
+            details={"reason": "its time to live ran out before it was spoken"},
+        )
+    if isinstance(outcome, Evicted):
+        return Event(
+            "dropped",
+            outcome.announcement.id,
+            details={"reason": f"queue full: evicted for {outcome.by}"},
+        )
+    if isinstance(outcome, Dropped):
+        return Event("dropped", outcome.announcement.id, details={"reason": outcome.reason})
+    if isinstance(outcome, Preempted):
+        return Event(
+            "preempted",
+            outcome.announcement.id,
+            details={"by": outcome.by, "requeued": outcome.requeued},
+        )
+    return None

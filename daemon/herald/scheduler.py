@@ -1,20 +1,108 @@
-"""The order in which announcements are spoken: a pure queue, no I/O and no clock.
+"""The order in which announcements are spoken: a pure state machine, no I/O and no clock.
 
-Highest priority first; first in, first out within a priority. An id that is already waiting is
-refused, so a publisher that retries (MQTT QoS 1 redelivery) is not heard twice.
+Events go in (offer, start, finish, preempted, stop, clear) with the time passed in; outcomes
+come out, one for each thing that happened to an announcement, for the caller to publish.
+The rules:
+
+- highest priority first; first in, first out within a priority;
+- a newcomer preempts the one speaking only when it is strictly more urgent and may interrupt;
+- a preempted announcement goes back to the head of its priority (restart, resume) or is
+  dropped (on_preempt = drop), and an outcome says which;
+- an announcement past its expiry is dropped with an `expired` outcome, checked again right
+  before it would be spoken;
+- an id that is waiting or speaking is refused, so a publisher's retry is not heard twice;
+- the queue is bounded: when full, the lowest-priority oldest waiting announcement is evicted;
+- during quiet hours only announcements at or above a priority are spoken; the rest wait (and
+  may expire).
+
+Every announcement that was offered leaves through exactly one outcome of Rejected, Expired,
+Evicted, Dropped, Preempted(requeued=False) or the caller's own finish.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, time
 
 from herald.announcement import Announcement
 
 
-class DuplicateId(ValueError):
-    """The id is already waiting in the queue."""
+@dataclass(frozen=True)
+class QuietHours:
+    """Between `start` and `end` (local time; may wrap past midnight) only urgent ones speak."""
+
+    start: time
+    end: time
+    min_priority: int
+
+    def active(self, at: time) -> bool:
+        if self.start <= self.end:
+            return self.start <= at < self.end
+        return at >= self.start or at < self.end
+
+    def holds(self, announcement: Announcement, at: time) -> bool:
+        return self.active(at) and announcement.priority < self.min_priority
+
+    def seconds_until_end(self, at: time) -> float:
+        def seconds(moment: time) -> float:
+            return (
+                moment.hour * 3600 + moment.minute * 60 + moment.second + moment.microsecond / 1e6
+            )
+
+        return (seconds(self.end) - seconds(at)) % 86400
+
+
+# --- outcomes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queued:
+    announcement: Announcement
+    queue_length: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    announcement: Announcement
+    reason: str
+
+
+@dataclass(frozen=True)
+class Expired:
+    announcement: Announcement
+
+
+@dataclass(frozen=True)
+class Evicted:
+    announcement: Announcement
+    by: str  # the id that took its place
+
+
+@dataclass(frozen=True)
+class Dropped:
+    announcement: Announcement
+    reason: str  # "cleared", "stopped"
+
+
+@dataclass(frozen=True)
+class Preempted:
+    announcement: Announcement
+    by: str
+    requeued: bool
+
+
+@dataclass(frozen=True)
+class Preempt:
+    """An instruction, not a fate: the caller should interrupt `current` now for `by`."""
+
+    current: Announcement
+    by: Announcement
+
+
+Outcome = Queued | Rejected | Expired | Evicted | Dropped | Preempted | Preempt
 
 
 @dataclass(order=True)
@@ -23,36 +111,155 @@ class _Entry:
     announcement: Announcement = field(compare=False)
 
 
+def _local_time(now: float) -> time:
+    return datetime.fromtimestamp(now).time()
+
+
 class Scheduler:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_length: int = 100,
+        quiet_hours: QuietHours | None = None,
+        local_time: Callable[[float], time] = _local_time,
+    ) -> None:
+        self.max_length = max_length
+        self.quiet_hours = quiet_hours
+        self._local_time = local_time
         self._heap: list[_Entry] = []
-        self._waiting_ids: set[str] = set()
         self._arrivals = itertools.count()
+        self._requeues = itertools.count(-1, -1)  # head of a priority: before every arrival
+        self.current: Announcement | None = None
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def offer(self, announcement: Announcement) -> None:
-        """Queue an announcement; raises DuplicateId when its id is already waiting."""
-        if announcement.id in self._waiting_ids:
-            raise DuplicateId(f"id {announcement.id!r} is already queued")
-        # heapq pops the smallest key: negate the priority so the most urgent comes first,
-        # and the arrival counter keeps equal priorities in arrival order.
-        key = (-announcement.priority, next(self._arrivals))
-        heapq.heappush(self._heap, _Entry(key, announcement))
-        self._waiting_ids.add(announcement.id)
+    def waiting(self) -> list[Announcement]:
+        """What waits, in the order it would be spoken (quiet hours aside)."""
+        return [entry.announcement for entry in sorted(self._heap)]
 
-    def next(self) -> Announcement | None:
-        """Take the announcement to speak now, or None when nothing waits."""
-        if not self._heap:
-            return None
-        announcement = heapq.heappop(self._heap).announcement
-        self._waiting_ids.discard(announcement.id)
-        return announcement
+    # --- events in ------------------------------------------------------------------------
 
-    def clear(self) -> list[Announcement]:
-        """Empty the queue and return what was in it, in the order it would have been spoken."""
-        taken = [entry.announcement for entry in sorted(self._heap)]
+    def offer(self, announcement: Announcement, now: float) -> list[Outcome]:
+        """Admit a newcomer; may evict, and may ask for the current one to be preempted."""
+        if self._known(announcement.id):
+            return [Rejected(announcement, f"id {announcement.id!r} is already queued")]
+        if announcement.expired(now):
+            return [Expired(announcement)]
+        outcomes: list[Outcome] = []
+        if len(self._heap) >= self.max_length:
+            victim = self._eviction_candidate()
+            if victim.priority > announcement.priority:  # the newcomer is the least urgent
+                return [Rejected(announcement, f"queue full ({self.max_length} waiting)")]
+            self._remove(victim.id)
+            outcomes.append(Evicted(victim, by=announcement.id))
+        self._push(announcement, next(self._arrivals))
+        outcomes.append(Queued(announcement, len(self._heap)))
+        if self._should_preempt(announcement, now):
+            assert self.current is not None
+            outcomes.append(Preempt(self.current, announcement))
+        return outcomes
+
+    def start_next(self, now: float) -> tuple[Announcement | None, list[Outcome]]:
+        """Take the announcement to speak now (or None), expiring stale ones on the way."""
+        assert self.current is None, "finish or preempt the current announcement first"
+        outcomes: list[Outcome] = list(self.expire(now))
+        held: list[_Entry] = []
+        chosen: Announcement | None = None
+        while self._heap:
+            entry = heapq.heappop(self._heap)
+            if self._held(entry.announcement, now):
+                held.append(entry)
+                continue
+            chosen = entry.announcement
+            break
+        for entry in held:
+            heapq.heappush(self._heap, entry)
+        self.current = chosen
+        return chosen, outcomes
+
+    def finish(self) -> None:
+        """The current announcement was spoken to the end, or failed (the caller says which)."""
+        self.current = None
+
+    def preempted(self, by: str, resume_text: str | None = None) -> list[Outcome]:
+        """The current announcement was cut off: back to the head of its priority, or dropped.
+
+        `resume_text`, for on_preempt = resume, is what is left to say.
+        """
+        interrupted, self.current = self.current, None
+        assert interrupted is not None, "nothing was speaking"
+        if interrupted.on_preempt == "drop":
+            return [Preempted(interrupted, by=by, requeued=False)]
+        if interrupted.on_preempt == "resume" and resume_text:
+            interrupted = replace(interrupted, text=resume_text)
+        self._push(interrupted, next(self._requeues))
+        return [Preempted(interrupted, by=by, requeued=True)]
+
+    def stop(self) -> list[Outcome]:
+        """The `stop` command: the current announcement is dropped; the caller silences it."""
+        stopped, self.current = self.current, None
+        return [] if stopped is None else [Dropped(stopped, "stopped")]
+
+    def clear(self) -> list[Outcome]:
+        """The `clear` command: everything waiting is dropped (what is speaking goes on)."""
+        dropped: list[Outcome] = [Dropped(a, "cleared") for a in self.waiting()]
         self._heap.clear()
-        self._waiting_ids.clear()
-        return taken
+        return dropped
+
+    def expire(self, now: float) -> list[Outcome]:
+        """Drop every waiting announcement whose time has passed."""
+        stale = [entry for entry in self._heap if entry.announcement.expired(now)]
+        if not stale:
+            return []
+        self._heap = [entry for entry in self._heap if not entry.announcement.expired(now)]
+        heapq.heapify(self._heap)
+        return [Expired(entry.announcement) for entry in sorted(stale)]
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When something may change without any event: the next expiry (quiet hours end too).
+
+        None when nothing waits. The caller sleeps until then, or until the next event.
+        """
+        times = [e.announcement.expires_at for e in self._heap if e.announcement.expires_at]
+        quiet = self.quiet_hours
+        if self._heap and quiet is not None and quiet.active(at := self._local_time(now)):
+            times.append(now + quiet.seconds_until_end(at))
+        return min(times) if times else None
+
+    # --- rules --------------------------------------------------------------------------------
+
+    def _should_preempt(self, newcomer: Announcement, now: float) -> bool:
+        current = self.current
+        return (
+            current is not None
+            and newcomer.interrupt
+            and newcomer.priority > current.priority
+            and not self._held(newcomer, now)
+        )
+
+    def _held(self, announcement: Announcement, now: float) -> bool:
+        quiet = self.quiet_hours
+        return quiet is not None and quiet.holds(announcement, self._local_time(now))
+
+    def _eviction_candidate(self) -> Announcement:
+        """The lowest-priority, oldest waiting announcement."""
+        lowest = min(e.announcement.priority for e in self._heap)
+        oldest = min(
+            (e for e in self._heap if e.announcement.priority == lowest),
+            key=lambda e: e.sort_key[1],
+        )
+        return oldest.announcement
+
+    def _known(self, announcement_id: str) -> bool:
+        if self.current is not None and self.current.id == announcement_id:
+            return True
+        return any(entry.announcement.id == announcement_id for entry in self._heap)
+
+    def _push(self, announcement: Announcement, order: int) -> None:
+        # heapq pops the smallest key: negate the priority so the most urgent comes first;
+        # `order` keeps arrival order within a priority (requeued ones count down, so they lead).
+        heapq.heappush(self._heap, _Entry((-announcement.priority, order), announcement))
+
+    def _remove(self, announcement_id: str) -> None:
+        self._heap = [e for e in self._heap if e.announcement.id != announcement_id]
+        heapq.heapify(self._heap)

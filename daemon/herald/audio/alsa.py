@@ -15,6 +15,8 @@ import errno
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from herald.config import AudioConfig
 log = logging.getLogger(__name__)
 
 _UNDERRUN = -errno.EPIPE  # pyalsaaudio returns -EPIPE after preparing the PCM again
+FADE_MS = 8  # a drop fades out over this long instead of cutting (a cut clicks)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class AlsaOutput:
         self._thread: threading.Thread | None = None
         self._error: AudioError | None = None
         self._wake = threading.Event()  # cuts a wait for the buffer to play out short
+        # What the thread wrote last, a buffer's worth and a period: where a fade starts from.
+        self._recent: deque[bytes] = deque(maxlen=cfg.periods + 1)
         self.underruns = 0
 
     @property
@@ -199,7 +204,7 @@ class AlsaOutput:
             elif isinstance(command, _Drop):
                 self._wake.clear()
                 if pcm is not None:
-                    pcm.drop()
+                    self._drop_with_fade(pcm)
             else:
                 if pcm is not None:
                     pcm.close()
@@ -233,6 +238,7 @@ class AlsaOutput:
             if pcm is None or command.generation != self._generation:
                 return pcm
             self._write_period(pcm, command.data)
+            self._recent.append(command.data)
             return pcm
         except Exception as exc:  # alsaaudio.ALSAAudioError: the device went away
             self._fail(f"ALSA device '{self._cfg.device}' failed: {exc}")
@@ -259,21 +265,50 @@ class AlsaOutput:
 
     def _finish_in_thread(self, pcm: Any, command: _Finish) -> None:
         if pcm is not None and command.generation == self._generation:
-            self._wait_until_played(pcm)
+            self._wait_until_played(pcm, self._wake)
             if command.generation == self._generation:
                 pcm.drop()  # the buffer is empty: stop cleanly instead of underrunning
+                self._recent.clear()
         self._resolve(command.done, None)
 
-    def _wait_until_played(self, pcm: Any) -> None:
-        buffer_frames = pcm.info()["buffer_size"]
-        while True:
-            avail = pcm.avail()
-            queued = buffer_frames - avail if avail >= 0 else 0
-            if queued <= 0:
-                return
+    def _queued_frames(self, pcm: Any) -> int:
+        """Frames written but not yet played (0 after an underrun)."""
+        avail = pcm.avail()
+        buffer_frames: int = pcm.info()["buffer_size"]
+        return max(buffer_frames - avail, 0) if 0 <= avail <= buffer_frames else 0
+
+    def _wait_until_played(self, pcm: Any, interrupt: threading.Event | None) -> None:
+        while (queued := self._queued_frames(pcm)) > 0:
             # A timed wait on an event, not a poll: drop() sets it to end the wait early.
-            if self._wake.wait(queued / self._cfg.sample_rate + 0.002):
+            if interrupt is not None and interrupt.wait(queued / self._cfg.sample_rate + 0.002):
                 return
+            if interrupt is None:
+                time.sleep(queued / self._cfg.sample_rate + 0.002)
+
+    def _drop_with_fade(self, pcm: Any) -> None:
+        """Silence the device now: drop what is buffered, but fade out instead of cutting.
+
+        The fade continues the sound from the frame that was about to play, so the listener
+        hears the voice die away over a few milliseconds rather than a click.
+        """
+        channels = self._cfg.channels
+        queued = self._queued_frames(pcm)
+        recent = np.frombuffer(b"".join(self._recent), dtype="<i2")
+        self._recent.clear()
+        pcm.drop()
+        fade_frames = self._cfg.sample_rate * FADE_MS // 1000
+        start = len(recent) - queued * channels
+        segment = recent[max(start, 0) : max(start, 0) + fade_frames * channels]
+        if queued <= 0 or len(segment) < channels:
+            return
+        frames = segment.reshape(-1, channels).astype(np.float64)
+        ramp = np.cos(np.linspace(0, np.pi / 2, len(frames)))[:, None]
+        faded = np.round(frames * ramp).astype("<i2").tobytes()
+        try:
+            self._write_period(pcm, faded)
+            self._wait_until_played(pcm, None)
+        finally:
+            pcm.drop()
 
     def _fail(self, message: str) -> None:
         log.error("audio: %s", message)

@@ -53,3 +53,34 @@ class StreamResampler:
             return silence(0)
         out: Samples = self._stream.resample_chunk(silence(0), last=True)
         return out
+
+
+def apply_gain(samples: Samples, gain: float) -> Samples:
+    """Scale samples by `gain` (>= 0), rounding to the nearest value and clipping to int16.
+
+    A gain of exactly 1.0 returns `samples` itself, not a copy.
+    """
+    if not (np.isfinite(gain) and gain >= 0.0):
+        raise ValueError(f"gain must be a finite number >= 0, not {gain}")
+    if gain == 1.0:
+        return samples
+    scaled = np.round(samples.astype(np.float64) * gain)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+def fade_out(samples: Samples) -> Samples:
+    """Fade samples to silence with a raised-cosine ramp from 1 (first sample) to 0 (last).
+
+    Used for the few milliseconds played before audio is dropped, so the cut does not click.
+    A single sample fades straight to 0.
+    """
+    frames = len(samples)
+    if frames <= 1:
+        return np.zeros(frames, dtype=np.int16)
+    ramp = 0.5 * (1.0 + np.cos(np.linspace(0.0, np.pi, frames)))
+    return np.round(samples.astype(np.float64) * ramp).astype(np.int16)
+
+
+def ms_to_frames(ms: float, rate: int) -> int:
+    """The number of frames closest to `ms` milliseconds at `rate` frames per second."""
+    return round(ms * rate / 1000)

@@ -6,13 +6,12 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from herald.announcement import Announcement
 from herald.config import Config, read_secret
 from herald.events import Event
 from herald.mqtt.client import MqttBridge
 from herald.mqtt.topics import Topics
 
-FINAL_EVENTS = frozenset({"finished", "rejected", "failed"})
+FINAL_EVENTS = frozenset({"finished", "rejected", "failed", "expired", "dropped"})
 CONNECT_TIMEOUT_S = 5.0
 ANSWER_TIMEOUT_S = 5.0  # a running daemon answers `queued` (or `rejected`) at once
 
@@ -22,29 +21,28 @@ class RemoteError(Exception):
 
 
 async def announce_via_daemon(
-    config: Config, announcement: Announcement, timeout_s: float, on_event: Callable[[Event], None]
+    config: Config,
+    payload: dict[str, object],
+    timeout_s: float,
+    on_event: Callable[[Event], None],
 ) -> Event:
-    """Publish the announcement and report its events until a final one; return that one."""
+    """Publish the JSON payload (with an id) and report its events until a final one."""
+    announcement_id = str(payload["id"])
     topics = Topics(config.mqtt.base_topic, config.node_id)
     events: asyncio.Queue[Event] = asyncio.Queue()
 
     def on_message(_topic: str, payload: bytes) -> None:
         event = _parse_event(payload)
-        if event is not None and event.announcement_id == announcement.id:
+        if event is not None and event.announcement_id == announcement_id:
             events.put_nowait(event)
 
     password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
     bridge = MqttBridge(
-        config.mqtt, f"herald-say-{announcement.id}", [topics.events], on_message, password
+        config.mqtt, f"herald-say-{announcement_id}", [topics.events], on_message, password
     )
     async with bridge:
         if not await bridge.wait_connected(CONNECT_TIMEOUT_S):
             raise RemoteError(bridge.last_error or f"cannot reach broker {bridge.where}")
-        payload = {
-            "text": announcement.text,
-            "id": announcement.id,
-            "priority": announcement.priority,
-        }
         bridge.publish(topics.say, json.dumps(payload), qos=1)
         return await _follow(events, on_event, config.node_id, timeout_s)
 

@@ -21,12 +21,22 @@ class Topics:
         return f"{self.base}/all/say"
 
     @property
+    def stop(self) -> str:
+        """Stop what this speaker is saying now (the queue goes on)."""
+        return f"{self.base}/{self.node}/stop"
+
+    @property
+    def clear(self) -> str:
+        """Drop everything waiting in this speaker's queue."""
+        return f"{self.base}/{self.node}/clear"
+
+    @property
     def events(self) -> str:
         """Lifecycle events of this speaker's announcements (JSON, not retained)."""
         return f"{self.base}/{self.node}/events"
 
     def subscriptions(self) -> list[str]:
-        return [self.say, self.say_all]
+        return [self.say, self.say_all, self.stop, self.clear]
 
     def is_say(self, topic: str) -> bool:
         return topic in (self.say, self.say_all)

@@ -8,9 +8,10 @@ that a person must fix something.
 from __future__ import annotations
 
 import enum
-import re
 from collections import deque
 from dataclasses import dataclass
+
+from herald.text import sentences
 
 
 class FailureKind(enum.Enum):
@@ -32,10 +33,6 @@ class Failure:
 
     def __str__(self) -> str:
         return f"{self.kind.value}: {self.detail}"
-
-
-# Sentence ends: ASCII marks, the ellipsis, and the ideographic and fullwidth marks of CJK text.
-_SENTENCE_END = re.compile(r"(?<=[.!?\u2026\u3002\uff01\uff1f])\s+")
 
 
 def split_text(text: str, limit: int) -> list[str]:
@@ -61,8 +58,7 @@ def split_text(text: str, limit: int) -> list[str]:
 def _units(text: str, limit: int) -> list[str]:
     """Sentences; a sentence over the limit becomes words; a word over it becomes slices."""
     units: list[str] = []
-    for sentence in _SENTENCE_END.split(text.strip()):
-        sentence = " ".join(sentence.split())
+    for sentence in sentences(text):
         if len(sentence) <= limit:
             units.append(sentence)
             continue

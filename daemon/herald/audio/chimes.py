@@ -1,0 +1,284 @@
+"""Chimes heard before an announcement: built-in tones synthesized with numpy, or a WAV file.
+
+A chime is mono int16 at the output rate, like every other sound in Herald. Built-in chimes
+are computed (no binary assets) and cached per rate; WAV files are decoded with the stdlib
+`wave` module, mixed down to mono, resampled with soxr and cached until the file changes.
+Every returned array is read-only because it is shared between announcements.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from herald.audio.dsp import Samples
+
+Floats = npt.NDArray[np.float64]
+
+MAX_SECONDS = 10.0
+FULL_SCALE = 32767
+
+C5, E5, G5 = 523.25, 659.26, 783.99
+A5, CS6, E6 = 880.0, 1108.73, 1318.51
+
+
+class ChimeError(Exception):
+    """A chime cannot be used: the message names the chime and says why, on one line."""
+
+
+@dataclass(frozen=True)
+class _Voice:
+    """How every tone of one chime sounds."""
+
+    level: float  # peak of the whole chime, as a fraction of full scale
+    partials: tuple[tuple[float, float], ...]  # (multiple of the note's frequency, amplitude)
+    attack: float  # seconds of raised-cosine rise from silence
+    decay: float  # time constant of the exponential decay, seconds
+    release: float  # seconds of raised-cosine fall to silence at the end of each tone
+
+
+@dataclass(frozen=True)
+class _Note:
+    hz: float
+    start: float  # seconds from the start of the chime
+    length: float  # seconds, release included
+
+
+@dataclass(frozen=True)
+class _Design:
+    voice: _Voice
+    notes: tuple[_Note, ...]
+    length: float  # seconds
+
+
+_DESIGNS: dict[str, _Design] = {
+    # A gentle descending major third, E5 then C5, overlapping like a struck chime.
+    "soft": _Design(
+        _Voice(level=0.35, partials=((1, 1.0), (2, 0.12)), attack=0.005, decay=0.07, release=0.03),
+        (_Note(E5, 0.0, 0.20), _Note(C5, 0.12, 0.23)),
+        0.35,
+    ),
+    # A doorbell's G5-E5-C5 ding-dong, brighter from its second and third partials.
+    "bell": _Design(
+        _Voice(
+            level=0.5,
+            partials=((1, 1.0), (2, 0.35), (3, 0.12)),
+            attack=0.002,
+            decay=0.09,
+            release=0.03,
+        ),
+        (_Note(G5, 0.0, 0.22), _Note(E5, 0.14, 0.22), _Note(C5, 0.28, 0.22)),
+        0.5,
+    ),
+    # Three quick beeps rising through an A major triad.
+    "alert": _Design(
+        _Voice(level=0.6, partials=((1, 1.0), (2, 0.2)), attack=0.003, decay=0.3, release=0.02),
+        (_Note(A5, 0.0, 0.11), _Note(CS6, 0.17, 0.11), _Note(E6, 0.34, 0.11)),
+        0.45,
+    ),
+    # A siren-like 960/770 Hz two-tone, four times over; the odd partial makes it urgent.
+    "alarm": _Design(
+        _Voice(level=0.7, partials=((1, 1.0), (3, 0.18)), attack=0.003, decay=0.5, release=0.015),
+        tuple(_Note(960.0 if i % 2 == 0 else 770.0, i * 0.1, 0.1) for i in range(8)),
+        0.8,
+    ),
+}
+
+BUILTIN_CHIMES: tuple[str, ...] = tuple(_DESIGNS)
+
+
+def load_chime(spec: str, rate: int) -> Samples:
+    """The chime named by `spec` (a built-in name or an absolute WAV path) at `rate`.
+
+    Results are cached and read-only. Raises ChimeError naming the chime and the problem.
+    """
+    if spec in _DESIGNS:
+        return _builtin(spec, rate)
+    path, info = _stat_wav(spec)
+    try:
+        return _wav(os.path.realpath(path), info.st_mtime_ns, info.st_size, rate)
+    except _Unusable as exc:
+        raise ChimeError(f"chime '{spec}': {exc}") from None
+
+
+def validate_chime_spec(spec: str) -> str:
+    """Return `spec` if it names a built-in chime or an absolute .wav path; else ValueError.
+
+    Cheap enough for config and payload validation: the file is not opened.
+    """
+    if spec in _DESIGNS:
+        return spec
+    if _looks_like_path(spec) and not Path(spec).is_absolute():
+        raise ValueError(_relative(spec))
+    if not (Path(spec).is_absolute() and spec.lower().endswith(".wav")):
+        raise ValueError(_unknown(spec))
+    return spec
+
+
+def _unknown(spec: str) -> str:
+    """The message for a chime that is neither a built-in name nor a file."""
+    names = ", ".join(BUILTIN_CHIMES)
+    return f"chime '{spec}': not a built-in chime ({names}) nor a WAV file"
+
+
+def _relative(spec: str) -> str:
+    """The message for a chime given as a relative path."""
+    return f"chime '{spec}': give an absolute path"
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether `spec` was meant as a file rather than a chime name."""
+    return "/" in spec or os.sep in spec or spec.lower().endswith(".wav")
+
+
+def _read_only(samples: Samples) -> Samples:
+    """Mark an array read-only, so a cached chime cannot be changed by one of its users."""
+    samples.setflags(write=False)
+    return samples
+
+
+def _to_int16(signal: Floats) -> Samples:
+    """Round and clip a signal in int16 units to int16."""
+    return np.clip(np.round(signal), -32768, 32767).astype(np.int16)
+
+
+# --- built-in chimes ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _builtin(name: str, rate: int) -> Samples:
+    """Synthesize the built-in chime `name` at `rate`, once per (name, rate)."""
+    return _read_only(_synthesize(_DESIGNS[name], rate))
+
+
+def _synthesize(design: _Design, rate: int) -> Samples:
+    """Mix a design's notes and scale the result to its voice's peak level."""
+    mix = np.zeros(round(design.length * rate), dtype=np.float64)
+    for note in design.notes:
+        start = round(note.start * rate)
+        tone = _tone(note.hz, round(note.length * rate), rate, design.voice)
+        tone = tone[: len(mix) - start]
+        mix[start : start + len(tone)] += tone
+    top = float(np.max(np.abs(mix)))
+    return _to_int16(mix * (design.voice.level * FULL_SCALE / top))
+
+
+def _tone(hz: float, frames: int, rate: int, voice: _Voice) -> Floats:
+    """One enveloped note: the voice's partials of `hz`, starting and ending at exactly 0."""
+    phase = 2 * np.pi * hz * np.arange(frames) / rate
+    partials = [amp * np.sin(multiple * phase) for multiple, amp in voice.partials]
+    mixed: Floats = np.sum(partials, axis=0) * _envelope(frames, rate, voice)
+    return mixed
+
+
+def _envelope(frames: int, rate: int, voice: _Voice) -> Floats:
+    """Raised-cosine attack, exponential decay, raised-cosine release; 0 at both ends."""
+    env = np.exp(-np.arange(frames) / (voice.decay * rate))
+    attack = min(max(round(voice.attack * rate), 1), frames)
+    env[:attack] *= 0.5 * (1.0 - np.cos(np.pi * np.arange(attack) / attack))
+    release = min(max(round(voice.release * rate), 2), frames)
+    env[frames - release :] *= 0.5 * (1.0 + np.cos(np.linspace(0.0, np.pi, release)))
+    return env
+
+
+# --- WAV files ---------------------------------------------------------------------------------
+
+
+class _Unusable(Exception):
+    """A WAV file that cannot be a chime; the message is the reason without the chime's name."""
+
+
+_FORMAT_REASONS = {
+    "unknown format: 3": "floating-point samples; save it as integer PCM",
+    "unknown format: 65534": "WAVE_FORMAT_EXTENSIBLE header; save it as plain 16-bit PCM",
+}
+
+
+def _stat_wav(spec: str) -> tuple[Path, os.stat_result]:
+    """The absolute path `spec` names and its stat, or ChimeError if it is no usable file."""
+    if _looks_like_path(spec) and not Path(spec).is_absolute():
+        raise ChimeError(_relative(spec))
+    path = Path(spec)
+    if not path.is_absolute():
+        raise ChimeError(_unknown(spec))
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        raise ChimeError(_unknown(spec)) from None
+    except OSError as exc:
+        raise ChimeError(f"chime '{spec}': not a PCM WAV file ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ChimeError(_unknown(spec))
+    return path, info
+
+
+@functools.lru_cache(maxsize=16)
+def _wav(path: str, mtime_ns: int, size: int, rate: int) -> Samples:
+    """Decode the WAV file at `path` to mono at `rate`, once per (path, mtime, size, rate).
+
+    `mtime_ns` and `size` are only part of the cache key: a changed file is read again.
+    """
+    signal, file_rate = _read_wav(path)
+    if file_rate != rate and len(signal):
+        signal = soxr.resample(signal, file_rate, rate, "HQ")
+    return _read_only(_to_int16(signal))
+
+
+def _read_wav(path: str) -> tuple[Floats, int]:
+    """The file's samples mixed down to mono in int16 units, and its frame rate."""
+    try:
+        with wave.open(path, "rb") as wav:
+            channels, width, file_rate, frames = (
+                wav.getnchannels(),
+                wav.getsampwidth(),
+                wav.getframerate(),
+                wav.getnframes(),
+            )
+            _check_format(width, file_rate, frames)
+            raw = wav.readframes(frames)
+    except wave.Error as exc:
+        reason = _FORMAT_REASONS.get(str(exc), str(exc))
+        raise _Unusable(f"not a PCM WAV file ({reason})") from None
+    except EOFError:
+        raise _Unusable("not a PCM WAV file (the file ends inside its header)") from None
+    except OSError as exc:
+        raise _Unusable(f"not a PCM WAV file ({exc.strerror or exc})") from None
+    return _mono(raw, width, channels), file_rate
+
+
+def _check_format(width: int, file_rate: int, frames: int) -> None:
+    """Raise _Unusable for sample widths Herald does not decode, or a file over 10 s."""
+    if width not in (1, 2, 3, 4):
+        raise _Unusable(f"not a PCM WAV file ({8 * width}-bit samples are not supported)")
+    if file_rate <= 0:
+        raise _Unusable("not a PCM WAV file (frame rate 0)")
+    seconds = frames / file_rate
+    if seconds > MAX_SECONDS:
+        raise _Unusable(f"{seconds:.1f} s long; chimes may be at most {MAX_SECONDS:g} s")
+
+
+def _mono(raw: bytes, width: int, channels: int) -> Floats:
+    """Interleaved PCM frames as one channel (the mean of all), scaled to int16 units."""
+    usable = len(raw) - len(raw) % (width * channels)
+    values = _integers(raw[:usable], width).astype(np.float64) * 2.0 ** (16 - 8 * width)
+    mono: Floats = values.reshape(-1, channels).mean(axis=1)
+    return mono
+
+
+def _integers(data: bytes, width: int) -> npt.NDArray[np.int64]:
+    """Little-endian PCM samples of `width` bytes as signed integers (8-bit is unsigned)."""
+    if width == 1:
+        return np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 128
+    if width == 3:
+        octets = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int64)
+        unsigned = octets[:, 0] | octets[:, 1] << 8 | octets[:, 2] << 16
+        return unsigned - ((unsigned >> 23) << 24)
+    return np.frombuffer(data, dtype=f"<i{width}").astype(np.int64)

@@ -1,0 +1,339 @@
+"""Chimes: built-in tones as sound (length, level, clicks, notes), WAV files, DSP helpers."""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from herald.audio.chimes import BUILTIN_CHIMES, ChimeError, load_chime, validate_chime_spec
+from herald.audio.dsp import Samples, apply_gain, fade_out, ms_to_frames
+
+FULL = 32767
+RATES = (16000, 44100, 48000)
+C5, E5, G5, A5, CS6, E6 = 523.25, 659.26, 783.99, 880.0, 1108.73, 1318.51
+
+# name: (nominal seconds, peak level, notes in the order heard, highest partial in Hz)
+SPEC: dict[str, tuple[float, float, tuple[float, ...], float]] = {
+    "soft": (0.35, 0.35, (E5, C5), 2 * E5),
+    "bell": (0.5, 0.5, (G5, E5, C5), 3 * G5),
+    "alert": (0.45, 0.6, (A5, CS6, E6), 2 * E6),
+    "alarm": (0.8, 0.7, (960.0, 770.0), 3 * 960.0),
+}
+UNKNOWN = "not a built-in chime (soft, bell, alert, alarm) nor a WAV file"
+
+
+def strongest_frequencies(x: np.ndarray, rate: int, count: int) -> list[float]:
+    """The `count` strongest spectral peaks, each at least 60 Hz from the others, ascending."""
+    size = 1 << (len(x) * 8 - 1).bit_length()  # zero-padded: bins a fraction of a hertz apart
+    magnitude = np.abs(np.fft.rfft(x.astype(np.float64), size))
+    freqs = np.fft.rfftfreq(size, 1 / rate)
+    found = []
+    for _ in range(count):
+        best = float(freqs[int(np.argmax(magnitude))])
+        found.append(best)
+        magnitude[np.abs(freqs - best) < 60] = 0  # the peak's own lobe and sidebands
+    return sorted(found)
+
+
+def splatter_db(x: np.ndarray, rate: int, above: float) -> float:
+    """The energy more than 1 kHz above `above` Hz, in dB relative to all energy.
+
+    Smooth tones keep this near -80 dB; a click (any jump) spreads energy across the band.
+    """
+    power = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / rate)
+    return float(10 * np.log10(power[freqs > above + 1000].sum() / power.sum()))
+
+
+def sine(seconds: float, rate: int, hz: float = 1000.0, level: float = 0.5) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return np.round(np.sin(2 * np.pi * hz * t) * level * FULL).astype(np.int16)
+
+
+def to_width(x: np.ndarray, width: int) -> np.ndarray:
+    """int16 samples as integers of a `width`-byte PCM sample (8-bit keeps the top byte)."""
+    wide = x.astype(np.int64)
+    return wide >> 8 if width == 1 else wide << (8 * width - 16)
+
+
+def write_wav(path: Path, frames: np.ndarray, width: int, rate: int) -> Path:
+    """Write integers of `width` bytes (shape (n,) or (n, channels)) as a PCM WAV file."""
+    channels = 1 if frames.ndim == 1 else frames.shape[1]
+    flat = frames.reshape(-1).astype(np.int64)
+    if width == 1:
+        data = (flat + 128).astype(np.uint8).tobytes()
+    elif width == 3:
+        data = flat.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    else:
+        data = flat.astype(f"<i{width}").tobytes()
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes(data)
+    return path
+
+
+def chime_error(spec: str, rate: int = 48000) -> str:
+    with pytest.raises(ChimeError) as caught:
+        load_chime(spec, rate)
+    return str(caught.value)
+
+
+# --- built-in chimes ---------------------------------------------------------------------------
+
+
+def test_the_builtin_names_are_listed() -> None:
+    assert BUILTIN_CHIMES == ("soft", "bell", "alert", "alarm")
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", BUILTIN_CHIMES)
+def test_a_builtin_chime_has_its_length_and_level(name: str, rate: int) -> None:
+    seconds, level, _, _ = SPEC[name]
+    chime = load_chime(name, rate)
+    assert chime.dtype == np.int16 and chime.ndim == 1
+    assert 0.8 * seconds <= len(chime) / rate <= 1.2 * seconds
+    assert abs(np.max(np.abs(chime.astype(np.int32))) / FULL - level) <= 0.02
+    assert not chime.flags.writeable
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", BUILTIN_CHIMES)
+def test_a_builtin_chime_does_not_click(name: str, rate: int) -> None:
+    _, level, _, highest = SPEC[name]
+    chime = load_chime(name, rate).astype(np.int32)
+    assert abs(chime[0]) < 0.01 * FULL and abs(chime[-1]) < 0.01 * FULL
+    # Bernstein: a signal of peak A and bandwidth f changes by at most 2*pi*f*A/rate per frame.
+    bound = level * FULL * 2 * math.pi * highest / rate
+    assert np.max(np.abs(np.diff(chime))) <= bound
+    assert splatter_db(chime, rate, highest) < -70
+
+
+@pytest.mark.parametrize("name", BUILTIN_CHIMES)
+def test_the_click_check_notices_a_chime_cut_short(name: str) -> None:
+    chime = load_chime(name, 48000).astype(np.int32)
+    loudest = int(np.argmax(np.abs(chime)))
+    cut = np.where(np.arange(len(chime)) < loudest, chime, 0)
+    assert splatter_db(cut, 48000, SPEC[name][3]) > -50
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", BUILTIN_CHIMES)
+def test_a_builtin_chime_plays_its_notes(name: str, rate: int) -> None:
+    notes = SPEC[name][2]
+    heard = strongest_frequencies(load_chime(name, rate), rate, len(notes))
+    assert heard == pytest.approx(sorted(notes), abs=2.0)
+
+
+@pytest.mark.parametrize("name", BUILTIN_CHIMES)
+def test_a_builtin_chime_plays_its_notes_in_order(name: str) -> None:
+    rate, notes = 48000, SPEC[name][2]
+    chime = load_chime(name, rate)
+    window = ms_to_frames(80, rate)
+    first = strongest_frequencies(chime[:window], rate, 1)[0]
+    last = strongest_frequencies(chime[-window:], rate, 1)[0]
+    assert first == pytest.approx(notes[0], abs=15)  # 80 ms resolves notes ~12 Hz apart
+    assert last == pytest.approx(notes[-1], abs=15)
+
+
+def test_a_builtin_chime_is_synthesized_once_per_rate() -> None:
+    first = load_chime("bell", 22050)
+    started = time.perf_counter()
+    again = load_chime("bell", 22050)
+    assert time.perf_counter() - started < 0.005
+    assert again is first
+    assert load_chime("bell", 24000) is not first
+
+
+# --- WAV files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file_rate", [22050, 44100])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_a_wav_file_is_resampled_to_the_output_rate(
+    tmp_path: Path, width: int, channels: int, file_rate: int
+) -> None:
+    mono = to_width(sine(0.5, file_rate), width)
+    frames = mono if channels == 1 else np.stack([mono, mono], axis=1)
+    path = write_wav(tmp_path / "tone.wav", frames, width, file_rate)
+
+    chime = load_chime(str(path), 48000)
+
+    assert chime.dtype == np.int16 and not chime.flags.writeable
+    assert abs(len(chime) - 24000) <= 2
+    assert strongest_frequencies(chime, 48000, 1)[0] == pytest.approx(1000, abs=2)
+    middle = chime[2000:-2000].astype(np.float64)
+    assert np.sqrt(np.mean(middle**2)) / FULL == pytest.approx(0.5 / math.sqrt(2), rel=0.02)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_a_wav_file_at_the_output_rate_keeps_its_samples(tmp_path: Path, width: int) -> None:
+    signal = np.random.default_rng(width).integers(-32768, 32768, 1000).astype(np.int16)
+    path = write_wav(tmp_path / "noise.wav", to_width(signal, width), width, 16000)
+    expected = signal.astype(np.int32) >> 8 << 8 if width == 1 else signal
+    assert np.array_equal(load_chime(str(path), 16000), expected)
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_a_stereo_file_is_mixed_down_to_the_average(tmp_path: Path, width: int) -> None:
+    rng = np.random.default_rng(7)
+    left, right = rng.integers(-32768, 32768, (2, 4800))
+    frames = np.stack([to_width(left, width), to_width(right, width)], axis=1)
+    path = write_wav(tmp_path / "stereo.wav", frames, width, 48000)
+    assert np.array_equal(load_chime(str(path), 48000), np.round((left + right) / 2))
+
+
+def test_a_wav_file_is_read_again_only_when_it_changes(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "chime.wav", sine(0.1, 8000), 2, 8000)
+    first = load_chime(str(path), 48000)
+    assert load_chime(str(path), 48000) is first
+
+    write_wav(path, sine(0.2, 8000), 2, 8000)
+    changed = load_chime(str(path), 48000)
+    assert abs(len(changed) - 9600) <= 2
+
+
+def test_a_ten_second_file_is_allowed(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "ten.wav", np.zeros(80000, dtype=np.int64), 1, 8000)
+    assert len(load_chime(str(path), 8000)) == 80000
+
+
+def test_a_file_over_ten_seconds_is_refused(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "long.wav", np.zeros(98400, dtype=np.int64), 1, 8000)
+    assert chime_error(str(path)) == f"chime '{path}': 12.3 s long; chimes may be at most 10 s"
+
+
+@pytest.mark.parametrize("spec", ["x.wav", "sounds/x.wav", "~/x.wav", "DING.WAV"])
+def test_a_relative_path_is_refused(spec: str) -> None:
+    assert chime_error(spec) == f"chime '{spec}': give an absolute path"
+
+
+@pytest.mark.parametrize("name", ["notes.wav", "notes.txt"])
+def test_a_text_file_is_not_a_wav_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("ding dong\n")
+    assert chime_error(str(path)) == (
+        f"chime '{path}': not a PCM WAV file (file does not start with RIFF id)"
+    )
+
+
+def test_an_empty_file_is_not_a_wav_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    assert chime_error(str(path)) == (
+        f"chime '{path}': not a PCM WAV file (the file ends inside its header)"
+    )
+
+
+def test_an_extensible_header_is_explained(tmp_path: Path) -> None:
+    fmt = struct.pack("<HHLLHH", 0xFFFE, 1, 48000, 96000, 2, 16) + bytes(24)
+    body = b"WAVE" + b"fmt " + struct.pack("<L", len(fmt)) + fmt + b"data" + bytes(4)
+    path = tmp_path / "ext.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<L", len(body)) + body)
+    assert chime_error(str(path)) == (
+        f"chime '{path}': not a PCM WAV file "
+        "(WAVE_FORMAT_EXTENSIBLE header; save it as plain 16-bit PCM)"
+    )
+
+
+@pytest.mark.parametrize("spec", ["xyz", "", "Soft", "chime"])
+def test_an_unknown_name_is_refused(spec: str) -> None:
+    assert chime_error(spec) == f"chime '{spec}': {UNKNOWN}"
+
+
+def test_a_missing_file_or_a_directory_is_refused(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.wav")
+    assert chime_error(missing) == f"chime '{missing}': {UNKNOWN}"
+    assert chime_error(str(tmp_path)) == f"chime '{tmp_path}': {UNKNOWN}"
+
+
+# --- validate_chime_spec -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [*BUILTIN_CHIMES, "/usr/share/sounds/ding.wav", "/x/Y.WAV"])
+def test_validation_accepts_builtins_and_absolute_wav_paths(spec: str) -> None:
+    assert validate_chime_spec(spec) == spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("xyz", UNKNOWN),
+        ("", UNKNOWN),
+        ("/usr/share/sounds/ding.mp3", UNKNOWN),
+        ("/usr/share/sounds", UNKNOWN),
+        ("x.wav", "give an absolute path"),
+        ("sounds/ding.wav", "give an absolute path"),
+    ],
+)
+def test_validation_rejects_everything_else(spec: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"chime '{spec}': {reason}")) as caught:
+        validate_chime_spec(spec)
+    assert str(caught.value) == f"chime '{spec}': {reason}"
+
+
+def test_validation_does_not_open_the_file(tmp_path: Path) -> None:
+    assert validate_chime_spec(str(tmp_path / "not-there-yet.wav")).endswith(".wav")
+
+
+# --- dsp helpers -------------------------------------------------------------------------------
+
+
+@given(
+    arrays(np.int16, st.integers(0, 300)),
+    st.floats(0.0, 4.0, allow_nan=False, allow_infinity=False),
+)
+def test_apply_gain_rounds_and_clips(samples: Samples, gain: float) -> None:
+    expected = np.clip(np.round(samples.astype(np.float64) * gain), -32768, 32767)
+    result = apply_gain(samples, gain)
+    assert result.dtype == np.int16
+    assert np.array_equal(result, expected)
+
+
+def test_apply_gain_of_one_returns_the_samples_and_zero_silences() -> None:
+    samples = np.array([-32768, -3, 0, 5, 32767], dtype=np.int16)
+    assert apply_gain(samples, 1.0) is samples
+    assert np.array_equal(apply_gain(samples, 0.0), np.zeros(5))
+    assert apply_gain(samples, 2.0).tolist() == [-32768, -6, 0, 10, 32767]
+    assert apply_gain(samples, 0.5).tolist() == [-16384, -2, 0, 2, 16384]  # half to even
+
+
+@pytest.mark.parametrize("gain", [-0.5, math.nan, math.inf])
+def test_apply_gain_refuses_a_gain_that_is_not_a_volume(gain: float) -> None:
+    with pytest.raises(ValueError, match="gain must be a finite number >= 0"):
+        apply_gain(np.zeros(3, dtype=np.int16), gain)
+
+
+def test_fade_out_is_a_falling_raised_cosine() -> None:
+    envelope = fade_out(np.full(480, 30000, dtype=np.int16)).astype(np.int32)
+    assert envelope[0] == 30000 and envelope[-1] == 0
+    assert np.all(np.diff(envelope) <= 0)
+    assert envelope[240] == pytest.approx(15000, abs=100)  # halfway down at half time
+
+
+def test_fade_out_keeps_the_first_sample_and_silences_the_last() -> None:
+    signal = sine(0.01, 48000, hz=440, level=0.9)[7:]
+    faded = fade_out(signal)
+    assert faded.dtype == np.int16 and len(faded) == len(signal)
+    assert faded[0] == signal[0] and faded[-1] == 0
+    assert np.all(np.abs(faded.astype(np.int32)) <= np.abs(signal.astype(np.int32)))
+    assert len(fade_out(signal[:0])) == 0 and fade_out(signal[:1]).tolist() == [0]
+
+
+def test_ms_to_frames() -> None:
+    assert ms_to_frames(10, 48000) == 480
+    assert ms_to_frames(10, 44100) == 441
+    assert ms_to_frames(2.5, 16000) == 40
+    assert ms_to_frames(0, 48000) == 0
