@@ -137,7 +137,8 @@ class MqttProbe:
 def finished_or_failed(ident: str) -> Callable[[list[dict[str, Any]]], bool]:
     def done(events: list[dict[str, Any]]) -> bool:
         return any(
-            e.get("id") == ident and e["event"] in ("finished", "failed", "rejected")
+            e.get("id") == ident
+            and e["event"] in ("finished", "failed", "rejected", "expired", "dropped")
             for e in events
         )
 

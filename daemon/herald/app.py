@@ -125,16 +125,22 @@ class Herald:
                 continue
             await self._speak(announcement)
 
-    async def _wait_for_change(self) -> None:
-        """Sleep until an event, or until the Scheduler says time alone changes something."""
+    async def _wait_for_change(self, speaking: asyncio.Task[bool] | None = None) -> None:
+        """Sleep until an event, the end of `speaking`, or a time the Scheduler names.
+
+        Expired announcements are reported when their time comes, even while another speaks.
+        """
         self._changed.clear()
+        changed = asyncio.create_task(self._changed.wait())
         now = self._clock()
         wakeup = self._scheduler.next_wakeup(now)
         timeout = None if wakeup is None else max(wakeup - now, 0.0) + 0.01
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            self._publish(self._scheduler.expire(self._clock()))
+            waiting_for = {changed} if speaking is None else {changed, speaking}
+            await asyncio.wait(waiting_for, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+        self._publish(self._scheduler.expire(self._clock()))
 
     async def _speak(self, announcement: Announcement) -> None:
         task = asyncio.create_task(
@@ -142,7 +148,8 @@ class Herald:
         )
         self._speaking = task
         try:
-            await asyncio.wait([task])  # returns when the task ends, cancelled or not
+            while not task.done():  # cancelled or not
+                await self._wait_for_change(speaking=task)
         except asyncio.CancelledError:
             task.cancel()  # shutdown: the announcement is abandoned by the caller
             await asyncio.wait([task])

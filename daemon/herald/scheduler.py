@@ -142,14 +142,17 @@ class Scheduler:
     def offer(self, announcement: Announcement, now: float) -> list[Outcome]:
         """Admit a newcomer; may evict, and may ask for the current one to be preempted."""
         if self._known(announcement.id):
-            return [Rejected(announcement, f"id {announcement.id!r} is already queued")]
+            return [Rejected(announcement, f"id {announcement.id!r} is already queued or speaking")]
         if announcement.expired(now):
             return [Expired(announcement)]
-        outcomes: list[Outcome] = []
+        outcomes = self.expire(now)  # a stale one gives up its place before a live one would
         if len(self._heap) >= self.max_length:
             victim = self._eviction_candidate()
             if victim.priority > announcement.priority:  # the newcomer is the least urgent
-                return [Rejected(announcement, f"queue full ({self.max_length} waiting)")]
+                return [
+                    *outcomes,
+                    Rejected(announcement, f"queue full ({self.max_length} waiting)"),
+                ]
             self._remove(victim.id)
             outcomes.append(Evicted(victim, by=announcement.id))
         self._push(announcement, next(self._arrivals))
@@ -193,7 +196,12 @@ class Scheduler:
         if interrupted.on_preempt == "resume" and resume_text:
             interrupted = replace(interrupted, text=resume_text)
         self._push(interrupted, next(self._requeues))
-        return [Preempted(interrupted, by=by, requeued=True)]
+        outcomes: list[Outcome] = [Preempted(interrupted, by=by, requeued=True)]
+        if len(self._heap) > self.max_length:  # the bound holds for requeued ones too
+            victim = self._eviction_candidate()
+            self._remove(victim.id)
+            outcomes.append(Evicted(victim, by=by))
+        return outcomes
 
     def stop(self) -> list[Outcome]:
         """The `stop` command: the current announcement is dropped; the caller silences it."""
@@ -220,7 +228,9 @@ class Scheduler:
 
         None when nothing waits. The caller sleeps until then, or until the next event.
         """
-        times = [e.announcement.expires_at for e in self._heap if e.announcement.expires_at]
+        times = [
+            e.announcement.expires_at for e in self._heap if e.announcement.expires_at is not None
+        ]
         quiet = self.quiet_hours
         if self._heap and quiet is not None and quiet.active(at := self._local_time(now)):
             times.append(now + quiet.seconds_until_end(at))

@@ -1,0 +1,261 @@
+"""Priorities end to end: preemption, FIFO, expiry, stop, clear and quiet hours in the real daemon.
+
+The fake Aura server speaks each text as a tone of its own pitch at real-time pace, so an
+announcement lasts as long as it would on a speaker, and every sample in the capture says which
+announcement it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from herald.audio.chimes import load_chime
+from tests.conftest import DaemonFactory
+from tests.fake_deepgram import FakeDeepgramOptions, dominant_hz, synthesize, tone_hz
+from tests.support import (
+    RATE,
+    Broker,
+    Capture,
+    DaemonProcess,
+    FakeDeepgramThread,
+    MqttProbe,
+    PulseServer,
+    finished_or_failed,
+    wait_for,
+)
+
+LOW = "A long and leisurely announcement about the washing machine, which has finished at last."
+CRITICAL = "Smoke in the kitchen!"
+
+
+@pytest.fixture
+def paced_voice() -> Iterator[FakeDeepgramThread]:
+    with FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.05, pace=1.0)) as fake:
+        yield fake
+
+
+def cloud_daemon(
+    make_daemon: DaemonFactory,
+    broker: Broker,
+    fake: FakeDeepgramThread,
+    extra: str = "",
+    device: str | None = None,
+) -> DaemonProcess:
+    daemon = make_daemon(
+        broker,
+        f'[voice]\nengines = ["deepgram"]\n[voice.deepgram]\nurl = "{fake.server.url}"\n'
+        "flushes_per_minute = 100\n" + extra,
+        device=device,
+    )
+    daemon.env["DEEPGRAM_API_KEY"] = "test-key"
+    daemon.start()
+    wait_for(lambda: fake.server.connections >= 1, 10, "the warm socket")
+    return daemon
+
+
+def say(probe: MqttProbe, node_id: str, **payload: Any) -> None:
+    probe.publish(f"herald/{node_id}/say", json.dumps(payload))
+
+
+def started(ident: str) -> Any:
+    return lambda events: any(e["event"] == "started" and e["id"] == ident for e in events)
+
+
+def test_critical_cuts_in_and_the_low_one_is_heard_again_from_its_start(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    capture: Capture,
+    paced_voice: FakeDeepgramThread,
+) -> None:
+    cloud_daemon(make_daemon, broker, paced_voice)
+    say(probe, node_id, text=LOW, id="low", priority="low")
+    events = probe.events_until(started("low"))
+    time.sleep(1.0)
+    say(probe, node_id, text=CRITICAL, id="fire", priority="critical")
+    events += probe.events_until(finished_or_failed("low"), timeout=60)
+
+    kinds = [(e["event"], e["id"]) for e in events]
+    assert kinds.index(("preempted", "low")) < kinds.index(("started", "fire"))
+    assert kinds.index(("finished", "fire")) < kinds.index(("finished", "low"))
+    preempted = next(e for e in events if e["event"] == "preempted")
+    assert (preempted["by"], preempted["requeued"]) == ("fire", True)
+
+    played = capture.samples()
+    alarm = load_chime("alarm", RATE)
+    low, fire = (np.frombuffer(synthesize(t, RATE), dtype="<i2") for t in (LOW, CRITICAL))
+    # The capture holds: part of the low one, the alarm chime, the critical text, the low one
+    # again from its start, each whole and in order (a period of padding after each).
+    cut = find(played, alarm)
+    assert 0.5 * RATE < cut < 3 * RATE  # about a second of the low one was heard first
+    assert dominant_hz(played[: cut - 960], RATE) == pytest.approx(tone_hz(LOW), abs=3)
+    at = cut + len(alarm)
+    assert np.array_equal(played[at : at + len(fire)], fire)
+    at = find(played, low[:4800], start=at + len(fire))
+    assert np.array_equal(played[at : at + len(low)], low)
+
+
+def find(haystack: np.ndarray, needle: np.ndarray, start: int = 0) -> int:
+    """Where `needle` first appears in `haystack` at or after `start` (exact samples)."""
+    window = np.lib.stride_tricks.sliding_window_view(haystack[start:], len(needle))
+    matches = np.flatnonzero((window == needle).all(axis=1))
+    assert len(matches), "not found"
+    return start + int(matches[0])
+
+
+def test_drop_on_preempt_and_equal_priority_does_not_interrupt(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    paced_voice: FakeDeepgramThread,
+) -> None:
+    cloud_daemon(make_daemon, broker, paced_voice)
+    say(probe, node_id, text="Normal one.", id="n1", chime=False)
+    probe.events_until(started("n1"))
+    say(probe, node_id, text="Normal two.", id="n2", interrupt=True, chime=False)
+    say(probe, node_id, text=LOW, id="low", priority="low", on_preempt="drop", chime=False)
+    events = probe.events_until(started("low"))
+    say(probe, node_id, text="High.", id="high", priority="high", chime=False)
+    events += probe.events_until(finished_or_failed("high"))
+
+    order = [e["id"] for e in events if e["event"] == "finished"]
+    assert order == ["n1", "n2", "high"]  # n2 waited for n1: same priority never interrupts
+    dropped = next(e for e in events if e["event"] == "preempted")
+    assert (dropped["id"], dropped["requeued"]) == ("low", False)
+    assert not [e for e in events if e["event"] == "finished" and e["id"] == "low"]
+
+
+def test_expiry_stop_and_clear(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    paced_voice: FakeDeepgramThread,
+) -> None:
+    cloud_daemon(make_daemon, broker, paced_voice)
+    say(probe, node_id, text=LOW, id="long", chime=False)
+    probe.events_until(started("long"))
+    say(probe, node_id, text="Stale soon.", id="stale", ttl=0.5)
+    say(probe, node_id, text="Cleared one.", id="c1")
+    say(probe, node_id, text="Cleared two.", id="c2")
+    time.sleep(1.0)
+    probe.publish(f"herald/{node_id}/clear", "")
+    probe.publish(f"herald/{node_id}/stop", "")
+    say(probe, node_id, text="After the stop.", id="after", chime=False)
+    events = probe.events_until(finished_or_failed("after"))
+
+    fate = {e["id"]: (e["event"], e.get("reason")) for e in events if e["event"] != "queued"}
+    assert fate["stale"] == ("expired", "its time to live ran out before it was spoken")
+    assert fate["c1"] == fate["c2"] == ("dropped", "cleared")
+    assert fate["long"] == ("dropped", "stopped")
+    assert fate["after"][0] == "finished"
+
+
+def test_quiet_hours_hold_the_less_urgent_and_let_critical_through(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    paced_voice: FakeDeepgramThread,
+) -> None:
+    now = datetime.now()
+    start, end = (now - timedelta(minutes=5)).strftime("%H:%M"), (now + timedelta(minutes=5))
+    quiet = (
+        f'[quiet_hours]\nenabled = true\nstart = "{start}"\nend = "{end.strftime("%H:%M")}"\n'
+        'min_priority = "critical"\n'
+    )
+    cloud_daemon(make_daemon, broker, paced_voice, extra=quiet)
+    say(probe, node_id, text="Laundry.", id="held", ttl=2)
+    say(probe, node_id, text="Smoke!", id="fire", priority="critical", chime=False)
+    events = probe.events_until(finished_or_failed("held"))
+
+    fate = {e["id"]: e["event"] for e in events if e["event"] != "queued"}
+    assert fate == {"fire": "finished", "held": "expired"}
+
+
+def test_repeat_and_volume(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    capture: Capture,
+) -> None:
+    with FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.0)) as fast:
+        cloud_daemon(make_daemon, broker, fast)
+        say(probe, node_id, text="Twice.", id="r", repeat=2, volume=0.5, chime=False)
+        probe.events_until(finished_or_failed("r"))
+    played = capture.samples()
+    tone = np.frombuffer(synthesize("Twice.", RATE), dtype="<i2")
+    half = np.round(tone.astype(np.float64) * 0.5).astype(np.int16)
+    first = find(played, half[:4800])
+    second = find(played, half[:4800], start=first + len(tone))
+    assert np.array_equal(played[first : first + len(tone)], half)
+    assert second - first >= len(tone) + int(0.5 * RATE)  # a pause between the two
+
+
+def test_preemption_through_a_real_time_output_reports_its_latencies(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    pulse: PulseServer,
+    paced_voice: FakeDeepgramThread,
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    cloud_daemon(make_daemon, broker, paced_voice, device="herald_paced")
+    with pulse.record(tmp_path / "heard.raw") as recording:
+        say(probe, node_id, text=LOW, id="low", priority="low")
+        probe.events_until(started("low"))
+        time.sleep(1.5)
+        say(probe, node_id, text=CRITICAL, id="fire", priority="critical")
+        probe.events_until(finished_or_failed("fire"), timeout=30)
+        time.sleep(0.5)
+    heard = np.frombuffer(recording.read_bytes(), dtype="<i2")
+    frame = RATE // 100  # 10 ms
+    labels = [label_of(heard[i : i + frame]) for i in range(0, len(heard) - frame, frame)]
+    runs = compress(labels)
+    names = [name for name, _ in runs if name != "other"]
+    # What a listener hears: the low voice, cut; the alarm; the critical voice; the low again.
+    assert names[:4] == ["low", "quiet", "alarm", "critical"] or names[:3] == [
+        "low",
+        "alarm",
+        "critical",
+    ], runs
+    alarm_at = next(i for i, (name, _) in enumerate(runs) if name == "alarm")
+    low_before = max(i for i, (name, _) in enumerate(runs[:alarm_at]) if name == "low")
+    gap_ms = 10 * sum(frames for _, frames in runs[low_before + 1 : alarm_at])
+    record_property("switch_gap_ms", gap_ms)
+    print(f"\npreemption: low voice to alarm chime in {gap_ms} ms of silence (10 ms frames)")
+
+
+def label_of(chunk: np.ndarray) -> str:
+    if np.sqrt(np.mean(chunk.astype(np.float64) ** 2)) < 200:
+        return "quiet"
+    hz = dominant_hz(chunk, RATE)
+    for name, expected in (("low", tone_hz(LOW)), ("critical", tone_hz(CRITICAL))):
+        if abs(hz - expected) < 60:
+            return name
+    if abs(hz - 960) < 60 or abs(hz - 770) < 60:
+        return "alarm"
+    return "other"
+
+
+def compress(labels: list[str]) -> list[tuple[str, int]]:
+    runs: list[tuple[str, int]] = []
+    for label in labels:
+        if runs and runs[-1][0] == label:
+            runs[-1] = (label, runs[-1][1] + 1)
+        else:
+            runs.append((label, 1))
+    return runs
