@@ -142,7 +142,12 @@ def test_sigterm_while_speaking_exits_cleanly_and_says_what_was_lost(
     long_text = "This announcement is long. " * 200
     for n in range(3):
         probe.publish(f"herald/{node_id}/say", json.dumps({"text": long_text, "id": f"long{n}"}))
-    probe.events_until(lambda events: any(e["event"] == "started" for e in events))
+    probe.events_until(
+        lambda events: (
+            {e["event"] for e in events} >= {"queued", "started"}
+            and sum(e["event"] == "queued" for e in events) == 3
+        )
+    )
 
     started = time.monotonic()
     assert daemon.stop() == 0

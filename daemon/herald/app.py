@@ -60,6 +60,7 @@ class Herald:
         self._changed = asyncio.Event()
         self._speaking: asyncio.Task[bool] | None = None
         self._preempted_by: str | None = None
+        self._closing = False
 
     @property
     def queue_length(self) -> int:
@@ -69,6 +70,9 @@ class Herald:
 
     def accept(self, payload: bytes) -> Announcement | None:
         """Parse and offer one payload; publish what happened to it (and to any it displaced)."""
+        if self._closing:
+            self._emit(Event("rejected", None, details={"reason": "herald is shutting down"}))
+            return None
         try:
             return self._admit(payload)
         except Exception as exc:  # a bug must cost one message (with an event), not the daemon
@@ -101,8 +105,13 @@ class Herald:
         """The `clear` command: drop everything waiting; what is speaking finishes."""
         self._publish(self._scheduler.clear())
 
+    def close(self) -> None:
+        """From now on, refuse new announcements (with an event): nothing would speak them."""
+        self._closing = True
+
     def abandon(self) -> None:
         """On shutdown: fail what is speaking and what waits, each with an event."""
+        self._closing = True
         if (current := self._scheduler.current) is not None:
             self._fail(current, "herald shut down while speaking it")
             self._scheduler.finish()
@@ -279,6 +288,7 @@ async def run_daemon(config: Config) -> int:
                 speaking = tasks.create_task(herald.speak_queue(), name="speak-queue")
                 await stop.wait()
                 log.info("herald: stopping")
+                herald.close()
                 speaking.cancel()
             herald.abandon()
     finally:

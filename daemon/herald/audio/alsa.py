@@ -51,7 +51,7 @@ class _Finish:
 
 @dataclass(frozen=True)
 class _Drop:
-    pass
+    asked_at: float  # time.monotonic() when drop() was called: the start of every measure
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ class AlsaOutput:
         self._wake = threading.Event()  # cuts a wait for the buffer to play out short
         # What the thread wrote last, a buffer's worth and a period: where a fade starts from.
         self._recent: deque[bytes] = deque(maxlen=cfg.periods + 1)
+        self._dropped_at: tuple[float, float] | None = None  # (asked, silent) of the last drop
         self.underruns = 0
 
     @property
@@ -158,7 +159,7 @@ class AlsaOutput:
         self._generation += 1
         self._pending = silence(0)
         self._wake.set()
-        self._commands.put(_Drop())
+        self._commands.put(_Drop(time.monotonic()))
 
     async def close(self) -> None:
         if self._thread is None:
@@ -203,8 +204,8 @@ class AlsaOutput:
                 self._finish_in_thread(pcm, command)
             elif isinstance(command, _Drop):
                 self._wake.clear()
-                if pcm is not None:
-                    self._drop_with_fade(pcm)
+                if pcm is not None and self._drop_with_fade(pcm):
+                    self._dropped_at = (command.asked_at, time.monotonic())
             else:
                 if pcm is not None:
                     pcm.close()
@@ -239,6 +240,8 @@ class AlsaOutput:
                 return pcm
             self._write_period(pcm, command.data)
             self._recent.append(command.data)
+            if self._dropped_at is not None:
+                self._report_switch(*self._dropped_at)
             return pcm
         except Exception as exc:  # alsaaudio.ALSAAudioError: the device went away
             self._fail(f"ALSA device '{self._cfg.device}' failed: {exc}")
@@ -285,11 +288,22 @@ class AlsaOutput:
             if interrupt is None:
                 time.sleep(queued / self._cfg.sample_rate + 0.002)
 
-    def _drop_with_fade(self, pcm: Any) -> None:
+    def _report_switch(self, asked_at: float, silent_at: float) -> None:
+        """Log how fast a drop silenced the device and the next sound began (once per drop)."""
+        self._dropped_at = None
+        now = time.monotonic()
+        log.info(
+            "audio: silent %.1f ms after the drop was asked for; next sound %.1f ms later",
+            (silent_at - asked_at) * 1000,
+            (now - silent_at) * 1000,
+        )
+
+    def _drop_with_fade(self, pcm: Any) -> bool:
         """Silence the device now: drop what is buffered, but fade out instead of cutting.
 
         The fade continues the sound from the frame that was about to play, so the listener
-        hears the voice die away over a few milliseconds rather than a click.
+        hears the voice die away over a few milliseconds rather than a click. True when there
+        was sound to silence.
         """
         channels = self._cfg.channels
         queued = self._queued_frames(pcm)
@@ -300,7 +314,7 @@ class AlsaOutput:
         start = len(recent) - queued * channels
         segment = recent[max(start, 0) : max(start, 0) + fade_frames * channels]
         if queued <= 0 or len(segment) < channels:
-            return
+            return queued > 0
         frames = segment.reshape(-1, channels).astype(np.float64)
         ramp = np.cos(np.linspace(0, np.pi / 2, len(frames)))[:, None]
         faded = np.round(frames * ramp).astype("<i2").tobytes()
@@ -309,6 +323,7 @@ class AlsaOutput:
             self._wait_until_played(pcm, None)
         finally:
             pcm.drop()
+        return True
 
     def _fail(self, message: str) -> None:
         log.error("audio: %s", message)
