@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import wave
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -124,3 +125,61 @@ def test_when_no_voice_can_speak_the_announcement_fails_with_every_reason(tmp_pa
     assert [(e.kind, e.details) for e in events] == [
         ("failed", {"reason": "no voice could speak: broken: server unreachable"})
     ]
+
+
+class ToneVoice:
+    """A voice that says every text as one second of a 440 Hz tone."""
+
+    name = "tone"
+
+    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
+        t = np.arange(16000) / 16000
+        yield (np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16)
+
+    async def run(self) -> None:
+        pass
+
+    async def check(self) -> str:
+        return "tone"
+
+    async def aclose(self) -> None:
+        pass
+
+
+def spoken_by_tone(tmp_path: Path, delivery: Delivery, announcement: Announcement) -> np.ndarray:
+    output = WavFileOutput(tmp_path / "out.wav", AudioConfig(sample_rate=16000))
+
+    async def run() -> None:
+        await Speaker([ToneVoice()], output, lambda _: None, delivery).speak(announcement)
+        await output.close()
+
+    asyncio.run(run())
+    with wave.open(str(tmp_path / "out.wav")) as wav:
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+
+
+def test_an_idle_output_gets_a_silent_preroll_to_wake_the_amplifier(tmp_path: Path) -> None:
+    delivery = Delivery(16000, wake_preroll_ms=250, idle_after_s=5)
+    played = spoken_by_tone(tmp_path, delivery, Announcement("a", "x"))
+    assert len(played) == 4000 + 16000
+    assert not played[:4000].any()
+    assert np.abs(played[4000:4100]).max() > 0
+
+
+def test_volume_is_software_gain_and_critical_has_a_floor(tmp_path: Path) -> None:
+    delivery = Delivery(16000, volume=0.5, critical_min_volume=0.8)
+    normal = spoken_by_tone(tmp_path, delivery, Announcement("n", "x"))
+    quiet = spoken_by_tone(tmp_path, delivery, Announcement("q", "x", volume=0.1))
+    critical = spoken_by_tone(tmp_path, delivery, Announcement("c", "x", 100, volume=0.1))
+    assert np.abs(normal).max() == 5000
+    assert np.abs(quiet).max() == 1000
+    assert np.abs(critical).max() == 8000
+
+
+def test_the_chime_comes_first_and_the_voice_follows_without_a_gap(tmp_path: Path) -> None:
+    chime = np.full(800, 1234, dtype=np.int16)
+    delivery = Delivery(16000, chime_for=lambda _: chime)
+    played = spoken_by_tone(tmp_path, delivery, Announcement("a", "x", repeat=2))
+    assert np.array_equal(played[:800], chime)
+    assert played[800] == 0 and np.abs(played[801:900]).max() > 0  # sine starts at zero
+    assert len(played) == 800 + 16000 + 9600 + 16000  # chime once, a 600 ms pause, twice

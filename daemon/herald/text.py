@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-# Sentence ends: ASCII marks, the ellipsis, and the ideographic and fullwidth marks of CJK text.
-_SENTENCE_END = re.compile(r"(?<=[.!?\u2026\u3002\uff01\uff1f])\s+")
+# Sentence ends: ASCII marks and the ellipsis before white space; the ideographic and fullwidth
+# marks of CJK text, which is written without spaces, with or without it.
+_SENTENCE_END = re.compile(r"(?<=[.!?\u2026])\s+|(?<=[\u3002\uff01\uff1f])\s*")
 
 # How fast speech goes, roughly, in characters a second (about 165 words a minute).
 SPOKEN_CHARS_PER_SECOND = 14.0
