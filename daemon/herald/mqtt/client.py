@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
 MAX_QUEUED_PUBLISHES = 1000  # bounds memory while the broker is away
+FLUSH_TIMEOUT_S = 2.0  # how long a disconnect waits for the broker to acknowledge the last events
 
 
 class MqttBridge:
@@ -51,6 +52,9 @@ class MqttBridge:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
+        self._client.on_publish = self._handle_publish
+        self._unacknowledged: set[int] = set()  # message ids of QoS 1 publishes not yet acked
+        self._all_acknowledged = asyncio.Event()
         self._subscribe_mid: int | None = None
 
     @property
@@ -64,9 +68,23 @@ class MqttBridge:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # Disconnect only once the broker has acknowledged what was published: closing a socket
+        # with an unread acknowledgement in it sends a TCP reset, and the broker may then lose
+        # the last messages (the final events of a shutdown) that it has not read yet.
+        if self.connected:
+            await self._acknowledged(within_s=FLUSH_TIMEOUT_S)
         self._client.disconnect()
         # loop_stop joins paho's thread, which finishes its last socket work first.
         await asyncio.to_thread(self._client.loop_stop)
+
+    async def _acknowledged(self, within_s: float) -> None:
+        if not self._unacknowledged:
+            return
+        self._all_acknowledged.clear()
+        try:
+            await asyncio.wait_for(self._all_acknowledged.wait(), within_s)
+        except TimeoutError:
+            log.warning("mqtt: %d messages unacknowledged at disconnect", len(self._unacknowledged))
 
     @property
     def connected(self) -> bool:
@@ -84,6 +102,18 @@ class MqttBridge:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             log.warning("mqtt: could not publish to %s: %s", topic, paho.error_string(info.rc))
+        elif qos > 0:
+            self._unacknowledged.add(info.mid)
+
+    def _handle_publish(
+        self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
+    ) -> None:
+        self._in_loop(self._acknowledge, mid)
+
+    def _acknowledge(self, mid: int) -> None:
+        self._unacknowledged.discard(mid)
+        if not self._unacknowledged:
+            self._all_acknowledged.set()
 
     # --- paho's thread -------------------------------------------------------------------------
 
