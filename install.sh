@@ -2,6 +2,12 @@
 # Install Herald on Debian 12 / Raspberry Pi OS bookworm, or set up a developer checkout.
 # Safe to run again: it installs what is missing, upgrades the package, and never
 # overwrites /etc/herald/herald.toml.  Run `install.sh --help` for the options.
+#
+# Secrets (the Deepgram API key, the MQTT password) live in /etc/herald/credentials/ (root only)
+# and reach the service as systemd credentials through the drop-in
+# /etc/systemd/system/herald.service.d/credentials.conf, which lists only the files that exist
+# (systemd fails a unit whose LoadCredential= file is missing).  A secret never goes in argv or
+# the environment of another process, and is never printed.
 set -euo pipefail
 umask 022 # the venv and config must be readable by the herald user
 
@@ -10,16 +16,24 @@ SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 BASE_PACKAGES=(python3-venv python3-dev gcc libasound2-dev espeak-ng alsa-utils)
 BROKER_PACKAGES=(mosquitto mosquitto-clients)
 DEV_PACKAGES=("${BASE_PACKAGES[@]}" "${BROKER_PACKAGES[@]}"
-    pulseaudio pulseaudio-utils libasound2-plugins sox shellcheck)
+    pulseaudio pulseaudio-utils libasound2-plugins sox shellcheck
+    systemd) # systemd-analyze, for tests/test_unit_file.py
 
 SERVICE_USER=herald
 SYSTEM_CONFIG=/etc/herald/herald.toml
+SYSTEM_CREDENTIALS=/etc/herald/credentials # as the unit's drop-in names it on the target
+CREDENTIAL_NAMES=(deepgram_api_key mqtt_password)
 
 MODE=install # install | dev | uninstall
 WITH_BROKER=0
 PURGE=0
 ROOT="" # staging root; empty means the real system
-DONE=() # what this run did, for the summary
+DEEPGRAM_KEY_FILE=""
+MQTT_PASSWORD_FILE=""
+DEEPGRAM_KEY=""   # the secrets read for this run: only ever in this shell's memory
+MQTT_PASSWORD=""
+CONFIG_FRESH=0    # 1 when this run created the config
+DONE=()           # what this run did, for the summary
 
 say() { printf 'herald-install: %s\n' "$*"; }
 die() {
@@ -59,12 +73,29 @@ Options:
                  and the herald user
   --root DIR     install into (or uninstall from) the staging root DIR instead
                  of /: no apt, no user, no systemctl (prints what it would do)
+  --deepgram-key-file FILE
+                 store the Deepgram API key in FILE as the service's credential
+                 /etc/herald/credentials/deepgram_api_key (root only, 0600) and
+                 restart the service; run again with a new FILE to rotate the key.
+                 A config this run creates then uses Deepgram, espeak-ng second.
+  --mqtt-password-file FILE
+                 the same for the broker password (credential mqtt_password)
   -h, --help     show this help and exit
+
+Without --deepgram-key-file, and with no key stored yet, an install run from a
+terminal asks once for a Deepgram API key (not echoed; empty: espeak-ng only).
 
 Privileged steps use sudo unless you run this as root.  The service's venv is
 built with /usr/bin/python3 (--dev and --root: python3 from PATH); set
 HERALD_PYTHON to use another interpreter.
 EOF
+}
+
+set_secret_file() {
+    case "$1" in
+    --deepgram-key-file) DEEPGRAM_KEY_FILE="$2" ;;
+    --mqtt-password-file) MQTT_PASSWORD_FILE="$2" ;;
+    esac
 }
 
 parse_args() {
@@ -85,6 +116,17 @@ parse_args() {
             ROOT="${1#--root=}"
             [[ -n "$ROOT" ]] || usage_error "--root needs a directory"
             ;;
+        --deepgram-key-file | --mqtt-password-file)
+            if (($# < 2)) || [[ -z "$2" ]]; then
+                usage_error "$1 needs a file"
+            fi
+            set_secret_file "$1" "$2"
+            shift
+            ;;
+        --deepgram-key-file=* | --mqtt-password-file=*)
+            [[ -n "${1#*=}" ]] || usage_error "${1%%=*} needs a file"
+            set_secret_file "${1%%=*}" "${1#*=}"
+            ;;
         -h | --help)
             usage
             exit 0
@@ -102,6 +144,9 @@ parse_args() {
     if [[ "$MODE" == uninstall ]] && ((WITH_BROKER)); then
         usage_error "--uninstall never removes mosquitto; drop --with-broker"
     fi
+    if [[ "$MODE" != install && -n "$DEEPGRAM_KEY_FILE$MQTT_PASSWORD_FILE" ]]; then
+        usage_error "--deepgram-key-file and --mqtt-password-file go with an install only"
+    fi
     if [[ -n "$ROOT" ]]; then
         ROOT="$(realpath -m -- "$ROOT")"
         [[ "$ROOT" != / ]] || ROOT=""
@@ -114,6 +159,8 @@ set_paths() {
     CONFIG_DIR="$ROOT/etc/herald"
     CONFIG="$ROOT$SYSTEM_CONFIG"
     UNIT="$ROOT/etc/systemd/system/herald.service"
+    DROPIN="$ROOT/etc/systemd/system/herald.service.d/credentials.conf"
+    CREDENTIALS_DIR="$ROOT$SYSTEM_CREDENTIALS"
     STATE_DIR="$ROOT/var/lib/herald"
 }
 
@@ -237,15 +284,172 @@ link_command() {
     did "linked $BIN_LINK -> $VENV/bin/herald"
 }
 
+# The shipped config speaks with espeak-ng only.  With a Deepgram key stored, a config this run
+# creates gets its one `engines = ["espeak"]` line changed to Deepgram first; an existing config
+# is never edited.
+ESPEAK_ONLY_LINE='^engines = \["espeak"\]( +#.*)?$'
+DEEPGRAM_ENGINES='engines = ["deepgram", "espeak"]'
+
+uses_deepgram() { grep -Eq '^[[:space:]]*engines[[:space:]]*=.*"deepgram"' "$1"; }
+
 install_config() {
-    [[ -f "$SRC/config/herald.toml" ]] || die "missing $SRC/config/herald.toml"
+    local shipped="$SRC/config/herald.toml"
+    [[ -f "$shipped" ]] || die "missing $shipped"
     if [[ -e "$CONFIG" ]]; then
-        say "kept existing $CONFIG (never overwritten; the shipped example is $SRC/config/herald.toml)"
+        say "kept existing $CONFIG (never overwritten; the shipped example is $shipped)"
+        if secret_stored deepgram_api_key && ! uses_deepgram "$CONFIG"; then
+            say "a Deepgram key is stored but $CONFIG does not use it: set $DEEPGRAM_ENGINES under [voice]"
+        fi
         return
     fi
-    as_root install -d -m 0755 "$CONFIG_DIR"
-    as_root install -m 0644 "$SRC/config/herald.toml" "$CONFIG"
-    did "installed config $CONFIG"
+    [[ -d "$CONFIG_DIR" ]] || as_root install -d -m 0755 "$CONFIG_DIR"
+    CONFIG_FRESH=1
+    if ! secret_stored deepgram_api_key; then
+        as_root install -m 0644 "$shipped" "$CONFIG"
+        did "installed config $CONFIG (voice: espeak-ng)"
+    elif [[ "$(grep -Ec "$ESPEAK_ONLY_LINE" "$shipped")" != 1 ]]; then
+        as_root install -m 0644 "$shipped" "$CONFIG"
+        did "installed config $CONFIG (voice: espeak-ng)"
+        say "warning: $shipped has no single line 'engines = [\"espeak\"]' to switch; to use the Deepgram key set $DEEPGRAM_ENGINES in $CONFIG"
+    else
+        sed -E -e "s/^engines = \[\"espeak\"\] +#/$DEEPGRAM_ENGINES  #/" \
+            -e "s/^engines = \[\"espeak\"\]\$/$DEEPGRAM_ENGINES/" "$shipped" |
+            as_root install -m 0644 /dev/stdin "$CONFIG"
+        did "installed config $CONFIG with $DEEPGRAM_ENGINES (Deepgram first, espeak-ng when it cannot speak)"
+    fi
+}
+
+# --- secrets ----------------------------------------------------------------------------------
+#
+# /etc/herald/credentials/ (root, 0700) holds one file per secret (root, 0600).  A secret only
+# passes through this shell's variables and bash builtins (never argv, never the environment)
+# and through a pipe into the process that writes it; it is never printed.
+
+secret_stored() { as_root test -s "$CREDENTIALS_DIR/$1"; }
+
+# Leading and trailing white space off $1, on stdout (printf is a builtin: no argv).
+trim() {
+    local s="$1"
+    s="${s#"${s%%[![:space:]]*}"}"
+    s="${s%"${s##*[![:space:]]}"}"
+    printf '%s' "$s"
+}
+
+# The contents of FILE on stdout: read as the caller when it can (so `--deepgram-key-file
+# <(pass show deepgram)` works), else as root.
+read_secret_file() {
+    if [[ -r "$1" ]]; then
+        cat -- "$1"
+    else
+        as_root cat -- "$1"
+    fi
+}
+
+# load_secret_file WHAT FILE: the secret in FILE, trimmed, on stdout; dies on an unusable FILE.
+load_secret_file() {
+    local value
+    [[ -e "$2" ]] || as_root test -e "$2" || die "$1 file $2 does not exist"
+    value="$(read_secret_file "$2")" || die "cannot read $1 file $2"
+    value="$(trim "$value")"
+    [[ -n "$value" ]] || die "$1 file $2 is empty"
+    [[ "$value" != *$'\n'* ]] || die "$1 file $2 has more than one line; it should hold the secret alone"
+    printf '%s' "$value"
+}
+
+can_prompt() {
+    [[ -t 0 && -z "$DEEPGRAM_KEY_FILE$MQTT_PASSWORD_FILE" ]] && ! secret_stored deepgram_api_key
+}
+
+# Read the secrets this run stores: from the files given, else (a terminal, no key stored yet)
+# ask once for a Deepgram key.  Done first, so nobody has to wait for pip to be asked.
+collect_secrets() {
+    local key=""
+    if [[ -n "$DEEPGRAM_KEY_FILE" ]]; then
+        DEEPGRAM_KEY="$(load_secret_file "Deepgram key" "$DEEPGRAM_KEY_FILE")"
+    elif can_prompt; then
+        read -rs -p "Deepgram API key (leave empty for the local espeak-ng voice only): " key || key=""
+        printf '\n' >&2
+        DEEPGRAM_KEY="$(trim "$key")"
+        key=""
+        [[ "$DEEPGRAM_KEY" != *$'\n'* ]] || die "the Deepgram key has more than one line"
+        if [[ -z "$DEEPGRAM_KEY" ]]; then
+            say "no Deepgram key: Herald speaks with the local espeak-ng voice"
+        fi
+    fi
+    if [[ -n "$MQTT_PASSWORD_FILE" ]]; then
+        MQTT_PASSWORD="$(load_secret_file "MQTT password" "$MQTT_PASSWORD_FILE")"
+    fi
+}
+
+# store_secret NAME VALUE: write VALUE to the credential NAME (root, 0600) unless it is there.
+store_secret() {
+    local name="$1" value="$2" dest current=""
+    dest="$CREDENTIALS_DIR/$name"
+    if as_root test -f "$dest"; then
+        current="$(as_root cat -- "$dest")"
+        if [[ "$current" == "$value" ]]; then
+            current=""
+            say "credential $name in $dest is up to date"
+            return
+        fi
+        current=""
+    fi
+    # shellcheck disable=SC2016 # $1 is expanded by that sh, which gets the path as its argument
+    printf '%s' "$value" | as_root sh -c \
+        'umask 077 && rm -f -- "$1.new" && cat >"$1.new" && mv -f -- "$1.new" "$1"' sh "$dest"
+    did "stored credential $name in $dest (root only, mode 0600)"
+}
+
+install_credentials() {
+    [[ -d "$CONFIG_DIR" ]] || as_root install -d -m 0755 "$CONFIG_DIR"
+    if staging; then
+        as_root install -d -m 0700 "$CREDENTIALS_DIR"
+    else
+        as_root install -d -m 0700 -o root -g root "$CREDENTIALS_DIR"
+    fi
+    if [[ -n "$DEEPGRAM_KEY" ]]; then
+        store_secret deepgram_api_key "$DEEPGRAM_KEY"
+    fi
+    if [[ -n "$MQTT_PASSWORD" ]]; then
+        store_secret mqtt_password "$MQTT_PASSWORD"
+    fi
+    DEEPGRAM_KEY=""
+    MQTT_PASSWORD=""
+}
+
+remove_empty_dir() {
+    if [[ -d "$1" ]] && [[ -z "$(ls -A -- "$1")" ]]; then
+        as_root rmdir -- "$1"
+    fi
+}
+
+# The drop-in hands the service the credentials that exist, and only those: LoadCredential= with
+# a missing file fails the unit (243/CREDENTIALS).  No credentials, no drop-in.
+install_credentials_dropin() {
+    local name content names=() lines=()
+    for name in "${CREDENTIAL_NAMES[@]}"; do
+        if secret_stored "$name"; then
+            names+=("$name")
+            lines+=("LoadCredential=$name:$SYSTEM_CREDENTIALS/$name")
+        fi
+    done
+    if ((${#lines[@]} == 0)); then
+        remove_path "$DROPIN"
+        remove_empty_dir "$(dirname "$DROPIN")"
+        say "no credentials stored, so no drop-in $DROPIN"
+        return
+    fi
+    content="$(printf '%s\n' \
+        "# Written by install.sh: the credentials stored in $SYSTEM_CREDENTIALS/, and only those" \
+        "# (a LoadCredential= file that is missing fails the service).  Run install.sh again after" \
+        "# adding or removing one there, or edit this and run: systemctl daemon-reload" \
+        "[Service]" "${lines[@]}")"
+    if [[ -f "$DROPIN" ]] && [[ "$(cat -- "$DROPIN")" == "$content" ]]; then
+        say "drop-in $DROPIN is up to date"
+        return
+    fi
+    printf '%s\n' "$content" | as_root install -D -m 0644 /dev/stdin "$DROPIN"
+    did "installed drop-in $DROPIN (credentials: ${names[*]})"
 }
 
 install_unit() {
@@ -313,11 +517,14 @@ install_system() {
     if ((WITH_BROKER)); then
         packages+=("${BROKER_PACKAGES[@]}")
     fi
+    collect_secrets
     install_apt_packages "${packages[@]}"
     create_user
     install_venv
+    install_credentials
     install_config
     install_unit
+    install_credentials_dropin
     if ((WITH_BROKER)); then
         start_broker
     fi
@@ -329,6 +536,30 @@ install_system() {
     say "  herald check"
     say "  herald say \"Hello\""
     say "settings: $SYSTEM_CONFIG (restart the service after editing it)"
+    summarize_secrets
+}
+
+summarize_secrets() {
+    say "secrets: $SYSTEM_CREDENTIALS/ (root only), handed to the service as systemd credentials"
+    say "  by /etc/systemd/system/herald.service.d/credentials.conf"
+    if secret_stored deepgram_api_key; then
+        say "Deepgram key: $SYSTEM_CREDENTIALS/deepgram_api_key"
+        say "  rotate it: sudo ./install.sh --deepgram-key-file NEWFILE (stores it, restarts Herald)"
+        if ((CONFIG_FRESH)) || uses_deepgram "$CONFIG"; then
+            say "  $SYSTEM_CONFIG: $DEEPGRAM_ENGINES"
+        else
+            say "  $SYSTEM_CONFIG does not use it yet: set $DEEPGRAM_ENGINES under [voice]"
+        fi
+    else
+        say "no Deepgram key: the local espeak-ng voice speaks"
+        say "  add one: sudo ./install.sh --deepgram-key-file FILE"
+    fi
+    if secret_stored mqtt_password; then
+        say "MQTT password: $SYSTEM_CREDENTIALS/mqtt_password (set [mqtt] username in $SYSTEM_CONFIG)"
+        say "  change it: sudo ./install.sh --mqtt-password-file NEWFILE"
+    fi
+    say "herald check run from a shell does not see the service's credentials; to check with them:"
+    say "  sudo env CREDENTIALS_DIRECTORY=$SYSTEM_CREDENTIALS herald check"
 }
 
 # --- uninstall --------------------------------------------------------------------------------
@@ -363,6 +594,8 @@ remove_user() {
 uninstall_system() {
     stop_service
     remove_path "$UNIT"
+    remove_path "$DROPIN"
+    remove_empty_dir "$(dirname "$DROPIN")"
     run_systemctl daemon-reload
     remove_path "$VENV"
     if [[ -L "$BIN_LINK" ]]; then
@@ -371,11 +604,11 @@ uninstall_system() {
         say "left $BIN_LINK alone: it is not the link this script made"
     fi
     if ((PURGE)); then
-        remove_path "$CONFIG_DIR"
+        remove_path "$CONFIG_DIR" # with the credentials in it
         remove_path "$STATE_DIR"
         remove_user
     elif [[ -e "$CONFIG_DIR" ]]; then
-        say "kept $CONFIG_DIR (add --purge to remove it and the herald user)"
+        say "kept $CONFIG_DIR and the credentials in it (add --purge to remove them and the herald user)"
     fi
     summary
     say "mosquitto, if installed, is left as it is."

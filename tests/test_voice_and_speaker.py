@@ -90,6 +90,9 @@ class BrokenVoice:
     async def run(self) -> None:
         pass
 
+    def describe(self) -> str:
+        return self.name
+
     async def check(self) -> str:
         raise VoiceError("server unreachable")
 
@@ -138,6 +141,9 @@ class ToneVoice:
 
     async def run(self) -> None:
         pass
+
+    def describe(self) -> str:
+        return self.name
 
     async def check(self) -> str:
         return "tone"

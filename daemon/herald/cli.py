@@ -131,10 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _run(_args: argparse.Namespace, config: Config, _source: Path | None) -> int:
+def _run(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
     from herald.app import run_daemon
+    from herald.systemd import configure_logging
 
-    return asyncio.run(run_daemon(config))
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    return asyncio.run(run_daemon(config, reload=lambda: load_config(args.config)[0]))
 
 
 def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:

@@ -133,6 +133,24 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._heap)
 
+    def reconfigure(self, max_length: int, quiet_hours: QuietHours | None) -> list[Outcome]:
+        """New limits from a reloaded config; a smaller bound evicts the least urgent now."""
+        self.max_length, self.quiet_hours = max_length, quiet_hours
+        evicted: list[Outcome] = []
+        while len(self._heap) > self.max_length:
+            victim = self._eviction_candidate()
+            self._remove(victim.id)
+            evicted.append(Evicted(victim, by="config reload"))
+        return evicted
+
+    def requeue_current(self, why: str) -> list[Outcome]:
+        """Put what is speaking back at the head of its priority, whatever its on_preempt."""
+        interrupted, self.current = self.current, None
+        if interrupted is None:
+            return []
+        self._push(interrupted, next(self._requeues))
+        return [Preempted(interrupted, by=why, requeued=True)]
+
     def waiting(self) -> list[Announcement]:
         """What waits, in the order it would be spoken (quiet hours aside)."""
         return [entry.announcement for entry in sorted(self._heap)]

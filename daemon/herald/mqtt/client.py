@@ -35,6 +35,7 @@ class MqttBridge:
         subscriptions: list[str],
         on_message: MessageHandler,
         password: str | None = None,
+        availability: str | None = None,
     ) -> None:
         self._cfg = cfg
         self._subscriptions = subscriptions
@@ -45,6 +46,9 @@ class MqttBridge:
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         if cfg.username:
             self._client.username_pw_set(cfg.username, password)
+        self._availability = availability
+        if availability is not None:  # the broker says `offline` for us if we vanish
+            self._client.will_set(availability, "offline", qos=1, retain=True)
         self._client.reconnect_delay_set(1, cfg.reconnect_max_s)
         self._client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
         self._client.on_connect = self._handle_connect
@@ -72,6 +76,8 @@ class MqttBridge:
         # with an unread acknowledgement in it sends a TCP reset, and the broker may then lose
         # the last messages (the final events of a shutdown) that it has not read yet.
         if self.connected:
+            if self._availability is not None:
+                self.publish(self._availability, "offline", retain=True)
             await self._acknowledged(within_s=FLUSH_TIMEOUT_S)
         self._client.disconnect()
         # loop_stop joins paho's thread, which finishes its last socket work first.
@@ -90,7 +96,7 @@ class MqttBridge:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    async def wait_connected(self, within_s: float) -> bool:
+    async def wait_connected(self, within_s: float | None) -> bool:
         try:
             await asyncio.wait_for(self._connected.wait(), within_s)
         except TimeoutError:
@@ -155,6 +161,8 @@ class MqttBridge:
         """Connected, and every subscription is in place: messages can flow both ways."""
         topics = ", ".join(self._subscriptions) or "nothing"
         log.info("mqtt: connected to %s, subscribed to %s", self.where, topics)
+        if self._availability is not None:
+            self._client.publish(self._availability, "online", qos=1, retain=True)
         self._in_loop(self._connected.set)
 
     def _handle_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:

@@ -31,6 +31,11 @@ class Topics:
         return f"{self.base}/{self.node}/clear"
 
     @property
+    def availability(self) -> str:
+        """`online` (retained) while this speaker runs; the broker's will sets `offline`."""
+        return f"{self.base}/{self.node}/availability"
+
+    @property
     def events(self) -> str:
         """Lifecycle events of this speaker's announcements (JSON, not retained)."""
         return f"{self.base}/{self.node}/events"

@@ -26,6 +26,10 @@ class Voice(Protocol):
         """Background upkeep (a warm socket) until cancelled; returns at once if none is needed."""
         ...
 
+    def describe(self) -> str:
+        """A few words for a person: e.g. "deepgram warm (age 12 min)", "espeak ready"."""
+        ...
+
     async def check(self) -> str:
         """Prove the voice works; return a short description. Raises VoiceError."""
         ...

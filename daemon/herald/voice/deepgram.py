@@ -230,6 +230,9 @@ class DeepgramVoice:
             goodbye=CLOSE,
         )
 
+    def describe(self) -> str:
+        return "deepgram: no API key" if self.keeper is None else self.keeper.describe()
+
     async def run(self) -> None:
         """Keep the socket warm until cancelled."""
         if self.keeper is None:

@@ -85,6 +85,9 @@ class EspeakVoice:
             reason = message.splitlines()[-1] if message else f"exit status {code}"
             raise VoiceError(f"espeak-ng (voice '{self._cfg.voice}') failed: {reason}")
 
+    def describe(self) -> str:
+        return "espeak ready"
+
     async def run(self) -> None:
         """espeak-ng starts per announcement: nothing to keep warm."""
 
