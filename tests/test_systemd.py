@@ -1,0 +1,188 @@
+"""systemd integration: sd_notify, the watchdog, journald fields, SIGTERM and SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from herald.systemd import NativeJournalHandler, Notifier, keep_watchdog_fed
+from tests.conftest import DaemonFactory
+from tests.support import Broker, MqttProbe, finished_or_failed, wait_for
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's: collects what the daemon tells it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    def collect(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append((time.monotonic(), fields))
+
+    def until(self, key: str, timeout: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, fields in self.messages:
+                if key in fields:
+                    return fields
+            self.collect(0.2)
+        raise AssertionError(f"no {key} in {self.messages}")
+
+    def times_of(self, key: str) -> list[float]:
+        return [at for at, fields in self.messages if key in fields]
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    listener = NotifySocket(tmp_path / "notify")
+    yield listener
+    listener.sock.close()
+
+
+def test_the_daemon_tells_systemd_ready_status_watchdog_and_stopping(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    node_id: str,
+    notify_socket: NotifySocket,
+) -> None:
+    availability = MqttProbe(broker, f"herald/{node_id}/availability")
+    daemon = make_daemon(broker)
+    daemon.env["NOTIFY_SOCKET"] = str(notify_socket.path)
+    daemon.env["WATCHDOG_USEC"] = "1000000"  # a 1 s watchdog: a ping every 0.5 s
+    daemon.start(wait_until="herald: ready")
+
+    ready = notify_socket.until("READY", timeout=10)
+    assert ready["READY"] == "1"
+    assert ready["STATUS"] == "idle · espeak ready · queue 0"
+    assert availability.messages.get(timeout=10) == (f"herald/{node_id}/availability", b"online")
+
+    notify_socket.collect(2.0)
+    pings = notify_socket.times_of("WATCHDOG")
+    assert len(pings) >= 3
+    assert max(b - a for a, b in itertools.pairwise(pings)) < 0.9
+
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert daemon.process.wait(10) == 0
+    assert time.monotonic() - started < 2.0
+    notify_socket.collect(0.3)
+    assert any(fields.get("STOPPING") == "1" for _, fields in notify_socket.messages)
+    assert availability.messages.get(timeout=5) == (f"herald/{node_id}/availability", b"offline")
+    availability.close()
+
+
+def test_a_blocked_event_loop_stops_the_watchdog_pings(notify_socket: NotifySocket) -> None:
+    async def scenario() -> None:
+        feeding = asyncio.create_task(keep_watchdog_fed(Notifier(str(notify_socket.path)), 0.1))
+        await asyncio.sleep(0.5)
+        time.sleep(1.0)  # noqa: ASYNC251 (the loop hangs on purpose: nothing may ping)
+        await asyncio.sleep(0.5)
+        feeding.cancel()
+
+    listening = threading.Thread(target=notify_socket.collect, args=(2.5,))
+    listening.start()  # stamps each ping as it arrives, while the loop runs (or hangs)
+    asyncio.run(scenario())
+    listening.join()
+    pings = notify_socket.times_of("WATCHDOG")
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert max(gaps) > 0.9  # the hang shows as a gap a watchdog would catch
+    assert sorted(gaps)[len(gaps) // 2] < 0.3  # otherwise a ping every 0.1 s
+
+
+def test_abstract_notify_socket_addresses_are_supported() -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0herald-test-notify")
+        listener.settimeout(2)
+        Notifier("@herald-test-notify").ready("all good")
+        assert listener.recv(100) == b"READY=1\nSTATUS=all good"
+
+
+def test_outside_systemd_notifying_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = Notifier()
+    assert not notifier.active
+    notifier.ready("nothing listens")  # does not raise
+
+
+def test_journal_records_carry_structured_fields(tmp_path: Path) -> None:
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(tmp_path / "journal"))
+    journal.settimeout(2)
+    handler = NativeJournalHandler(address=str(tmp_path / "journal"))
+    logger = logging.getLogger("herald.test.journal")
+    logger.addHandler(handler)
+    logger.warning("two\nlines", extra={"ANNOUNCEMENT_ID": "a1", "VOICE": "espeak"})
+    logger.removeHandler(handler)
+    data = journal.recv(65536)
+    journal.close()
+    assert b"ANNOUNCEMENT_ID=a1\n" in data and b"VOICE=espeak\n" in data
+    assert b"PRIORITY=4\n" in data and b"SYSLOG_IDENTIFIER=herald\n" in data
+    assert b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n" in data
+
+
+def test_sighup_reloads_the_config_and_keeps_the_queue(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    tmp_path: Path,
+) -> None:
+    daemon = make_daemon(broker)
+    daemon.start(wait_until="herald: ready")
+    assert daemon.process is not None
+    # Three announcements queued behind a long one; a reload comes while the first speaks.
+    long_text = "This is a long announcement. " * 300
+    probe.publish(f"herald/{node_id}/say", json.dumps({"text": long_text, "id": "first"}))
+    for n in range(3):
+        probe.publish(f"herald/{node_id}/say", json.dumps({"text": f"Queued {n}.", "id": f"q{n}"}))
+    probe.events_until(lambda events: sum(e["event"] == "queued" for e in events) == 4)
+    config = daemon.config_path.read_text()
+    daemon.config_path.write_text(
+        config.replace("[audio]\n", "[voice.espeak]\nspeed_wpm = 300\n[audio]\n")
+    )
+    daemon.process.send_signal(signal.SIGHUP)
+    events = probe.events_until(finished_or_failed("q2"), timeout=60)
+
+    finished = [e["id"] for e in events if e["event"] == "finished"]
+    assert set(finished) >= {"q0", "q1", "q2"}
+    assert not [e for e in events if e["event"] in ("failed", "dropped", "expired")]
+    daemon.wait_for_log("configuration reloaded")
+    assert daemon.alive
+
+
+def test_a_bad_config_on_reload_keeps_the_running_one(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str
+) -> None:
+    daemon = make_daemon(broker)
+    daemon.start(wait_until="herald: ready")
+    assert daemon.process is not None
+    daemon.config_path.write_text(daemon.config_path.read_text() + "[bogus]\nkey = 1\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_log("reload refused")
+    wait_for(lambda: sum("herald: ready" in line for line in daemon.log_lines) >= 2, 20, "ready")
+    probe.publish(f"herald/{node_id}/say", json.dumps({"text": "Still fine.", "id": "ok"}))
+    assert probe.events_until(finished_or_failed("ok"))[-1]["event"] == "finished"
+    refused = next(line for line in daemon.log_lines if "reload refused" in line)
+    assert "bogus: unknown key" in refused
