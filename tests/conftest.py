@@ -38,6 +38,18 @@ def alsa_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         os.environ["XDG_CONFIG_HOME"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_installed_secrets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A Herald installed on this machine must not lend the tests its keys."""
+    old = os.environ.get("HERALD_CREDENTIALS_DIR")
+    os.environ["HERALD_CREDENTIALS_DIR"] = str(tmp_path_factory.mktemp("no-credentials"))
+    yield
+    if old is None:
+        del os.environ["HERALD_CREDENTIALS_DIR"]
+    else:
+        os.environ["HERALD_CREDENTIALS_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     started = Broker(tmp_path_factory.mktemp("mosquitto"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from herald.config import Config, ConfigError, load_config, read_secret
+from herald.config import Config, ConfigError, SecretSource, find_secret, load_config, read_secret
 from tests.support import REPO
 
 
@@ -136,3 +136,15 @@ def test_an_unreadable_secret_file_is_named_but_never_shown(tmp_path: Path) -> N
     assert caught.value.lines == [
         f"config error: secret file {tmp_path / 'nope'}: No such file or directory"
     ]
+
+
+def test_the_installed_credential_is_found_when_readable(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("HERALD_CREDENTIALS_DIR", str(tmp_path))
+    assert find_secret(None, "DEEPGRAM_API_KEY", "deepgram_api_key") == SecretSource(
+        "nowhere", None
+    )
+    (tmp_path / "deepgram_api_key").write_text("k3y\n")
+    source = find_secret(None, "DEEPGRAM_API_KEY", "deepgram_api_key")
+    assert source == SecretSource(str(tmp_path / "deepgram_api_key"), "k3y")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
-from herald.config import Config, ConfigError, read_secret
+from herald.config import Config, ConfigError, find_secret, read_secret
 from herald.mqtt.client import MqttBridge
 from herald.voice import VoiceError, build_voices
 
@@ -30,9 +30,41 @@ class CheckResult:
 async def run_checks(config: Config, source: Path | None) -> list[CheckResult]:
     where = str(source) if source else "built-in defaults (no config file)"
     results = [CheckResult("config", True, where)]
+    results.extend(check_secrets(config))
     results.append(await check_broker(config))
     results.append(await check_audio(config))
     results.extend(await check_voices(config))
+    return results
+
+
+def check_secrets(config: Config) -> list[CheckResult]:
+    """Where each secret the config needs comes from (never what it is)."""
+    needed = []
+    if "deepgram" in config.voice.engines:
+        file = config.voice.deepgram.api_key_file
+        needed.append(("Deepgram key", file, "DEEPGRAM_API_KEY", "deepgram_api_key"))
+    if config.mqtt.username:
+        needed.append(
+            ("MQTT password", config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
+        )
+    results = []
+    for label, file, env, credential in needed:
+        try:
+            source = find_secret(file, env, credential)
+        except ConfigError as exc:
+            results.append(CheckResult(label, False, exc.lines[0], "make the file readable"))
+            continue
+        if source.value:
+            results.append(CheckResult(label, True, f"from {source.where}"))
+        elif source.where != "nowhere":
+            fix = "run `sudo herald check` to test it as the service will"
+            results.append(CheckResult(label, False, f"in {source.where}", fix))
+        else:
+            fix = (
+                f"install.sh --{credential.replace('_', '-').replace('api-key', 'key')}-file FILE, "
+                f"or ${env}"
+            )
+            results.append(CheckResult(label, False, "not set", fix))
     return results
 
 

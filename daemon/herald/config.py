@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -298,19 +299,47 @@ def _reason(err: object) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def read_secret(file: Path | None, env: str, credential: str) -> str | None:
-    """A secret from `file`, else `$env`, else the systemd credential; None when none is set.
+def installed_credentials() -> Path:
+    """Where install.sh keeps secrets ($HERALD_CREDENTIALS_DIR moves it, for tests)."""
+    return Path(os.environ.get("HERALD_CREDENTIALS_DIR", "/etc/herald/credentials"))
 
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where a secret comes from, for a person (never the secret itself)."""
+
+    where: str
+    value: str | None
+
+
+def find_secret(file: Path | None, env: str, credential: str) -> SecretSource:
+    """A secret from `file`, else `$env`, else the systemd credential, else install.sh's copy.
+
+    The last one is readable by root only: it lets `sudo herald check` test the installed key.
     Raises ConfigError naming the file (never the secret) when a named file cannot be read.
     """
     if file is not None:
         try:
-            return file.read_text(encoding="utf-8").strip()
+            return SecretSource(f"file {file}", file.read_text(encoding="utf-8").strip())
         except OSError as exc:
             raise ConfigError([f"config error: secret file {file}: {exc.strerror}"]) from None
     if value := os.environ.get(env):
-        return value.strip()
+        return SecretSource(f"${env}", value.strip())
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir and (path := Path(cred_dir) / credential).is_file():
-        return path.read_text(encoding="utf-8").strip()
-    return None
+        return SecretSource(f"systemd credential {credential}", _read(path))
+    installed = installed_credentials() / credential
+    if os.access(installed, os.R_OK):
+        return SecretSource(f"{installed}", _read(installed))
+    if installed.exists():
+        return SecretSource(f"{installed} (readable by root and the service only)", None)
+    return SecretSource("nowhere", None)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
+
+
+def read_secret(file: Path | None, env: str, credential: str) -> str | None:
+    """The secret's value (see find_secret), or None when none is set."""
+    return find_secret(file, env, credential).value
