@@ -558,8 +558,7 @@ summarize_secrets() {
         say "MQTT password: $SYSTEM_CREDENTIALS/mqtt_password (set [mqtt] username in $SYSTEM_CONFIG)"
         say "  change it: sudo ./install.sh --mqtt-password-file NEWFILE"
     fi
-    say "herald check run from a shell does not see the service's credentials; to check with them:"
-    say "  sudo env CREDENTIALS_DIRECTORY=$SYSTEM_CREDENTIALS herald check"
+    say "only root and the service can read them: \`sudo herald check\` tests them as the service will"
 }
 
 # --- uninstall --------------------------------------------------------------------------------

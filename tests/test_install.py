@@ -2,24 +2,37 @@
 
 The `--root DIR` mode installs into a staging root: a real venv with Herald pip-installed at
 DIR/opt/herald, the config, the unit and the link, but no apt, no user and no systemctl.
-Installing takes a while (venv, pip), so it happens once per module.
+Installing takes a while (venv, pip), so it happens once per module: one root without secrets,
+one with a Deepgram key given as a file.
 """
 
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import shutil
 import stat
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from herald.config import parse_config
+from tests.test_unit_file import verify_unit
+
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_SH = REPO / "install.sh"
 TIMEOUT_S = 600  # creating a venv and pip-installing numpy & co. can be slow
+
+DEEPGRAM_KEY = "dg-test-0123456789abcdef0123456789abcdef"  # never to be printed
+CREDENTIALS = Path("etc/herald/credentials")
+DROPIN = Path("etc/systemd/system/herald.service.d/credentials.conf")
+DEEPGRAM_CREDENTIAL = "LoadCredential=deepgram_api_key:/etc/herald/credentials/deepgram_api_key"
+PROMPT = "Deepgram API key (leave empty for the local espeak-ng voice only):"
 
 # The default per-test timeout (pyproject) is too short for the module fixture's install.
 pytestmark = pytest.mark.timeout(2 * TIMEOUT_S)
@@ -28,6 +41,7 @@ pytestmark = pytest.mark.timeout(2 * TIMEOUT_S)
 def run_install(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(INSTALL_SH), *args],
+        stdin=subprocess.DEVNULL,  # not a terminal: install.sh must not ask for a key
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
@@ -42,6 +56,7 @@ def install_ok(*args: str) -> str:
         f"install.sh {' '.join(args)} exited {result.returncode}\n"
         f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     )
+    assert DEEPGRAM_KEY not in result.stdout + result.stderr, "install.sh printed the key"
     return result.stdout
 
 
@@ -57,6 +72,34 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("staging-root")
     install_ok("--root", str(root))
     return root
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secrets") / "deepgram.key"
+    path.write_text(DEEPGRAM_KEY + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def staged_with_key(tmp_path_factory: pytest.TempPathFactory, key_file: Path) -> Path:
+    """A staging root installed with `--deepgram-key-file`."""
+    root = tmp_path_factory.mktemp("staging-root-key")
+    install_ok("--root", str(root), "--deepgram-key-file", str(key_file))
+    return root
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def engines(config: Path) -> list[str]:
+    with config.open("rb") as f:
+        data = tomllib.load(f)
+    parse_config(data, str(config))  # Herald accepts it
+    found: list[str] = data["voice"]["engines"]
+    return found
 
 
 @pytest.fixture
@@ -151,6 +194,151 @@ def test_uninstall_purge_removes_the_config(staged_copy: Path) -> None:
     assert not (staged_copy / "etc/herald").exists()
 
 
+def test_root_install_without_a_key_stores_no_credential(staged: Path) -> None:
+    credentials = staged / CREDENTIALS
+    assert credentials.is_dir()
+    assert mode(credentials) == 0o700
+    assert list(credentials.iterdir()) == []
+    assert not (staged / DROPIN).exists()
+    assert not (staged / DROPIN).parent.exists()
+    assert engines(staged / "etc/herald/herald.toml") == ["espeak"]
+
+
+def test_key_file_becomes_a_root_only_credential(staged_with_key: Path) -> None:
+    credentials = staged_with_key / CREDENTIALS
+    assert mode(credentials) == 0o700
+    assert sorted(p.name for p in credentials.iterdir()) == ["deepgram_api_key"]
+    key = credentials / "deepgram_api_key"
+    assert mode(key) == 0o600
+    assert key.read_text().strip() == DEEPGRAM_KEY
+
+
+def test_key_install_writes_the_credentials_drop_in(staged_with_key: Path, tmp_path: Path) -> None:
+    dropin = (staged_with_key / DROPIN).read_text()
+    loads = [line for line in dropin.splitlines() if line.startswith("LoadCredential")]
+    assert loads == [DEEPGRAM_CREDENTIAL]
+    assert mode(staged_with_key / DROPIN) == 0o644
+    unit = (staged_with_key / "etc/systemd/system/herald.service").read_text()
+    assert verify_unit(unit, tmp_path, {"credentials.conf": dropin}) == ""
+
+
+def test_key_install_creates_a_config_with_deepgram_first(staged_with_key: Path) -> None:
+    config = staged_with_key / "etc/herald/herald.toml"
+    assert engines(config) == ["deepgram", "espeak"]
+    shipped = (REPO / "config/herald.toml").read_text().splitlines()
+    written = config.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(shipped, written, strict=True) if a != b]
+    assert len(changed) == 1, changed
+    assert changed[0][1].startswith('engines = ["deepgram", "espeak"]  # ')
+
+
+def test_reinstall_rotates_the_key_and_adds_the_mqtt_password(
+    staged_with_key: Path, tmp_path: Path
+) -> None:
+    key = staged_with_key / CREDENTIALS / "deepgram_api_key"
+    password = staged_with_key / CREDENTIALS / "mqtt_password"
+    config = staged_with_key / "etc/herald/herald.toml"
+    dropin = staged_with_key / DROPIN
+    shipped_dropin = dropin.read_text()
+    config.write_text(config.read_text() + "# edited by the owner\n")
+    new_key_file = tmp_path / "new.key"
+    new_key_file.write_text("dg-rotated-key")
+    password_file = tmp_path / "mqtt.password"
+    password_file.write_text("broker-pass-word\n")
+    args = ("--root", str(staged_with_key), "--deepgram-key-file", str(new_key_file))
+    try:
+        out = install_ok(*args, "--mqtt-password-file", str(password_file))
+        assert "dg-rotated-key" not in out
+        assert "broker-pass-word" not in out
+        assert key.read_text().strip() == "dg-rotated-key"
+        assert password.read_text().strip() == "broker-pass-word"
+        assert mode(key) == mode(password) == 0o600
+        assert config.read_text().endswith("# edited by the owner\n")  # never edited
+        loads = [x for x in dropin.read_text().splitlines() if x.startswith("LoadCredential")]
+        assert loads == [
+            DEEPGRAM_CREDENTIAL,
+            "LoadCredential=mqtt_password:/etc/herald/credentials/mqtt_password",
+        ]
+        assert "rotate it: sudo ./install.sh --deepgram-key-file NEWFILE" in out
+        again = install_ok(*args)
+        assert re.search(r"^herald-install: credential deepgram_api_key .* up to date", again, re.M)
+        assert re.search(r"^herald-install: drop-in .* is up to date", again, re.M)
+    finally:
+        key.write_text(DEEPGRAM_KEY)
+        password.unlink(missing_ok=True)
+        dropin.write_text(shipped_dropin)
+        config.write_text(config.read_text().removesuffix("# edited by the owner\n"))
+
+
+def test_unusable_key_files_are_refused(staged_copy: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n")
+    for path, reason in ((empty, "is empty"), (tmp_path / "missing.key", "does not exist")):
+        result = run_install("--root", str(staged_copy), "--deepgram-key-file", str(path))
+        assert result.returncode == 1
+        assert reason in result.stderr
+        assert not (staged_copy / CREDENTIALS / "deepgram_api_key").exists()
+
+
+def test_a_terminal_install_asks_once_without_echo(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            ["bash", str(INSTALL_SH), "--root", str(root)],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        asked = b""
+        deadline = time.monotonic() + 30
+        while PROMPT.encode() not in asked and time.monotonic() < deadline:
+            if select.select([proc.stderr], [], [], 1)[0]:
+                asked += os.read(proc.stderr.fileno(), 4096)
+        assert PROMPT.encode() in asked, asked
+        os.write(controller, DEEPGRAM_KEY.encode() + b"\n")
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        echoed = b""
+        while select.select([controller], [], [], 0.1)[0]:
+            echoed += os.read(controller, 4096)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    output = (asked + stderr + stdout).decode()
+    assert proc.returncode == 0, output
+    assert output.count(PROMPT) == 1
+    assert DEEPGRAM_KEY.encode() not in echoed + asked + stdout + stderr
+    key = root / CREDENTIALS / "deepgram_api_key"
+    assert key.read_text().strip() == DEEPGRAM_KEY
+    assert mode(key) == 0o600
+    assert engines(root / "etc/herald/herald.toml") == ["deepgram", "espeak"]
+    assert DEEPGRAM_CREDENTIAL in (root / DROPIN).read_text()
+
+
+def test_uninstall_removes_the_drop_in_and_keeps_the_credentials(
+    staged_with_key: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "root"
+    shutil.copytree(staged_with_key, copy, symlinks=True)
+    install_ok("--uninstall", "--root", str(copy))
+    assert not (copy / DROPIN).exists()
+    assert not (copy / DROPIN).parent.exists()
+    assert (copy / CREDENTIALS / "deepgram_api_key").is_file()
+    install_ok("--uninstall", "--purge", "--root", str(copy))
+    assert not (copy / "etc/herald").exists()
+
+
+def test_secret_options_go_with_an_install_only() -> None:
+    for args in (("--uninstall",), ("--dev",)):
+        result = run_install(*args, "--deepgram-key-file", "/dev/null")
+        assert result.returncode == 2, result.stderr
+        assert "--deepgram-key-file" in result.stderr
+    result = run_install("--mqtt-password-file")
+    assert result.returncode == 2
+    assert "needs a file" in result.stderr
+
+
 def test_unknown_option_is_a_one_line_usage_error() -> None:
     result = run_install("--frobnicate")
     assert result.returncode == 2
@@ -163,5 +351,14 @@ def test_unknown_option_is_a_one_line_usage_error() -> None:
 def test_help_lists_every_option() -> None:
     result = run_install("--help")
     assert result.returncode == 0
-    for option in ("--with-broker", "--dev", "--uninstall", "--purge", "--root", "--help"):
+    for option in (
+        "--with-broker",
+        "--dev",
+        "--uninstall",
+        "--purge",
+        "--root",
+        "--deepgram-key-file",
+        "--mqtt-password-file",
+        "--help",
+    ):
         assert option in result.stdout
