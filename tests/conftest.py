@@ -90,7 +90,7 @@ def make_daemon(
     def make(broker: Broker, extra: str = "", device: str | None = None) -> DaemonProcess:
         config = write_config(
             tmp_path / f"herald-{len(started)}.toml",
-            f'node_id = "{node_id}"\n'
+            f'node_id = "{node_id}"\nstate_dir = "{tmp_path / "state"}"\n'
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_max_s = 1\n'
             f'[audio]\ndevice = "{device or capture.device}"\n' + extra,
         )

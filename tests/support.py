@@ -293,6 +293,7 @@ class DaemonProcess:
     log_lines: list[str] = field(default_factory=list)
 
     def start(self, wait_until: str = "mqtt: connected") -> None:
+        self.log_lines = []  # a restart starts a fresh log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "herald", "run", "--config", str(self.config_path)],
             env=self.env,

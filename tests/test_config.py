@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,24 @@ def test_the_installed_credential_is_found_when_readable(tmp_path: Path, monkeyp
     (tmp_path / "deepgram_api_key").write_text("k3y\n")
     source = find_secret(None, "DEEPGRAM_API_KEY", "deepgram_api_key")
     assert source == SecretSource(str(tmp_path / "deepgram_api_key"), "k3y")
+
+
+def test_an_unreadable_credentials_directory_is_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    # install.sh keeps the credentials in a root-only directory; the service user and a person
+    # running `herald check` cannot even look inside it.
+    monkeypatch.delenv("MQTT_TEST_UNSET", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    locked = tmp_path / "credentials"
+    locked.mkdir()
+    (locked / "mqtt_password").write_text("secret")
+    locked.chmod(0o700)  # as install.sh makes it: root only
+    monkeypatch.setenv("HERALD_CREDENTIALS_DIR", str(locked))
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+         "from herald.config import find_secret;"
+         "print(find_secret(None, 'MQTT_TEST_UNSET', 'mqtt_password'))"],
+        capture_output=True, text=True, timeout=30, env={**os.environ},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "readable by root and the service only" in result.stdout
+    assert "secret" not in result.stdout.replace("readable", "")

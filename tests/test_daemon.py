@@ -132,11 +132,9 @@ def test_daemon_reconnects_and_resubscribes_after_the_broker_restarts(
     assert contains_speech(capture.samples())
 
 
-def test_sigterm_while_speaking_exits_cleanly_and_says_what_was_lost(
-    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str, tmp_path
+def test_sigterm_while_speaking_exits_cleanly_and_the_queue_survives_the_restart(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str
 ) -> None:
-    # A paced device would hold the speech for seconds; the capture file is instant, so a long
-    # text queued behind another keeps the daemon busy long enough to be stopped mid-queue.
     daemon = make_daemon(broker)
     daemon.start()
     long_text = "This announcement is long. " * 200
@@ -151,14 +149,17 @@ def test_sigterm_while_speaking_exits_cleanly_and_says_what_was_lost(
 
     started = time.monotonic()
     assert daemon.stop() == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 2.0
+    assert any("kept in the journal for the restart" in line for line in daemon.log_lines)
 
-    def final(events: list[dict[str, object]]) -> dict[object, object]:
-        return {e["id"]: e for e in events if e["event"] in ("finished", "failed")}
+    daemon.start()  # the same config, the same state directory
 
-    outcome = final(probe.events_until(lambda events: len(final(events)) == 3, timeout=10))
-    assert set(outcome) == {"long0", "long1", "long2"}
-    assert outcome["long2"]["reason"] == "herald shut down before speaking it"  # type: ignore[index]
+    def finished(events: list[dict[str, object]]) -> set[object]:
+        return {e["id"] for e in events if e["event"] == "finished"}
+
+    events = probe.events_until(lambda events: len(finished(events)) == 3, timeout=60)
+    # What was cut short or waiting is spoken after the restart; nothing failed or vanished.
+    assert not [e for e in events if e["event"] in ("failed", "dropped", "expired")]
 
 
 def test_say_command_waits_for_the_daemon_and_prints_the_timeline(

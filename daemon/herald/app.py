@@ -12,19 +12,23 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import time as clock_time
 
+from herald import __version__
 from herald.announcement import PRIORITY_LEVELS, Announcement, Defaults, parse_priority
 from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
 from herald.audio.chimes import ChimeError, load_chime
 from herald.audio.dsp import Samples
 from herald.config import Config, ConfigError, read_secret
+from herald.controls import Controls
 from herald.dispatcher import Dispatcher
-from herald.events import Event, EventSink
+from herald.journal import QueueJournal
 from herald.mqtt.client import MqttBridge
+from herald.mqtt.discovery import NodeInfo, removal_messages
 from herald.mqtt.topics import Topics
+from herald.node import Node
 from herald.scheduler import Outcome, QuietHours, Scheduler
 from herald.speaker import Delivery, Speaker
 from herald.systemd import Notifier, keep_watchdog_fed, watchdog_interval_s
@@ -36,27 +40,6 @@ AUDIO_RETRY_S = 5.0  # how often readiness tries an audio device that would not 
 
 
 # --- building the daemon ------------------------------------------------------------------------
-
-
-def mqtt_event_sink(bridge: MqttBridge, topics: Topics) -> EventSink:
-    def publish(event: Event) -> None:
-        fields = {"ANNOUNCEMENT_ID": event.announcement_id or "", "HERALD_EVENT": event.kind}
-        if "voice" in event.details:
-            fields["VOICE"] = str(event.details["voice"])
-        log.info(
-            "%s %s%s",
-            event.kind,
-            event.announcement_id or "(no id)",
-            _describe(event.details),
-            extra=fields,
-        )
-        bridge.publish(topics.events, event.to_json(), qos=1)
-
-    return publish
-
-
-def _describe(details: dict[str, object]) -> str:
-    return "".join(f" {key}={value}" for key, value in details.items())
 
 
 def chime_resolver(config: Config) -> Callable[[Announcement], Samples | None]:
@@ -86,7 +69,9 @@ def quiet_hours(config: Config) -> QuietHours | None:
 
 
 def build_scheduler(config: Config) -> Scheduler:
-    return Scheduler(config.queue.max_length, quiet_hours(config))
+    scheduler = Scheduler(config.queue.max_length, quiet_hours(config))
+    scheduler.quiet_min_priority = parse_priority(config.quiet_hours.min_priority)
+    return scheduler
 
 
 def build_delivery(config: Config) -> Delivery:
@@ -107,18 +92,26 @@ def announcement_defaults(config: Config) -> Defaults:
 
 async def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Run until SIGTERM/SIGINT, reloading on SIGHUP; the exit status for the process."""
-    signals = _Signals.install()
-    notifier = Notifier()
-    scheduler = build_scheduler(config)  # outlives reloads: the queue is never lost
-    evicted: list[Outcome] = []
+    journal = _open_journal(config)
+    life = _Lifetime(
+        scheduler=build_scheduler(config),
+        notifier=Notifier(),
+        signals=_Signals.install(),
+        journal=journal,
+        to_replay=journal.load() if journal is not None else [],
+    )
     while True:
-        await _serve(config, scheduler, notifier, signals, evicted)
-        if signals.stop.is_set():
+        await _serve(config, life)
+        if life.signals.stop.is_set():
             return 0
-        signals.reload.clear()
-        notifier.reloading()
+        life.signals.reload.clear()
+        life.notifier.reloading()
         config = _reloaded(config, reload)
-        evicted = scheduler.reconfigure(config.queue.max_length, quiet_hours(config))
+        life.to_report = life.scheduler.reconfigure(
+            config.queue.max_length,
+            quiet_hours(config),
+            parse_priority(config.quiet_hours.min_priority),
+        )
 
 
 @dataclass
@@ -144,6 +137,18 @@ class _Signals:
                 wait.cancel()
 
 
+@dataclass
+class _Lifetime:
+    """What outlives a reload: the queue and its journal, systemd's ear, the signals."""
+
+    scheduler: Scheduler
+    notifier: Notifier
+    signals: _Signals
+    journal: QueueJournal | None
+    to_replay: list[Announcement] = field(default_factory=list)  # from the journal, at start
+    to_report: list[Outcome] = field(default_factory=list)  # evictions by a reload
+
+
 def _reloaded(config: Config, reload: Callable[[], Config] | None) -> Config:
     if reload is None:
         return config
@@ -157,37 +162,38 @@ def _reloaded(config: Config, reload: Callable[[], Config] | None) -> Config:
     return fresh
 
 
-async def _serve(
-    config: Config,
-    scheduler: Scheduler,
-    notifier: Notifier,
-    signals: _Signals,
-    unreported: list[Outcome],
-) -> None:
+async def _serve(config: Config, life: _Lifetime) -> None:
     """One run of the daemon with one configuration, until a stop or reload signal."""
-    topics = Topics(config.mqtt.base_topic, config.node_id)
+    scheduler, notifier, signals = life.scheduler, life.notifier, life.signals
+    topics = Topics(config.mqtt.base_topic, config.node_id, tuple(config.mqtt.groups))
+    controls = Controls.load(config.state_dir / "controls.json", config.audio.volume)
+    scheduler.quiet_mode = controls.quiet
+    node = Node(config, topics, controls)
     output = AlsaOutput(config.audio)
-    dispatcher: Dispatcher | None = None
-
-    def on_message(topic: str, payload: bytes) -> None:
-        if dispatcher is not None:
-            _route(dispatcher, topics, topic, payload)
-
     password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
     bridge = MqttBridge(
         config.mqtt,
         f"herald-{config.node_id}",
-        topics.subscriptions(),
-        on_message,
+        node.subscriptions(),
+        node.route,
         password,
         availability=topics.availability,
+        persistent=True,
+        on_connected=node.on_connected,
     )
-    emit = mqtt_event_sink(bridge, topics)
     voices = build_voices(config)
-    speaker = Speaker(voices, output, emit, build_delivery(config))
+    delivery = replace(build_delivery(config), live_volume=lambda: controls.volume)
+    speaker = Speaker(voices, output, node.emit, delivery)
     dispatcher = Dispatcher(
-        speaker, scheduler, emit, announcement_defaults(config), config.mqtt.max_payload_bytes
+        speaker,
+        scheduler,
+        node.emit,
+        announcement_defaults(config),
+        config.mqtt.max_payload_bytes,
+        journal=life.journal,
+        rate=(config.mqtt.rate_per_minute, config.mqtt.rate_burst),
     )
+    node.attach(bridge, dispatcher, voices)
     log.info(
         "herald: node '%s', voices %s, audio '%s' at %d Hz",
         config.node_id,
@@ -202,7 +208,9 @@ async def _serve(
     try:
         async with voices_running(voices), bridge:
             async with asyncio.TaskGroup() as tasks:
-                dispatcher.report(unreported)  # evictions by a reload that shrank the queue
+                dispatcher.report(life.to_report)  # evictions by a reload that shrank the queue
+                dispatcher.replay(life.to_replay)  # what the journal kept from the last run
+                life.to_report, life.to_replay = [], []
                 speaking = tasks.create_task(dispatcher.speak_queue(), name="speak-queue")
                 upkeep = [tasks.create_task(_become_ready(bridge, output, notifier, status))]
                 if (interval := watchdog_interval_s()) is not None:
@@ -225,13 +233,18 @@ async def _serve(
         await output.close()
 
 
-def _route(dispatcher: Dispatcher, topics: Topics, topic: str, payload: bytes) -> None:
-    if topics.is_say(topic):
-        dispatcher.accept(payload)
-    elif topic == topics.stop:
-        dispatcher.stop_current()
-    elif topic == topics.clear:
-        dispatcher.clear_queue()
+def _open_journal(config: Config) -> QueueJournal | None:
+    journal = QueueJournal(config.state_dir / "queue.journal")
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error(
+            "journal: cannot use %s (%s): queued announcements will not survive a restart",
+            config.state_dir,
+            exc.strerror,
+        )
+        return None
+    return journal
 
 
 async def _become_ready(
@@ -260,3 +273,28 @@ def status_line(dispatcher: Dispatcher, voices: list[Voice]) -> str:
     state = "idle" if current is None else f"speaking {current.id} ({current.priority_name})"
     parts = [state, *(voice.describe() for voice in voices), f"queue {dispatcher.queue_length}"]
     return " · ".join(parts)
+
+
+async def remove_discovery(config: Config) -> int:
+    """Empty retained discovery messages: Home Assistant forgets this speaker's entities."""
+    node = NodeInfo(
+        config.node_id,
+        config.mqtt.base_topic,
+        config.node_id,
+        __version__,
+        config.home_assistant.discovery_prefix,
+    )
+    password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
+    topics = Topics(config.mqtt.base_topic, config.node_id)
+    bridge = MqttBridge(
+        config.mqtt, f"herald-remove-{config.node_id}", [], lambda *_: None, password
+    )
+    async with bridge:
+        if not await bridge.wait_connected(10):
+            log.error("mqtt: %s", bridge.last_error or f"cannot reach broker {bridge.where}")
+            return 1
+        removals = [*removal_messages(node), (topics.status, ""), (topics.availability, "")]
+        for topic, payload in removals:
+            bridge.publish(topic, payload, qos=1, retain=True)
+    log.info("removed %d retained messages of node '%s'", len(removals), config.node_id)
+    return 0

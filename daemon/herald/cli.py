@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Spoken announcements from Home Assistant on this speaker.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("run", parents=[common, with_config], help="run the daemon")
+    run = commands.add_parser("run", parents=[common, with_config], help="run the daemon")
+    run.add_argument(
+        "--remove-discovery",
+        action="store_true",
+        help="remove this speaker from Home Assistant (empty retained discovery messages) and exit",
+    )
 
     say = commands.add_parser("say", parents=[common, with_config], help="speak a test message")
     say.add_argument("text", nargs="+", metavar="TEXT", help="what to say")
@@ -88,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="soft, bell, alert, alarm, a WAV file's absolute path, or none "
         "(default: the priority's chime)",
     )
+    target = say.add_mutually_exclusive_group()
+    target.add_argument("--node", metavar="NAME", help="speak on another node (its node_id)")
+    target.add_argument("--all", action="store_true", help="speak on every Herald speaker")
+    target.add_argument("--group", metavar="NAME", help="speak on the speakers of a group")
     say.add_argument(
         "--timeout",
         type=float,
@@ -136,6 +145,10 @@ def _run(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
     from herald.systemd import configure_logging
 
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    if args.remove_discovery:
+        from herald.app import remove_discovery
+
+        return asyncio.run(remove_discovery(config))
     return asyncio.run(run_daemon(config, reload=lambda: load_config(args.config)[0]))
 
 
@@ -166,7 +179,11 @@ def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
         from herald.mqtt.remote import RemoteError, announce_via_daemon
 
         try:
-            final = asyncio.run(announce_via_daemon(config, payload, args.timeout, timeline.show))
+            if args.node:
+                config = config.model_copy(update={"node_id": args.node})
+            final = asyncio.run(
+                announce_via_daemon(config, payload, args.timeout, timeline.show, _target(args))
+            )
         except RemoteError as exc:
             print(f"herald say: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -196,6 +213,15 @@ async def _say_locally(
     finally:
         await output.close()
     return final[-1]
+
+
+def _target(args: argparse.Namespace) -> str | None:
+    """The say topic `--all` or `--group` names (None: the node's own)."""
+    if args.all:
+        return "{base}/all/say"
+    if args.group:
+        return "{base}/group/" + str(args.group) + "/say"
+    return None
 
 
 class _Timeline:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path("/etc/herald/herald.toml")
 CONFIG_ENV = "HERALD_CONFIG"
@@ -65,11 +65,73 @@ class MqttConfig(_Frozen):
     max_payload_bytes: int = Field(
         16384, ge=256, le=1_048_576, description="larger announce payloads are rejected"
     )
+    session_expiry_s: int = Field(
+        3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="the broker keeps Herald's subscriptions and QoS 1 messages this long "
+        "while Herald is away",
+    )
+    tls: bool = Field(False, description="connect with TLS (usually port 8883)")
+    ca_file: Path | None = Field(None, description="CA certificate(s); else the system's")
+    cert_file: Path | None = Field(None, description="client certificate, for mutual TLS")
+    key_file: Path | None = Field(None, description="client certificate's private key")
+    tls_insecure: bool = Field(
+        False, description="accept a certificate whose host name does not match: only for tests"
+    )
+    groups: list[str] = Field(
+        default_factory=list, description="also speak what is sent to <base>/group/<name>/say"
+    )
+    rate_per_minute: int = Field(
+        30,
+        ge=1,
+        le=100_000,
+        description="announcements per minute from one topic; critical ones are never limited",
+    )
+    rate_burst: int = Field(10, ge=1, le=100_000, description="how many may come at once")
 
     @field_validator("base_topic")
     @classmethod
     def _base_topic_is_one_level(cls, value: str) -> str:
         return _check_topic_level(value)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_are_topic_levels(cls, value: list[str]) -> list[str]:
+        for group in value:
+            _check_topic_level(group)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_need_tls(self) -> MqttConfig:
+        if not self.tls and (self.ca_file or self.cert_file or self.tls_insecure):
+            raise ValueError("ca_file, cert_file and tls_insecure need tls = true")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class HomeAssistantConfig(_Frozen):
+    discovery: bool = Field(True, description="announce Herald's entities to Home Assistant")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    name: str | None = Field(
+        None, description="device name in Home Assistant (default: Herald <node_id>)"
+    )
+    siren_text: str = Field(
+        "Attention! Alert from Home Assistant.",
+        min_length=1,
+        description="what the siren entity says when turned on",
+    )
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix_is_one_level(cls, value: str) -> str:
+        return _check_topic_level(value)
+
+
+class HermesConfig(_Frozen):
+    enabled: bool = Field(False, description="accept Rhasspy's hermes/tts/say")
+    site_id: str | None = Field(None, description="the Hermes siteId to answer (default: node_id)")
 
 
 class EspeakConfig(_Frozen):
@@ -231,6 +293,12 @@ class Config(_Frozen):
     queue: QueueConfig = QueueConfig()
     priorities: PrioritiesConfig = PrioritiesConfig()
     quiet_hours: QuietHoursConfig = QuietHoursConfig()
+    home_assistant: HomeAssistantConfig = HomeAssistantConfig()
+    hermes: HermesConfig = HermesConfig()
+    state_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "/var/lib/herald")),
+        description="the queue journal and settings changed at run time live here",
+    )
 
     @field_validator("node_id")
     @classmethod
@@ -331,9 +399,13 @@ def find_secret(file: Path | None, env: str, credential: str) -> SecretSource:
     installed = installed_credentials() / credential
     if os.access(installed, os.R_OK):
         return SecretSource(f"{installed}", _read(installed))
-    if installed.exists():
+    try:
+        installed.stat()  # the directory is root's: a PermissionError still says it is there
+    except PermissionError:
         return SecretSource(f"{installed} (readable by root and the service only)", None)
-    return SecretSource("nowhere", None)
+    except OSError:
+        return SecretSource("nowhere", None)
+    return SecretSource(f"{installed} (readable by root and the service only)", None)
 
 
 def _read(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 The Scheduler decides (pure); the Dispatcher acts: it starts the Speaker on the next
 announcement, interrupts it when the Scheduler says a newcomer preempts it, reports expiries on
-time, and publishes an event for every outcome.
+time, and publishes an event for every outcome. With a journal, every accepted announcement is
+on disk until its fate is known, so a crash or a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -12,11 +13,28 @@ import logging
 import time
 from collections.abc import Callable
 
-from herald.announcement import Announcement, Defaults, PayloadRejected, parse_payload
+from herald.announcement import (
+    PRIORITY_LEVELS,
+    Announcement,
+    Defaults,
+    PayloadRejected,
+    parse_payload,
+)
 from herald.events import Event, EventSink, event_for
-from herald.scheduler import Outcome, Preempt, Scheduler
+from herald.journal import QueueJournal
+from herald.scheduler import (
+    Dropped,
+    Evicted,
+    Expired,
+    Outcome,
+    Preempt,
+    Preempted,
+    Queued,
+    Scheduler,
+)
 from herald.speaker import Speaker
 from herald.text import unspoken_part
+from herald.voice.protocol import SlidingBudget
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +50,8 @@ class Dispatcher:
         defaults: Defaults,
         max_payload_bytes: int,
         clock: Callable[[], float] = time.time,
+        journal: QueueJournal | None = None,
+        rate: tuple[int, int] | None = None,
     ) -> None:
         self._speaker = speaker
         self._scheduler = scheduler
@@ -39,6 +59,9 @@ class Dispatcher:
         self._defaults = defaults
         self._max_payload_bytes = max_payload_bytes
         self._clock = clock
+        self._journal = journal
+        self._rate = rate  # (per minute, burst) per source
+        self._budgets: dict[str, SlidingBudget] = {}
         self._changed = asyncio.Event()
         self._speaking: asyncio.Task[bool] | None = None
         self._preempted_by: str | None = None
@@ -52,32 +75,69 @@ class Dispatcher:
     def current(self) -> Announcement | None:
         return self._scheduler.current
 
+    def quiet_now(self) -> bool:
+        return self._scheduler.quiet_now(self._clock())
+
     # --- commands, called in the event loop -----------------------------------------------------
 
-    def accept(self, payload: bytes) -> Announcement | None:
-        """Parse and offer one payload; publish what happened to it (and to any it displaced)."""
+    def accept(self, payload: bytes, source: str = "say") -> Announcement | None:
+        """Parse and offer one payload; publish what happened to it (and to any it displaced).
+
+        `source` (the topic it came in on) is what the rate limit counts per.
+        """
         if self._closing:
             self._emit(Event("rejected", None, details={"reason": "herald is shutting down"}))
             return None
         try:
-            return self._admit(payload)
+            return self._admit(payload, source)
         except Exception as exc:  # a bug must cost one message (with an event), not the daemon
             log.exception("could not take a payload")
             self._emit(Event("rejected", None, details={"reason": f"internal error: {exc!r}"}))
             return None
 
-    def _admit(self, payload: bytes) -> Announcement | None:
+    def _admit(self, payload: bytes, source: str) -> Announcement | None:
+        now = self._clock()
         try:
-            announcement = parse_payload(
-                payload, self._max_payload_bytes, self._clock(), self._defaults
-            )
+            announcement = parse_payload(payload, self._max_payload_bytes, now, self._defaults)
         except PayloadRejected as exc:
             log.warning("rejected announcement %s: %s", exc.announcement_id or "(no id)", exc)
             self._emit(Event("rejected", exc.announcement_id, details={"reason": exc.reason}))
             return None
+        if self._over_rate(announcement, source, now):
+            reason = (
+                f"rate limit: more than {self._rate[0] if self._rate else 0} a minute from {source}"
+            )
+            self._emit(Event("rejected", announcement.id, details={"reason": reason}))
+            return None
+        self._offer(announcement)
+        return announcement
+
+    def _over_rate(self, announcement: Announcement, source: str, now: float) -> bool:
+        """A flooding publisher cannot starve the others; critical ones always get through."""
+        if self._rate is None or announcement.priority >= PRIORITY_LEVELS["critical"]:
+            return False
+        per_minute, burst = self._rate
+        budget = self._budgets.setdefault(source, SlidingBudget(burst, burst * 60 / per_minute))
+        if budget.delay(1, now) > 0:
+            return True
+        budget.spend(1, now)
+        return False
+
+    def replay(self, announcements: list[Announcement]) -> None:
+        """Offer again what the journal kept from the last run (expired ones get their event)."""
+        for announcement in announcements:
+            log.info("replaying %s from the journal", announcement.id)
+            self._offer(announcement)
+
+    def _offer(self, announcement: Announcement) -> None:
+        # Schedule (and so preempt) first; the journal's disk write comes after, off the
+        # critical path; the broker is acknowledged only once this returns.
         self._publish(self._scheduler.offer(announcement, self._clock()))
         self._changed.set()
-        return announcement
+
+    def set_quiet(self, quiet: bool) -> None:
+        self._scheduler.quiet_mode = quiet
+        self._changed.set()  # what was held may speak now
 
     def stop_current(self) -> None:
         """The `stop` command: silence what is speaking now; the queue goes on."""
@@ -100,14 +160,21 @@ class Dispatcher:
         self._closing = True
 
     def abandon(self) -> None:
-        """On shutdown: fail what is speaking and what waits, each with an event."""
+        """On shutdown: what is speaking and what waits stays in the journal for the restart;
+        without a journal each fails, with an event."""
         self._closing = True
-        if (current := self._scheduler.current) is not None:
-            self._fail(current, "herald shut down while speaking it")
-            self._scheduler.finish()
-        for announcement in self._scheduler.waiting():
-            self._fail(announcement, "herald shut down before speaking it")
+        speaking, waiting = self._scheduler.current, self._scheduler.waiting()
+        self._scheduler.finish()
         self._scheduler.clear()
+        if self._journal is not None:
+            kept = len(waiting) + (speaking is not None)
+            log.info("herald: %d announcements kept in the journal for the restart", kept)
+            self._journal.close()
+            return
+        if speaking is not None:
+            self._fail(speaking, "herald shut down while speaking it")
+        for announcement in waiting:
+            self._fail(announcement, "herald shut down before speaking it")
 
     def _fail(self, announcement: Announcement, reason: str) -> None:
         self._emit(Event("failed", announcement.id, details={"reason": reason}))
@@ -158,6 +225,7 @@ class Dispatcher:
         preempted_by, self._preempted_by = self._preempted_by, None
         if not task.cancelled():
             self._scheduler.finish()
+            self._forget(announcement.id)  # spoken, or failed with its event
         elif preempted_by is not None:
             resume = unspoken_part(announcement.text, self._speaker.speech_seconds)
             self._publish(self._scheduler.preempted(preempted_by, resume))
@@ -168,11 +236,29 @@ class Dispatcher:
         self._publish(outcomes)
 
     def _publish(self, outcomes: list[Outcome]) -> None:
-        for outcome in outcomes:
+        # A preemption first: silencing the old voice must not wait for a disk write.
+        for outcome in sorted(outcomes, key=lambda o: not isinstance(o, Preempt)):
             if isinstance(outcome, Preempt):
                 self._interrupt_for(outcome.by)
-            elif (event := event_for(outcome)) is not None:
+                continue
+            if (event := event_for(outcome)) is not None:
                 self._emit(event)
+            self._record(outcome)
+
+    def _record(self, outcome: Outcome) -> None:
+        """Keep the journal in step: on disk from Queued until a final outcome."""
+        if self._journal is None:
+            return
+        if isinstance(outcome, Queued):
+            self._journal.add(outcome.announcement)
+        elif isinstance(outcome, Expired | Evicted | Dropped) or (
+            isinstance(outcome, Preempted) and not outcome.requeued
+        ):
+            self._journal.done(outcome.announcement.id)
+
+    def _forget(self, announcement_id: str) -> None:
+        if self._journal is not None:
+            self._journal.done(announcement_id)
 
     def _interrupt_for(self, newcomer: Announcement) -> None:
         if self._speaking is None or self._speaking.done():

@@ -129,13 +129,24 @@ class Scheduler:
         self._arrivals = itertools.count()
         self._requeues = itertools.count(-1, -1)  # head of a priority: before every arrival
         self.current: Announcement | None = None
+        # Quiet mode (switched on by hand) holds back what is below this, like quiet hours do.
+        self.quiet_mode = False
+        self.quiet_min_priority = quiet_hours.min_priority if quiet_hours else 80
+
+    def quiet_now(self, now: float) -> bool:
+        """Quiet mode is on, or the quiet hours are running."""
+        hours = self.quiet_hours
+        return self.quiet_mode or (hours is not None and hours.active(self._local_time(now)))
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def reconfigure(self, max_length: int, quiet_hours: QuietHours | None) -> list[Outcome]:
+    def reconfigure(
+        self, max_length: int, quiet_hours: QuietHours | None, quiet_min_priority: int
+    ) -> list[Outcome]:
         """New limits from a reloaded config; a smaller bound evicts the least urgent now."""
         self.max_length, self.quiet_hours = max_length, quiet_hours
+        self.quiet_min_priority = quiet_min_priority
         evicted: list[Outcome] = []
         while len(self._heap) > self.max_length:
             victim = self._eviction_candidate()
@@ -266,6 +277,8 @@ class Scheduler:
         )
 
     def _held(self, announcement: Announcement, now: float) -> bool:
+        if self.quiet_mode and announcement.priority < self.quiet_min_priority:
+            return True
         quiet = self.quiet_hours
         return quiet is not None and quiet.holds(announcement, self._local_time(now))
 

@@ -40,9 +40,11 @@ class Delivery:
     wake_preroll_ms: int = 0
     idle_after_s: float = 5.0
     chime_for: Callable[[Announcement], Samples | None] = lambda _: None
+    live_volume: Callable[[], float] | None = None  # the volume as set at run time, if any
 
     def gain_for(self, announcement: Announcement) -> float:
-        gain = self.volume if announcement.volume is None else announcement.volume
+        default = self.volume if self.live_volume is None else self.live_volume()
+        gain = default if announcement.volume is None else announcement.volume
         if announcement.level == "critical":
             gain = max(gain, self.critical_min_volume)
         return gain

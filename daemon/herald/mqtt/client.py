@@ -3,20 +3,28 @@
 paho runs its own thread, which also reconnects with exponential backoff (1 s doubling up to
 `mqtt.reconnect_max_s`). Its callbacks do nothing but hand their data to the event loop with
 `call_soon_threadsafe`; every decision is taken in the loop.
+
+The daemon's session is persistent (MQTT 5, clean start off, a session expiry): while Herald is
+briefly away the broker keeps its subscriptions and the QoS 1 messages sent to them. Messages
+are acknowledged by hand, after the handler has run (and journaled them), so a message the
+broker counts as delivered is one Herald has on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from herald.config import MqttConfig
+from herald.config import ConfigError, MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +44,27 @@ class MqttBridge:
         on_message: MessageHandler,
         password: str | None = None,
         availability: str | None = None,
+        persistent: bool = False,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._subscriptions = subscriptions
         self._on_message = on_message
+        self._on_connected = on_connected
+        self._persistent = persistent
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self.last_error: str | None = None
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=persistent,
+        )
         if cfg.username:
             self._client.username_pw_set(cfg.username, password)
+        if cfg.tls:
+            self._set_up_tls(cfg)
         self._availability = availability
         if availability is not None:  # the broker says `offline` for us if we vanish
             self._client.will_set(availability, "offline", qos=1, retain=True)
@@ -65,9 +84,30 @@ class MqttBridge:
     def where(self) -> str:
         return f"{self._cfg.host}:{self._cfg.port}"
 
+    def _set_up_tls(self, cfg: MqttConfig) -> None:
+        try:
+            self._client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError([f"config error: mqtt TLS files: {exc}"]) from None
+        if cfg.tls_insecure:
+            log.warning("mqtt: tls_insecure: the broker's host name is not checked")
+            self._client.tls_insecure_set(True)
+
     async def __aenter__(self) -> MqttBridge:
         self._loop = asyncio.get_running_loop()
-        self._client.connect_async(self._cfg.host, self._cfg.port, self._cfg.keepalive_s)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._cfg.session_expiry_s if self._persistent else 0
+        self._client.connect_async(
+            self._cfg.host,
+            self._cfg.port,
+            self._cfg.keepalive_s,
+            clean_start=not self._persistent,
+            properties=properties,
+        )
         self._client.loop_start()
         return self
 
@@ -164,6 +204,8 @@ class MqttBridge:
         if self._availability is not None:
             self._client.publish(self._availability, "online", qos=1, retain=True)
         self._in_loop(self._connected.set)
+        if self._on_connected is not None:
+            self._in_loop(self._on_connected)
 
     def _handle_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         self.last_error = f"cannot reach broker {self.where}"
@@ -181,4 +223,11 @@ class MqttBridge:
             log.warning("mqtt: lost the connection to %s (%s); reconnecting", self.where, reason)
 
     def _handle_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._in_loop(self._on_message, msg.topic, bytes(msg.payload))
+        self._in_loop(self._deliver, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    def _deliver(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        try:
+            self._on_message(topic, payload)
+        finally:
+            if self._persistent and qos > 0:
+                self._client.ack(mid, qos)  # only now: the handler has journaled it

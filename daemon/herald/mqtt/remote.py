@@ -25,8 +25,13 @@ async def announce_via_daemon(
     payload: dict[str, object],
     timeout_s: float,
     on_event: Callable[[Event], None],
+    target: str | None = None,
 ) -> Event:
-    """Publish the JSON payload (with an id) and report its events until a final one."""
+    """Publish the JSON payload (with an id) and report its events until a final one.
+
+    `target` is the say topic (default: the configured node's); the events followed are always
+    the configured node's (`--node` changes which node that is).
+    """
     announcement_id = str(payload["id"])
     topics = Topics(config.mqtt.base_topic, config.node_id)
     events: asyncio.Queue[Event] = asyncio.Queue()
@@ -43,7 +48,8 @@ async def announce_via_daemon(
     async with bridge:
         if not await bridge.wait_connected(CONNECT_TIMEOUT_S):
             raise RemoteError(bridge.last_error or f"cannot reach broker {bridge.where}")
-        bridge.publish(topics.say, json.dumps(payload), qos=1)
+        topic = target.format(base=config.mqtt.base_topic) if target else topics.say
+        bridge.publish(topic, json.dumps(payload), qos=1)
         return await _follow(events, on_event, config.node_id, timeout_s)
 
 

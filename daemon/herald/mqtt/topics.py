@@ -2,46 +2,78 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Topics:
     base: str
     node: str
+    groups: tuple[str, ...] = field(default=())
+
+    def _own(self, leaf: str) -> str:
+        return f"{self.base}/{self.node}/{leaf}"
 
     @property
     def say(self) -> str:
         """Announcements for this speaker."""
-        return f"{self.base}/{self.node}/say"
+        return self._own("say")
 
     @property
     def say_all(self) -> str:
         """Announcements for every Herald speaker."""
         return f"{self.base}/all/say"
 
+    def say_group(self, group: str) -> str:
+        """Announcements for the speakers of a group (`mqtt.groups`)."""
+        return f"{self.base}/group/{group}/say"
+
     @property
     def stop(self) -> str:
         """Stop what this speaker is saying now (the queue goes on)."""
-        return f"{self.base}/{self.node}/stop"
+        return self._own("stop")
 
     @property
     def clear(self) -> str:
         """Drop everything waiting in this speaker's queue."""
-        return f"{self.base}/{self.node}/clear"
+        return self._own("clear")
+
+    @property
+    def volume_set(self) -> str:
+        """Set the default volume: 0.0-1.0."""
+        return self._own("volume/set")
+
+    @property
+    def quiet_set(self) -> str:
+        """Quiet mode ON/OFF: only urgent announcements speak."""
+        return self._own("quiet/set")
+
+    @property
+    def siren_set(self) -> str:
+        """Home Assistant's siren entity: ON speaks the alert at critical priority, OFF stops."""
+        return self._own("siren/set")
+
+    @property
+    def status(self) -> str:
+        """What this speaker is doing (retained JSON)."""
+        return self._own("status")
 
     @property
     def availability(self) -> str:
         """`online` (retained) while this speaker runs; the broker's will sets `offline`."""
-        return f"{self.base}/{self.node}/availability"
+        return self._own("availability")
 
     @property
     def events(self) -> str:
         """Lifecycle events of this speaker's announcements (JSON, not retained)."""
-        return f"{self.base}/{self.node}/events"
+        return self._own("events")
+
+    def say_topics(self) -> list[str]:
+        return [self.say, self.say_all, *(self.say_group(g) for g in self.groups)]
 
     def subscriptions(self) -> list[str]:
-        return [self.say, self.say_all, self.stop, self.clear]
+        commands = [self.stop, self.clear, self.volume_set, self.quiet_set, self.siren_set]
+        return [*self.say_topics(), *commands]
 
     def is_say(self, topic: str) -> bool:
-        return topic in (self.say, self.say_all)
+        return topic in self.say_topics()

@@ -1,0 +1,57 @@
+"""Rhasspy's Hermes protocol, so Herald can stand in for a Rhasspy TTS service.
+
+`hermes/tts/say` (`text`, `id`, `siteId`, `volume`, `lang`) for this site becomes an ordinary
+announcement; when it is over, `hermes/tts/sayFinished` goes out with the same `id` and `siteId`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from herald.announcement import new_id
+from herald.events import Event
+
+log = logging.getLogger(__name__)
+
+SAY = "hermes/tts/say"
+SAY_FINISHED = "hermes/tts/sayFinished"
+_ENDINGS = frozenset({"finished", "failed", "expired", "dropped", "rejected"})
+
+
+class HermesBridge:
+    def __init__(self, site_id: str) -> None:
+        self.site_id = site_id
+        self._waiting: dict[str, str] = {}  # announcement id -> the siteId to answer
+
+    def translate(self, payload: bytes) -> bytes | None:
+        """The Herald payload for a Hermes `say`; None when it is meant for another site.
+
+        A payload that is not a JSON object is passed on as it is, so that it is rejected with
+        the usual reason.
+        """
+        try:
+            data: dict[str, Any] = json.loads(payload)
+            site = str(data.get("siteId") or "default")
+        except (ValueError, AttributeError):
+            return payload
+        if site != self.site_id:
+            return None
+        ident = str(data.get("id") or new_id())
+        if data.get("lang"):
+            log.debug("hermes: lang %s is left to the configured voice", data["lang"])
+        translated: dict[str, Any] = {"text": data.get("text", ""), "id": ident}
+        if isinstance(data.get("volume"), int | float):
+            translated["volume"] = max(0.0, min(float(data["volume"]), 1.0))
+        self._waiting[ident] = site
+        return json.dumps(translated).encode()
+
+    def finished(self, event: Event) -> tuple[str, str] | None:
+        """The sayFinished message due for this event, if it ends a Hermes announcement."""
+        if event.kind not in _ENDINGS or event.announcement_id not in self._waiting:
+            return None
+        if event.kind == "preempted" and event.details.get("requeued"):
+            return None
+        site = self._waiting.pop(event.announcement_id)
+        return SAY_FINISHED, json.dumps({"id": event.announcement_id, "siteId": site})

@@ -1,0 +1,160 @@
+"""One Herald speaker on the broker: its topics in, its events, status and discovery out.
+
+The Node routes every message for this speaker to the Dispatcher (announcements, stop, clear),
+to the Controls (volume, quiet mode), or to the Hermes bridge; and it publishes what Home
+Assistant shows: the retained status, availability, and the discovery configs (again whenever
+Home Assistant comes back online).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from herald import __version__
+from herald.announcement import PRIORITY_LEVELS
+from herald.config import Config
+from herald.controls import Controls, parse_switch, parse_volume
+from herald.dispatcher import Dispatcher
+from herald.events import Event
+from herald.mqtt import hermes
+from herald.mqtt.client import MqttBridge
+from herald.mqtt.discovery import SIREN_ID, NodeInfo, discovery_messages
+from herald.mqtt.hermes import HermesBridge
+from herald.mqtt.topics import Topics
+from herald.status import StatusBoard
+from herald.voice.base import Voice
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, config: Config, topics: Topics, controls: Controls) -> None:
+        self.config = config
+        self.topics = topics
+        self.controls = controls
+        self.hermes = HermesBridge(config.hermes.site_id or config.node_id)
+        self.bridge: MqttBridge | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.status: StatusBoard | None = None
+
+    @property
+    def ha_status_topic(self) -> str:
+        return f"{self.config.home_assistant.discovery_prefix}/status"
+
+    def subscriptions(self) -> list[str]:
+        extra = [self.ha_status_topic] if self.config.home_assistant.discovery else []
+        if self.config.hermes.enabled:
+            extra.append(hermes.SAY)
+        return [*self.topics.subscriptions(), *extra]
+
+    def attach(self, bridge: MqttBridge, dispatcher: Dispatcher, voices: Sequence[Voice]) -> None:
+        self.bridge, self.dispatcher = bridge, dispatcher
+        self.status = StatusBoard(dispatcher, voices, self.controls, self._publish_status)
+
+    # --- out ----------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Publish an event, and what follows from it (status, Hermes' sayFinished)."""
+        fields = {"ANNOUNCEMENT_ID": event.announcement_id or "", "HERALD_EVENT": event.kind}
+        if "voice" in event.details:
+            fields["VOICE"] = str(event.details["voice"])
+        details = "".join(f" {key}={value}" for key, value in event.details.items())
+        log.info("%s %s%s", event.kind, event.announcement_id or "(no id)", details, extra=fields)
+        self._send(self.topics.events, event.to_json())
+        if (finished := self.hermes.finished(event)) is not None:
+            self._send(*finished)
+        if self.status is not None:
+            self.status.note(event)
+
+    def on_connected(self) -> None:
+        """Each (re)connection: discovery for Home Assistant, and a fresh status."""
+        self._publish_discovery()
+        if self.status is not None:
+            self.status.changed()
+
+    def _publish_discovery(self) -> None:
+        ha = self.config.home_assistant
+        if not ha.discovery:
+            return
+        node = NodeInfo(
+            node_id=self.config.node_id,
+            base_topic=self.config.mqtt.base_topic,
+            name=ha.name or f"Herald {self.config.node_id}",
+            sw_version=__version__,
+            discovery_prefix=ha.discovery_prefix,
+        )
+        for topic, payload in discovery_messages(node):
+            self._send(topic, payload, retain=True)
+
+    def _publish_status(self, payload: str) -> None:
+        self._send(self.topics.status, payload, retain=True)
+
+    def _send(self, topic: str, payload: str, retain: bool = False) -> None:
+        if self.bridge is not None:
+            self.bridge.publish(topic, payload, qos=1, retain=retain)
+
+    # --- in -----------------------------------------------------------------------------------
+
+    def route(self, topic: str, payload: bytes) -> None:
+        dispatcher, topics = self.dispatcher, self.topics
+        if dispatcher is None:
+            return
+        if topics.is_say(topic):
+            dispatcher.accept(payload, source=topic)
+        elif topic == topics.stop:
+            dispatcher.stop_current()
+        elif topic == topics.clear:
+            dispatcher.clear_queue()
+        elif topic in (topics.volume_set, topics.quiet_set):
+            self._set_control(topic, payload)
+        elif topic == topics.siren_set:
+            self._siren(payload)
+        elif topic == hermes.SAY:
+            if (translated := self.hermes.translate(payload)) is not None:
+                dispatcher.accept(translated, source=topic)
+        elif topic == self.ha_status_topic and payload.strip() == b"online":
+            log.info("home assistant is online: publishing discovery again")
+            self._publish_discovery()
+
+    def _set_control(self, topic: str, payload: bytes) -> None:
+        assert self.dispatcher is not None
+        try:
+            if topic == self.topics.volume_set:
+                self.controls.volume = parse_volume(payload)
+            else:
+                self.controls.quiet = parse_switch(payload)
+                self.dispatcher.set_quiet(self.controls.quiet)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("ignored %s: %s", topic, exc)
+            return
+        self.controls.save(self.config.state_dir / "controls.json")
+        log.info("volume %.2f, quiet mode %s", self.controls.volume, self.controls.quiet)
+        if self.status is not None:
+            self.status.changed()
+
+    def _siren(self, payload: bytes) -> None:
+        """Home Assistant's siren: ON speaks the alert at critical priority; OFF stops it."""
+        assert self.dispatcher is not None
+        try:
+            command: dict[str, Any] = json.loads(payload)
+            state = str(command.get("state", "ON")).upper()
+        except (ValueError, AttributeError):
+            state, command = payload.decode("utf-8", "replace").strip().upper(), {}
+        if state == "OFF":
+            current = self.dispatcher.current
+            if current is not None and current.id == SIREN_ID:
+                self.dispatcher.stop_current()
+            return
+        say: dict[str, Any] = {
+            "text": self.config.home_assistant.siren_text,
+            "id": SIREN_ID,
+            "priority": PRIORITY_LEVELS["critical"],
+            "repeat": 3,
+            "chime": command.get("tone") or "alarm",
+        }
+        if isinstance(command.get("volume_level"), int | float):
+            say["volume"] = max(0.0, min(float(command["volume_level"]), 1.0))
+        self.dispatcher.accept(json.dumps(say).encode(), source=self.topics.siren_set)
