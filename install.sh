@@ -17,6 +17,7 @@ BASE_PACKAGES=(python3-venv python3-dev gcc libasound2-dev espeak-ng alsa-utils)
 BROKER_PACKAGES=(mosquitto mosquitto-clients)
 DEV_PACKAGES=("${BASE_PACKAGES[@]}" "${BROKER_PACKAGES[@]}"
     pulseaudio pulseaudio-utils libasound2-plugins sox shellcheck
+    openssl # certificates for the TLS test
     systemd) # systemd-analyze, for tests/test_unit_file.py
 
 SERVICE_USER=herald

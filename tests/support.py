@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import queue
@@ -57,12 +58,24 @@ class Broker:
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
+    persistent: bool = False  # keep sessions and queued messages across a restart
+    listener_options: str = "allow_anonymous true\n"  # e.g. TLS files, a password file
 
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / f"mosquitto-{self.port}.conf"
+        persistence = (
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            if self.persistent
+            else "persistence false\n"
+        )
+        # A test may send thousands of events in a burst: let the broker queue them all for a
+        # subscriber (its default drops what is beyond 1000 queued per client).
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            # Started by root, mosquitto would drop to its own user and could not read the
+            # test's files; for anyone else `user` changes nothing.
+            f"user {getpass.getuser()}\nmax_queued_messages 1000000\nper_listener_settings true\n"
+            f"listener {self.port} 127.0.0.1\n{self.listener_options}{persistence}"
         )
         log = (self.workdir / f"mosquitto-{self.port}.log").open("ab")
         self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)

@@ -29,7 +29,10 @@ from herald.config import ConfigError, MqttConfig
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
-MAX_QUEUED_PUBLISHES = 1000  # bounds memory while the broker is away
+# Bounds memory while the broker is away (about 300 bytes an event: 6 MB at most), yet holds
+# every event of a burst of thousands of announcements while the broker acknowledges them.
+MAX_QUEUED_PUBLISHES = 20_000
+MAX_IN_FLIGHT = 100  # unacknowledged QoS 1 publishes on the wire at once
 FLUSH_TIMEOUT_S = 2.0  # how long a disconnect waits for the broker to acknowledge the last events
 
 
@@ -70,6 +73,7 @@ class MqttBridge:
             self._client.will_set(availability, "offline", qos=1, retain=True)
         self._client.reconnect_delay_set(1, cfg.reconnect_max_s)
         self._client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
+        self._client.max_inflight_messages_set(MAX_IN_FLIGHT)
         self._client.on_connect = self._handle_connect
         self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_disconnect = self._handle_disconnect
