@@ -591,7 +591,20 @@ remove_user() {
     fi
 }
 
+remove_discovery() {
+    # Home Assistant forgets the device: empty retained discovery messages, best effort.
+    if staging || [[ ! -x "$VENV/bin/herald" || ! -f "$CONFIG" ]]; then
+        return 0
+    fi
+    if as_root timeout 20 "$VENV/bin/herald" run --remove-discovery --config "$CONFIG"; then
+        did "removed the device from Home Assistant's discovery"
+    else
+        say "could not reach the broker to remove the device from Home Assistant; continuing"
+    fi
+}
+
 uninstall_system() {
+    remove_discovery
     stop_service
     remove_path "$UNIT"
     remove_path "$DROPIN"

@@ -369,3 +369,34 @@ def make_ca_and_server_cert(where: Path) -> None:
         "-out",
         "server.pem",
     )
+
+
+def test_remove_discovery_clears_every_retained_config(
+    broker: Broker, make_daemon: DaemonFactory, node_id: str
+) -> None:
+    daemon = make_daemon(broker)
+    daemon.start(wait_until="herald: ready")
+    assert len(collect_discovery(broker, node_id)) == 9
+    daemon.stop()
+    removed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "herald",
+            "run",
+            "--remove-discovery",
+            "--config",
+            str(daemon.config_path),
+        ],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert removed.returncode == 0, removed.stderr
+    probe = MqttProbe(
+        broker, f"homeassistant/+/herald_{node_id}/+/config", f"herald/{node_id}/status"
+    )
+    time.sleep(1.0)  # retained messages arrive at once on subscribing; none should
+    assert probe.messages.empty()
+    probe.close()
