@@ -21,7 +21,7 @@ from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
 from herald.audio.chimes import ChimeError, load_chime
 from herald.audio.dsp import Samples
-from herald.config import Config, ConfigError, read_secret
+from herald.config import Config, ConfigError
 from herald.controls import Controls
 from herald.dispatcher import Dispatcher
 from herald.journal import QueueJournal
@@ -170,13 +170,11 @@ async def _serve(config: Config, life: _Lifetime) -> None:
     scheduler.quiet_mode = controls.quiet
     node = Node(config, topics, controls)
     output = AlsaOutput(config.audio)
-    password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
     bridge = MqttBridge(
         config.mqtt,
         f"herald-{config.node_id}",
         node.subscriptions(),
         node.route,
-        password,
         availability=topics.availability,
         persistent=True,
         on_connected=node.on_connected,
@@ -284,11 +282,8 @@ async def remove_discovery(config: Config) -> int:
         __version__,
         config.home_assistant.discovery_prefix,
     )
-    password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
     topics = Topics(config.mqtt.base_topic, config.node_id)
-    bridge = MqttBridge(
-        config.mqtt, f"herald-remove-{config.node_id}", [], lambda *_: None, password
-    )
+    bridge = MqttBridge(config.mqtt, f"herald-remove-{config.node_id}", [], lambda *_: None)
     async with bridge:
         if not await bridge.wait_connected(10):
             log.error("mqtt: %s", bridge.last_error or f"cannot reach broker {bridge.where}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
-from herald.config import Config, ConfigError, find_secret, read_secret
+from herald.config import Config, ConfigError, find_secret
 from herald.mqtt.client import MqttBridge
 from herald.voice import VoiceError, build_voices
 
@@ -71,10 +71,9 @@ def check_secrets(config: Config) -> list[CheckResult]:
 async def check_broker(config: Config) -> CheckResult:
     name = f"broker {config.mqtt.host}:{config.mqtt.port}"
     try:
-        password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
+        bridge = MqttBridge(config.mqtt, f"herald-check-{config.node_id}", [], _ignore)
     except ConfigError as exc:
-        return CheckResult(name, False, exc.lines[0], "make the password file readable")
-    bridge = MqttBridge(config.mqtt, f"herald-check-{config.node_id}", [], _ignore, password)
+        return CheckResult(name, False, exc.lines[0], "check the password file and TLS files")
     async with bridge:
         if await bridge.wait_connected(BROKER_TIMEOUT_S):
             return CheckResult(name, True, "connected")

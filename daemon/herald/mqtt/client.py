@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from herald.config import ConfigError, MqttConfig
+from herald.config import ConfigError, MqttConfig, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ class MqttBridge:
         client_id: str,
         subscriptions: list[str],
         on_message: MessageHandler,
-        password: str | None = None,
         availability: str | None = None,
         persistent: bool = False,
         on_connected: Callable[[], None] | None = None,
@@ -64,7 +63,8 @@ class MqttBridge:
             protocol=paho.MQTTv5,
             manual_ack=persistent,
         )
-        if cfg.username:
+        if cfg.username:  # the password is a secret: a file, the environment, or a credential
+            password = read_secret(cfg.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
             self._client.username_pw_set(cfg.username, password)
         if cfg.tls:
             self._set_up_tls(cfg)

@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from herald.config import Config, read_secret
+from herald.config import Config
 from herald.events import Event
 from herald.mqtt.client import MqttBridge
 from herald.mqtt.topics import Topics
@@ -41,10 +41,7 @@ async def announce_via_daemon(
         if event is not None and event.announcement_id == announcement_id:
             events.put_nowait(event)
 
-    password = read_secret(config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")
-    bridge = MqttBridge(
-        config.mqtt, f"herald-say-{announcement_id}", [topics.events], on_message, password
-    )
+    bridge = MqttBridge(config.mqtt, f"herald-say-{announcement_id}", [topics.events], on_message)
     async with bridge:
         if not await bridge.wait_connected(CONNECT_TIMEOUT_S):
             raise RemoteError(bridge.last_error or f"cannot reach broker {bridge.where}")
