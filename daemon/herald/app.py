@@ -162,12 +162,24 @@ def _reloaded(config: Config, reload: Callable[[], Config] | None) -> Config:
     return fresh
 
 
-async def _serve(config: Config, life: _Lifetime) -> None:
-    """One run of the daemon with one configuration, until a stop or reload signal."""
-    scheduler, notifier, signals = life.scheduler, life.notifier, life.signals
+@dataclass
+class _Parts:
+    """Everything one configuration builds; rebuilt on each reload."""
+
+    node: Node
+    output: AlsaOutput
+    bridge: MqttBridge
+    voices: list[Voice]
+    dispatcher: Dispatcher
+
+    def status(self) -> str:
+        return status_line(self.dispatcher, self.voices)
+
+
+def _build(config: Config, life: _Lifetime) -> _Parts:
     topics = Topics(config.mqtt.base_topic, config.node_id, tuple(config.mqtt.groups))
     controls = Controls.load(config.state_dir / "controls.json", config.audio.volume)
-    scheduler.quiet_mode = controls.quiet
+    life.scheduler.quiet_mode = controls.quiet
     node = Node(config, topics, controls)
     output = AlsaOutput(config.audio)
     bridge = MqttBridge(
@@ -181,10 +193,9 @@ async def _serve(config: Config, life: _Lifetime) -> None:
     )
     voices = build_voices(config)
     delivery = replace(build_delivery(config), live_volume=lambda: controls.volume)
-    speaker = Speaker(voices, output, node.emit, delivery)
     dispatcher = Dispatcher(
-        speaker,
-        scheduler,
+        Speaker(voices, output, node.emit, delivery),
+        life.scheduler,
         node.emit,
         announcement_defaults(config),
         config.mqtt.max_payload_bytes,
@@ -199,36 +210,44 @@ async def _serve(config: Config, life: _Lifetime) -> None:
         config.audio.device,
         config.audio.sample_rate,
     )
+    return _Parts(node, output, bridge, voices, dispatcher)
 
-    def status() -> str:
-        return status_line(dispatcher, voices)
 
+async def _serve(config: Config, life: _Lifetime) -> None:
+    """One run of the daemon with one configuration, until a stop or reload signal."""
+    parts = _build(config, life)
     try:
-        async with voices_running(voices), bridge:
+        async with voices_running(parts.voices), parts.bridge:
             async with asyncio.TaskGroup() as tasks:
-                dispatcher.report(life.to_report)  # evictions by a reload that shrank the queue
-                dispatcher.replay(life.to_replay)  # what the journal kept from the last run
-                life.to_report, life.to_replay = [], []
-                speaking = tasks.create_task(dispatcher.speak_queue(), name="speak-queue")
-                upkeep = [tasks.create_task(_become_ready(bridge, output, notifier, status))]
-                if (interval := watchdog_interval_s()) is not None:
-                    upkeep.append(tasks.create_task(keep_watchdog_fed(notifier, interval, status)))
-                await signals.either()
-                if signals.stop.is_set():
-                    log.info("herald: stopping")
-                    notifier.stopping()
-                    dispatcher.close()
-                speaking.cancel()
-                for task in upkeep:
-                    task.cancel()
+                await _run_until_signalled(parts, life, tasks)
             # Still connected: the events of what was cut short reach the broker.
-            if signals.stop.is_set():
-                dispatcher.abandon()
+            if life.signals.stop.is_set():
+                parts.dispatcher.abandon()
             else:
-                dispatcher.suspend()  # a reload: what was speaking goes back to the queue
+                parts.dispatcher.suspend()  # a reload: what was speaking goes back to the queue
     finally:
-        output.drop()
-        await output.close()
+        parts.output.drop()
+        await parts.output.close()
+
+
+async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.TaskGroup) -> None:
+    dispatcher, notifier = parts.dispatcher, life.notifier
+    dispatcher.report(life.to_report)  # evictions by a reload that shrank the queue
+    dispatcher.replay(life.to_replay)  # what the journal kept from the last run
+    life.to_report, life.to_replay = [], []
+    speaking = tasks.create_task(dispatcher.speak_queue(), name="speak-queue")
+    ready = _become_ready(parts.bridge, parts.output, notifier, parts.status)
+    upkeep = [tasks.create_task(ready, name="readiness")]
+    if (interval := watchdog_interval_s()) is not None:
+        feeding = keep_watchdog_fed(notifier, interval, parts.status)
+        upkeep.append(tasks.create_task(feeding, name="watchdog"))
+    await life.signals.either()
+    if life.signals.stop.is_set():
+        log.info("herald: stopping")
+        notifier.stopping()
+        dispatcher.close()
+    for task in (speaking, *upkeep):
+        task.cancel()
 
 
 def _open_journal(config: Config) -> QueueJournal | None:
