@@ -237,7 +237,8 @@ def test_preemption_through_a_real_time_output_reports_its_latencies(
     record_property("switch_gap_ms", gap_ms)
     # Inside the daemon: from the critical message's arrival (the drop is asked for there)
     # to the old voice silenced, and on to the newcomer's first sound.
-    switch = next(line for line in daemon.log_lines if "audio: silent" in line)
+    switch = next((line for line in daemon.log_lines if "audio: silent" in line), None)
+    assert switch is not None, "\n".join(daemon.log_lines[-30:])
     silent_ms, next_ms = (float(x) for x in re.findall(r"([\d.]+) ms", switch))
     record_property("silent_after_ms", silent_ms)
     record_property("next_sound_after_ms", next_ms)

@@ -46,6 +46,7 @@ class Announcement:
     volume: float | None = None  # 0.0-1.0; None: the configured default
     chime: str | bool = True  # True: the priority's default chime; False: none; else a name/path
     repeat: int = 1
+    cache: bool = True  # play from the phrase cache if it is there, and keep it once spoken
 
     @property
     def level(self) -> str:
@@ -131,6 +132,7 @@ class _JsonPayload(BaseModel):
     volume: float | None = Field(None, ge=0.0, le=1.0)
     chime: str | bool = True
     repeat: int = Field(1, ge=1, le=5)
+    cache: bool = True
 
     @field_validator("text")
     @classmethod
@@ -229,6 +231,7 @@ def _parse_json(text: str, now: float, defaults: Defaults) -> Announcement:
         volume=parsed.volume,
         chime=parsed.chime,
         repeat=parsed.repeat,
+        cache=parsed.cache,
     )
 
 

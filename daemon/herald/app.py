@@ -32,7 +32,7 @@ from herald.node import Node
 from herald.scheduler import Outcome, QuietHours, Scheduler
 from herald.speaker import Delivery, Speaker
 from herald.systemd import Notifier, keep_watchdog_fed, watchdog_interval_s
-from herald.voice import Voice, build_voices, voices_running
+from herald.voice import Voice, build_cache, build_voices, voices_running
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
     voices = build_voices(config)
     delivery = replace(build_delivery(config), live_volume=lambda: controls.volume)
     dispatcher = Dispatcher(
-        Speaker(voices, output, node.emit, delivery),
+        Speaker(voices, output, node.emit, delivery, cache=build_cache(config)),
         life.scheduler,
         node.emit,
         announcement_defaults(config),

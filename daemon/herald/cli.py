@@ -1,4 +1,5 @@
-"""The `herald` command: run, say, check, devices. Parses arguments; the work happens elsewhere."""
+"""The `herald` command: run, say, check, devices, cache. Parses arguments; the work happens
+elsewhere."""
 
 from __future__ import annotations
 
@@ -109,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         "check", parents=[common, with_config], help="check config, broker, audio device and voices"
     )
     commands.add_parser("devices", parents=[common, with_config], help="list ALSA playback PCMs")
+    cache = commands.add_parser(
+        "cache", parents=[common, with_config], help="list or clear the phrase cache"
+    )
+    cache.add_argument(
+        "action",
+        choices=["list", "clear"],
+        help="list: the kept phrases, most recently used first; clear: delete them all",
+    )
     return parser
 
 
@@ -129,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "say": _say,
         "check": _check,
         "devices": _devices,
+        "cache": _cache,
     }
     try:
         config, source = load_config(args.config)
@@ -257,6 +267,43 @@ def _devices(_args: argparse.Namespace, config: Config, _source: Path | None) ->
         print(f"{marker} {name}")
     print(f"(* = audio.device in the config; {len(names)} playback PCMs)")
     return EXIT_OK
+
+
+def _cache(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
+    from herald.voice import open_cache
+
+    cache = open_cache(config)
+    try:
+        if args.action == "clear":
+            files, freed = cache.clear()
+            print(f"deleted {files} files ({_size(freed)}) from {cache.directory}")
+            return EXIT_OK
+        entries = cache.entries()
+        total = cache.total_bytes()
+    except OSError as exc:
+        print(f"herald cache: {cache.directory}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    for entry in entries:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+        print(
+            f"{_size(entry.size):>9}  {entry.key.engine:<8}  {used}  {entry.seconds:5.1f} s  "
+            f"{_preview(entry.key.text)}"
+        )
+    off = "" if config.voice.cache.enabled else " (voice.cache.enabled is false)"
+    print(
+        f"{len(entries)} phrases, {_size(total)} of {config.voice.cache.max_mb:g} MB "
+        f"in {cache.directory}{off}"
+    )
+    return EXIT_OK
+
+
+def _size(count: int) -> str:
+    return f"{count / 1_000_000:.1f} MB" if count >= 100_000 else f"{count / 1000:.0f} kB"
+
+
+def _preview(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 if __name__ == "__main__":

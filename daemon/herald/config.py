@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import string
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,109 @@ class DeepgramConfig(_Frozen):
         return None if value == "" else value
 
 
-EngineName = Literal["deepgram", "espeak"]
+def _websocket_url(value: str) -> str:
+    if not value.startswith(("wss://", "ws://")):
+        raise ValueError("must start with wss:// (or ws:// for a local server)")
+    return value
+
+
+_SLNG_FIELDS = {"provider", "model", "variant"}
+
+
+class SlngConfig(_Frozen):
+    url: str = Field(
+        "wss://api.slng.ai/v1/tts/{provider}/{model}:{variant}",
+        description="endpoint; {provider}, {model} and {variant} are filled in from below",
+    )
+    provider: str = Field(
+        "deepgram", min_length=1, description="'deepgram' (proxied) or e.g. 'slng/rime' (hosted)"
+    )
+    model: str = Field("aura", min_length=1, description="the model, e.g. 'aura', 'arcana'")
+    variant: str = Field("2", description="the model's variant, e.g. '2', '2-en', '3-en'")
+    voice: str = Field("aura-2-thalia-en", min_length=1, description="the model's voice")
+    language: str | None = Field(None, description="language code, e.g. 'en'; default: model's")
+    speed: float | None = Field(None, gt=0.25, le=4.0, description="speech speed multiplier")
+    sample_rate: int = Field(
+        24000, ge=8000, le=48000, description="the rate asked for; resampled to audio.sample_rate"
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="file holding the API key; else $SLNG_API_KEY, "
+        "else the systemd credential 'slng_api_key'",
+    )
+    region: str | None = Field(None, description="X-Region-Override; default: chosen by SLNG")
+    max_age_s: float = Field(3300, ge=2, le=86400, description="replace the socket at this age")
+    keepalive_s: float = Field(
+        20.0, ge=0, le=600, description="send 'keepalive' after this long idle; 0: never"
+    )
+    connect_wait_s: float = Field(
+        2.0, ge=0, le=60, description="longest wait for a socket before the next voice speaks"
+    )
+    ready_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="no 'ready' this long after 'init': a fresh socket"
+    )
+    first_audio_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="no audio this long after the text: the socket is dead"
+    )
+    clear_timeout_s: float = Field(
+        1.0, gt=0, le=10, description="longest wait for 'cleared' before the socket is replaced"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        if unknown := names - _SLNG_FIELDS:
+            raise ValueError(
+                f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{provider}}, "
+                "{model}, {variant}"
+            )
+        return _websocket_url(value)
+
+    @field_validator("api_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def model_id(self) -> str:
+        """The model as `init` names it: model:variant."""
+        return f"{self.model}:{self.variant}" if self.variant else self.model
+
+    @property
+    def socket_url(self) -> str:
+        return self.url.format(provider=self.provider, model=self.model, variant=self.variant)
+
+
+class GatewayConfig(_Frozen):
+    url: str = Field(
+        "ws://localhost:8002/api/v1/ws", description="the self-hosted TTS gateway's WebSocket"
+    )
+    sample_rate: int = Field(
+        24000, ge=8000, le=48000, description="the gateway's TTS_SAMPLE_RATE (it cannot be asked)"
+    )
+    max_age_s: float = Field(3300, ge=2, le=86400, description="replace the socket at this age")
+    connect_wait_s: float = Field(
+        2.0, ge=0, le=60, description="longest wait for a socket before the next voice speaks"
+    )
+    first_audio_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="no audio this long after the text: the socket is dead"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _websocket(cls, value: str) -> str:
+        return _websocket_url(value)
+
+
+class CacheConfig(_Frozen):
+    enabled: bool = Field(True, description="keep the cloud voices' audio of each phrase")
+    max_mb: float = Field(
+        50, gt=0, le=100_000, description="<state_dir>/cache holds at most this many MB"
+    )
+
+
+EngineName = Literal["deepgram", "slng", "gateway", "espeak"]
 
 
 class VoiceConfig(_Frozen):
@@ -194,6 +297,9 @@ class VoiceConfig(_Frozen):
     )
     espeak: EspeakConfig = EspeakConfig()
     deepgram: DeepgramConfig = DeepgramConfig()
+    slng: SlngConfig = SlngConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("engines")
     @classmethod

@@ -7,6 +7,11 @@ audio, hiding the engine's first-byte time instead of adding to it.
 
 Cancelling `speak` is how an announcement is interrupted (preempted, stopped, shut down): the
 output is faded and dropped at once, and closing the voice stream tells the engine to stop.
+
+With a phrase cache, each voice's cached audio of the exact text is played before that voice is
+even asked (no network, first samples within milliseconds), and the audio a cloud voice spoke is
+kept once the announcement has finished completely (never a cut-off one), under the name of the
+voice that actually spoke it.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from herald.audio import AudioError, AudioSink
 from herald.audio.dsp import Samples, apply_gain, ms_to_frames, silence
 from herald.events import Event, EventKind, EventSink
 from herald.voice.base import Voice, VoiceError
+from herald.voice.cache import CacheKey, PhraseCache, concatenate
 
 log = logging.getLogger(__name__)
 
 REPEAT_PAUSE_MS = 600  # between the repeats of an announcement
+CACHED_CHUNK_MS = 40  # cached audio goes out in pieces, so a resume position stays accurate
 _END = object()
 
 
@@ -58,6 +65,7 @@ class Speaker:
         emit: EventSink,
         delivery: Delivery,
         clock: Callable[[], float] = time.monotonic,
+        cache: PhraseCache | None = None,
     ) -> None:
         if not voices:
             raise ValueError("a Speaker needs at least one voice")
@@ -66,8 +74,13 @@ class Speaker:
         self._emit = emit
         self._delivery = delivery
         self._clock = clock
+        self._cache = cache
         self._last_sound_at = float("-inf")
         self.speech_seconds = 0.0  # of the announcement being spoken: where a resume starts
+        self._fresh: dict[CacheKey, Samples] = {}  # this announcement's cloud audio so far
+        self._unwritten: dict[CacheKey, Samples] = {}  # finished, on its way to the disk
+        self._writing: set[asyncio.Task[None]] = set()
+        self._from_cache = False  # the round being spoken comes from the cache
 
     def silence_now(self) -> None:
         """Fade and drop whatever is playing, before the speaking task even hears of it."""
@@ -76,6 +89,7 @@ class Speaker:
     async def speak(self, announcement: Announcement) -> bool:
         """Speak it to the end; True when it was heard, False when it failed (with an event)."""
         self.speech_seconds = 0.0
+        self._fresh = {}
         gain = self._delivery.gain_for(announcement)
         try:
             await self._output.open()
@@ -104,7 +118,9 @@ class Speaker:
             voice=voice,
             degraded=degraded,
             duration_s=round(self.speech_seconds, 3),
+            **self._cached_detail(),
         )
+        self._keep_fresh_audio()
         return True
 
     @property
@@ -145,7 +161,13 @@ class Speaker:
             async for voice, chunk in speech:
                 if self.speech_seconds == 0:
                     degraded = voice != self._voices[0].name
-                    self._event("started", announcement, voice=voice, degraded=degraded)
+                    self._event(
+                        "started",
+                        announcement,
+                        voice=voice,
+                        degraded=degraded,
+                        **self._cached_detail(),
+                    )
                 self.speech_seconds += len(chunk) / self._rate
                 await self._output.play(apply_gain(chunk, gain))
         return voice
@@ -156,15 +178,27 @@ class Speaker:
         """The text as audio from the first voice that speaks it to the end.
 
         A voice that fails, even halfway, hands the whole text to the next one: the listener may
-        hear a beginning twice, but never loses the end.
+        hear a beginning twice, but never loses the end. A voice's cached audio of the text is
+        played instead of asking the voice.
         """
+        self._from_cache = False
         problems: list[str] = []
         for voice in self._voices:
+            key = self._cache_key(announcement, voice.name)
+            if key is not None and (cached := await self._cached(key)) is not None:
+                self._from_cache = key not in self._fresh  # not a repeat of what it just said
+                step = ms_to_frames(CACHED_CHUNK_MS, self._rate)
+                for start in range(0, len(cached), step):
+                    yield voice.name, cached[start : start + step]
+                return
+            kept = None if key is None or not self._cache else _Kept(self._cache.max_entry_bytes)
             produced = False
             try:
                 async with contextlib.aclosing(voice.stream(announcement.text)) as chunks:
                     async for chunk in chunks:
                         produced = True
+                        if kept is not None:
+                            kept.add(chunk)
                         yield voice.name, chunk
             except VoiceError as exc:
                 where = "halfway" if produced else "before any audio"
@@ -172,12 +206,81 @@ class Speaker:
                 problems.append(f"{voice.name}: {exc}")
                 continue
             if produced:
+                if key is not None and kept is not None and (audio := kept.samples()) is not None:
+                    self._fresh[key] = audio
                 return
             problems.append(f"{voice.name}: produced no audio")
         raise VoiceError("no voice could speak: " + "; ".join(problems))
 
+    # --- the phrase cache -------------------------------------------------------------------
+
+    def _cache_key(self, announcement: Announcement, engine: str) -> CacheKey | None:
+        """The cache key of this voice speaking this text; None: no cache, or not this time."""
+        if self._cache is None or not announcement.cache:
+            return None
+        return self._cache.key(engine, announcement.text)
+
+    async def _cached(self, key: CacheKey) -> Samples | None:
+        """The audio kept for this key: from this announcement's earlier round, from one whose
+        audio is still being written, or from the disk."""
+        assert self._cache is not None
+        if (kept := self._fresh.get(key, self._unwritten.get(key))) is not None:
+            return kept
+        return await asyncio.to_thread(self._cache.lookup, key)
+
+    def _keep_fresh_audio(self) -> None:
+        """Write what the cloud voices said to the cache, in a thread, after the announcement
+        (a task of its own: the announcement has finished and nothing may cancel it now)."""
+        fresh, self._fresh = self._fresh, {}
+        if self._cache is None or not fresh:
+            return
+        self._unwritten.update(fresh)
+        task = asyncio.create_task(self._write(self._cache, fresh), name="phrase-cache-write")
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _write(self, cache: PhraseCache, fresh: dict[CacheKey, Samples]) -> None:
+        try:
+            for key, samples in fresh.items():
+                await asyncio.to_thread(cache.store, key, samples)
+        except OSError as exc:
+            log.warning("cache: cannot write to %s: %s", cache.directory, exc)
+        finally:
+            for key, samples in fresh.items():
+                if self._unwritten.get(key) is samples:
+                    del self._unwritten[key]
+
+    async def cache_written(self) -> None:
+        """Wait until the audio of the announcements spoken so far is in the cache."""
+        if self._writing:
+            await asyncio.wait(self._writing)
+
+    def _cached_detail(self) -> dict[str, object]:
+        return {"cached": True} if self._from_cache else {}
+
     def _event(self, kind: EventKind, announcement: Announcement, **details: object) -> None:
         self._emit(Event(kind, announcement.id, details=details))
+
+
+class _Kept:
+    """A voice's audio, collected for the cache; given up once it is too large to keep."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self._chunks: list[Samples] | None = []
+        self._bytes = 0
+        self._limit = limit_bytes
+
+    def add(self, chunk: Samples) -> None:
+        if self._chunks is None:
+            return
+        self._bytes += 2 * len(chunk)
+        if self._bytes > self._limit:
+            self._chunks = None
+        else:
+            self._chunks.append(chunk)
+
+    def samples(self) -> Samples | None:
+        return concatenate(self._chunks) if self._chunks else None
 
 
 async def _pump(

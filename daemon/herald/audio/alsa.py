@@ -302,10 +302,11 @@ class AlsaOutput:
         """Silence the device now: drop what is buffered, but fade out instead of cutting.
 
         The fade continues the sound from the frame that was about to play, so the listener
-        hears the voice die away over a few milliseconds rather than a click. True when there
-        was sound to silence.
+        hears the voice die away over a few milliseconds rather than a click. True when a sound
+        was playing (or had just run dry in an underrun): the switch is then worth reporting.
         """
         channels = self._cfg.channels
+        was_playing = bool(self._recent)
         queued = self._queued_frames(pcm)
         recent = np.frombuffer(b"".join(self._recent), dtype="<i2")
         self._recent.clear()
@@ -314,7 +315,7 @@ class AlsaOutput:
         start = len(recent) - queued * channels
         segment = recent[max(start, 0) : max(start, 0) + fade_frames * channels]
         if queued <= 0 or len(segment) < channels:
-            return queued > 0
+            return was_playing  # nothing left in the buffer: silent already
         frames = segment.reshape(-1, channels).astype(np.float64)
         ramp = np.cos(np.linspace(0, np.pi / 2, len(frames)))[:, None]
         faded = np.round(frames * ramp).astype("<i2").tobytes()

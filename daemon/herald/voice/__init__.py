@@ -1,31 +1,81 @@
-"""Voices: each turns text into audio; `build_voices` makes the configured fallback chain."""
+"""Voices: each turns text into audio; `build_voices` makes the configured fallback chain and
+`build_cache` the phrase cache that keeps what the cloud voices said."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 from herald.config import Config, read_secret
 from herald.voice.base import Voice, VoiceError
+from herald.voice.cache import MB, PhraseCache
 from herald.voice.deepgram import DeepgramVoice
 from herald.voice.espeak import EspeakVoice
+from herald.voice.gateway import GatewayVoice
+from herald.voice.slng import SlngVoice
 
-__all__ = ["Voice", "VoiceError", "build_voices", "voices_running"]
+__all__ = [
+    "PhraseCache",
+    "Voice",
+    "VoiceError",
+    "build_cache",
+    "build_voices",
+    "cache_directory",
+    "voices_running",
+]
 
 
 def build_voices(config: Config) -> list[Voice]:
     """The voices named in `voice.engines`, in order: the first that works speaks."""
-    rate = config.audio.sample_rate
-    voices: list[Voice] = []
-    for name in config.voice.engines:
-        if name == "espeak":
-            voices.append(EspeakVoice(config.voice.espeak, rate))
-        elif name == "deepgram":
-            deepgram = config.voice.deepgram
-            key = read_secret(deepgram.api_key_file, "DEEPGRAM_API_KEY", "deepgram_api_key")
-            voices.append(DeepgramVoice(deepgram, key, rate))
-    return voices
+    return [_build_voice(config, name) for name in config.voice.engines]
+
+
+def _build_voice(config: Config, name: str) -> Voice:
+    rate, voice = config.audio.sample_rate, config.voice
+    if name == "deepgram":
+        key = read_secret(voice.deepgram.api_key_file, "DEEPGRAM_API_KEY", "deepgram_api_key")
+        return DeepgramVoice(voice.deepgram, key, rate)
+    if name == "slng":
+        key = read_secret(voice.slng.api_key_file, "SLNG_API_KEY", "slng_api_key")
+        return SlngVoice(voice.slng, key, rate)
+    if name == "gateway":
+        return GatewayVoice(voice.gateway, rate)
+    return EspeakVoice(voice.espeak, rate)
+
+
+def cache_directory(config: Config) -> Path:
+    return config.state_dir / "cache"
+
+
+def cached_voices(config: Config) -> dict[str, str]:
+    """Each cloud engine's voice as the cache names it: a change of voice is a change of key.
+
+    espeak-ng is not here: it is local and starts at once, so its audio is never kept.
+    """
+    slng, gateway = config.voice.slng, config.voice.gateway
+    return {
+        "deepgram": config.voice.deepgram.model,
+        "slng": f"{slng.provider}/{slng.model_id} {slng.voice} "
+        f"language={slng.language or ''} speed={slng.speed or ''}",
+        "gateway": f"{gateway.url} {gateway.sample_rate}",
+    }
+
+
+def open_cache(config: Config) -> PhraseCache:
+    """The phrase cache in the state directory, whether or not it is enabled (for the CLI)."""
+    return PhraseCache(
+        cache_directory(config),
+        int(config.voice.cache.max_mb * MB),
+        config.audio.sample_rate,
+        cached_voices(config),
+    )
+
+
+def build_cache(config: Config) -> PhraseCache | None:
+    """The phrase cache the Speaker uses, or None when `voice.cache.enabled` is false."""
+    return open_cache(config) if config.voice.cache.enabled else None
 
 
 @contextlib.asynccontextmanager

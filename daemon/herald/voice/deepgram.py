@@ -20,11 +20,12 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.exceptions import ConnectionClosed
 
-from herald.audio.dsp import Samples, StreamResampler, pcm16
+from herald.audio.dsp import Samples
 from herald.config import DeepgramConfig
 from herald.voice.base import VoiceError
 from herald.voice.protocol import Failure, FailureKind, SlidingBudget, split_text
 from herald.voice.socket import LiveSocket, SocketKeeper, SocketSpec
+from herald.voice.streaming import Pcm16Stream, SocketFailed, cold_check, replaying
 
 log = logging.getLogger(__name__)
 
@@ -180,20 +181,11 @@ def classify_handshake(status: int, dg_error: str | None) -> Failure:
 
 # --- the voice --------------------------------------------------------------------------------
 
-MAX_ATTEMPTS = 2  # an announcement whose socket dies is replayed once on a fresh socket
 STALL_TIMEOUT_S = 5.0  # no audio for this long in the middle of an utterance: the socket is dead
 NO_KEY = (
     "deepgram has no API key: set voice.deepgram.api_key_file, $DEEPGRAM_API_KEY, "
     "or the systemd credential 'deepgram_api_key'"
 )
-
-
-class _SocketFailed(Exception):
-    """The socket cannot finish this utterance; the announcement may be replayed on another."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(str(failure))
-        self.failure = failure
 
 
 class DeepgramVoice:
@@ -244,61 +236,45 @@ class DeepgramVoice:
         if self.keeper is None:
             raise VoiceError(NO_KEY)
         pieces = split_text(text, MAX_SPEAK_CHARS)
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            async with self.keeper.lease(self._cfg.connect_wait_s) as live:
-                try:
-                    async with contextlib.aclosing(self._utterance(live, pieces)) as audio:
-                        async for samples in audio:
-                            yield samples
-                    return
-                except _SocketFailed as exc:
-                    self.keeper.retire(live, str(exc))
-                    if attempt == MAX_ATTEMPTS:
-                        raise VoiceError(f"deepgram: {exc}") from None
-                    log.warning(
-                        "deepgram: socket #%d failed mid-announcement (%s); "
-                        "replaying it on a fresh socket",
-                        live.number,
-                        exc,
-                    )
-                except (GeneratorExit, asyncio.CancelledError):
-                    await self._interrupt(live)
-                    raise
+        utterances = replaying(
+            self.keeper,
+            self._cfg.connect_wait_s,
+            lambda live: self._utterance(live, pieces),
+            self._interrupt,
+        )
+        async with contextlib.aclosing(utterances) as audio:
+            async for samples in audio:
+                yield samples
 
     async def _utterance(
         self, live: LiveSocket, pieces: list[str]
     ) -> AsyncGenerator[Samples, None]:
         connection = live.connection
-        resampler = StreamResampler(self._socket_rate, self._output_rate)
+        pcm = Pcm16Stream(self._socket_rate, self._output_rate)
         try:
             for piece in pieces:
                 await self._within(self._chars, len(piece))
                 await connection.send(speak(piece))
             await self._within(self._flushes, 1)
             await connection.send(FLUSH)
-            carry = b""
             timeout = self._cfg.first_audio_timeout_s
             while True:
                 event = decode(await asyncio.wait_for(connection.recv(), timeout))
                 if isinstance(event, Audio):
-                    data = carry + event.data
-                    usable = len(data) - len(data) % 2
-                    carry = data[usable:]
                     timeout = STALL_TIMEOUT_S
-                    if len(out := resampler.push(pcm16(data[:usable]))):
+                    if len(out := pcm.push(event.data)):
                         yield out
                 elif isinstance(event, Flushed):
-                    if len(tail := resampler.flush()):
+                    if len(tail := pcm.end()):
                         yield tail
                     return
                 else:
                     _note(event)
         except ConnectionClosed as exc:
-            raise _SocketFailed(_close_failure(exc)) from None
+            raise SocketFailed(_close_failure(exc)) from None
         except TimeoutError:
-            raise _SocketFailed(
-                Failure(FailureKind.TRANSIENT, "no audio from the server in time")
-            ) from None
+            silent = Failure(FailureKind.TRANSIENT, "no audio from the server in time")
+            raise SocketFailed(silent) from None
 
     async def _within(self, budget: SlidingBudget, count: int) -> None:
         """Wait until the server's limit allows `count` more, then count them."""
@@ -326,21 +302,8 @@ class DeepgramVoice:
         """Open a socket and speak a few words; report the model and the time to first audio."""
         if self.keeper is None:
             raise VoiceError(NO_KEY)
-        keeping = asyncio.create_task(self.keeper.run())
-        try:
-            started = self._clock()
-            frames, first = 0, 0.0
-            async for chunk in self.stream("Herald check."):
-                first = first or self._clock() - started
-                frames += len(chunk)
-            return (
-                f"model '{self._cfg.model}', first audio after {first * 1000:.0f} ms "
-                f"(cold), {frames / self._output_rate:.1f} s of test speech"
-            )
-        finally:
-            keeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeping
+        timing = await cold_check(self.keeper, self.stream, self._output_rate, self._clock)
+        return f"model '{self._cfg.model}', {timing}"
 
     async def aclose(self) -> None:
         """The keeper's task closes the socket when it is cancelled."""

@@ -1,11 +1,17 @@
 """The warm-socket keeper: one WebSocket per engine, open before it is needed, never cold.
 
-It connects at start-up, lets WebSocket pings keep the socket alive (never an application
-message), replaces it before the server's age limit (a new socket is open before the old one
-is closed, and never while an announcement is using it), and after any close or failure
-reconnects in the background with capped, jittered exponential backoff, so the next
-announcement finds a socket ready. Each engine brings its own protocol: how to classify a close
-code or a refused handshake, what to send before closing.
+It connects at start-up, lets WebSocket pings keep the socket alive (an application message
+only when the engine asks for one while idle; Deepgram's server closes a socket for one),
+replaces it before the server's age limit (a new socket is open before the old one is closed,
+and never while an announcement is using it), and after any close or failure reconnects in the
+background with capped, jittered exponential backoff, so the next announcement finds a socket
+ready. Each engine brings its own protocol: how to classify a close code or a refused handshake,
+what to send before closing, and optionally a session to start on each new socket
+(`after_open`) and an application keepalive while the socket is idle (`idle_upkeep`).
+
+The second half holds what every socket voice does the same way: lease the socket for one
+utterance, replay it once on a fresh socket when the first one fails, and tell the server to
+stop when the listener stops listening.
 """
 
 from __future__ import annotations
@@ -31,6 +37,18 @@ logging.getLogger("websockets").setLevel(logging.INFO)
 
 PERSON_NEEDED_RETRY_S = 300.0  # a wrong key or setting will not fix itself: try every 5 minutes
 STABLE_AFTER_S = 30.0  # a socket that lived this long was a success: the backoff starts over
+NORMAL_CLOSE = 1000
+
+
+class SessionRefused(Exception):
+    """Raised by `after_open`: the socket opened, but the server refused the session on it."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+_DIAL_ERRORS = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, SessionRefused)
 
 
 class Backoff:
@@ -63,7 +81,13 @@ class SocketSpec:
     goodbye: str | None = None  # sent before closing a socket Herald retires
     ping_interval_s: float = 20.0
     open_timeout_s: float = 10.0
-    after_open: Callable[[ClientConnection], Awaitable[None]] | None = None
+    after_open: Callable[[ClientConnection], Awaitable[None]] | None = None  # e.g. init/ready
+    # Called (with no announcement using the socket) after every `idle_upkeep_s` of idleness.
+    idle_upkeep: Callable[[ClientConnection], Awaitable[None]] | None = None
+    idle_upkeep_s: float = 20.0
+    # Some servers close a socket normally (1000) after each utterance: then a socket that has
+    # served one is replaced at once, without the backoff a failure earns.
+    reconnect_after_normal_close: bool = False
 
 
 @dataclass
@@ -71,6 +95,7 @@ class LiveSocket:
     connection: ClientConnection
     opened_at: float
     number: int
+    used: bool = False  # an announcement has leased it
 
     def age(self, now: float) -> float:
         return now - self.opened_at
@@ -85,6 +110,7 @@ class SocketKeeper:
         self._ready = asyncio.Event()  # set while a socket is open and usable
         self._idle = asyncio.Event()  # set while no announcement holds the socket
         self._idle.set()
+        self._idle_since = clock()
         self._lease_lock = asyncio.Lock()
         self._retire_requested = asyncio.Event()
         self._dialing = False
@@ -100,11 +126,13 @@ class SocketKeeper:
         """The open socket, for one announcement at a time; raises VoiceError when none is."""
         async with self._lease_lock:
             live = await self._usable_socket(wait_s)
+            live.used = True
             self._idle.clear()
             try:
                 yield live
             finally:
                 self._idle.set()
+                self._idle_since = self._clock()
 
     def retire(self, live: LiveSocket, why: str) -> None:
         """The engine found this socket unusable: replace it now."""
@@ -148,7 +176,7 @@ class SocketKeeper:
         while True:
             try:
                 live = await self._dial()
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            except _DIAL_ERRORS as exc:
                 failure = self._classify_dial_error(exc)
                 self._unreachable = True
                 await self._pause_after(failure, "cannot connect")
@@ -169,7 +197,11 @@ class SocketKeeper:
                 compression=None,
             )
             if self.spec.after_open is not None:
-                await self.spec.after_open(connection)
+                try:
+                    await self.spec.after_open(connection)
+                except BaseException:
+                    await connection.close()
+                    raise
         finally:
             self._dialing = False
         self.opened += 1
@@ -180,6 +212,7 @@ class SocketKeeper:
         self.last_failure = None
         self._unreachable = False
         self._retire_requested.clear()
+        self._idle_since = self._clock()
         self._ready.set()
         log.info("%s: socket #%d open", self.spec.name, live.number)
 
@@ -188,33 +221,66 @@ class SocketKeeper:
         rotate_in = max(self.spec.max_age_s - live.age(self._clock()), 0)
         closed = asyncio.create_task(live.connection.wait_closed())
         retired = asyncio.create_task(self._retire_requested.wait())
+        helpers = {closed, retired}
+        if self.spec.idle_upkeep is not None:
+            helpers.add(asyncio.create_task(self._upkeep_while_idle(live)))
         try:
             done, _ = await asyncio.wait(
-                {closed, retired}, timeout=rotate_in, return_when=asyncio.FIRST_COMPLETED
+                helpers, timeout=rotate_in, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            closed.cancel()
-            retired.cancel()
+            for helper in helpers:
+                helper.cancel()
         if not done:
             await self._rotate(live)
             return
         self._drop(live)
         if closed in done:
-            failure = self.spec.classify_close(
-                live.connection.close_code, live.connection.close_reason or ""
-            )
-            if live.age(self._clock()) >= STABLE_AFTER_S:
-                self._backoff.reset()
-            await self._pause_after(failure, f"socket #{live.number} closed")
+            await self._after_close(live)
         else:
             self._close_politely(live)
+
+    async def _after_close(self, live: LiveSocket) -> None:
+        code, reason = live.connection.close_code, live.connection.close_reason or ""
+        if self.spec.reconnect_after_normal_close and code == NORMAL_CLOSE and live.used:
+            self._backoff.reset()
+            log.info("%s: socket #%d closed normally; replacing it", self.spec.name, live.number)
+            return
+        failure = self.spec.classify_close(code, reason)
+        if live.age(self._clock()) >= STABLE_AFTER_S:
+            self._backoff.reset()
+        await self._pause_after(failure, f"socket #{live.number} closed")
+
+    async def _upkeep_while_idle(self, live: LiveSocket) -> None:
+        """Run the engine's idle upkeep (a keepalive) after each `idle_upkeep_s` of idleness.
+
+        It holds the lease lock, so no announcement uses the socket at the same time; one that
+        arrives meanwhile waits for the upkeep to end (a send, or a short probe).
+        """
+        upkeep, every = self.spec.idle_upkeep, self.spec.idle_upkeep_s
+        assert upkeep is not None
+        while True:
+            wait = self._idle_since + every - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            async with self._lease_lock:
+                started = self._clock()
+                if self._idle_since + every <= started:
+                    try:
+                        await upkeep(live.connection)
+                    except (ConnectionClosed, OSError, TimeoutError):
+                        pass  # the close is the watcher's to handle
+                    except Exception:
+                        log.exception("%s: idle upkeep failed", self.spec.name)
+                    self._idle_since = started  # the next one is due `every` after this one
 
     async def _rotate(self, old: LiveSocket) -> None:
         """Make before break: open the new socket, then hand it out, then close the old one."""
         await self._idle.wait()  # never while an announcement is using it
         try:
             fresh = await self._dial()
-        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+        except _DIAL_ERRORS as exc:
             log.warning(
                 "%s: could not open a replacement for socket #%d (%s)",
                 self.spec.name,
@@ -251,6 +317,8 @@ class SocketKeeper:
         await asyncio.sleep(delay)
 
     def _classify_dial_error(self, exc: BaseException) -> Failure:
+        if isinstance(exc, SessionRefused):
+            return exc.failure
         if isinstance(exc, InvalidStatus):
             header = self.spec.error_header
             detail = exc.response.headers.get(header) if header else None

@@ -1,0 +1,109 @@
+"""What every socket voice does the same way: one utterance over a leased socket, replayed once
+on a fresh socket when the first dies; the cold check for `herald check`; PCM frames as samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TypeVar
+
+from herald.audio.dsp import Samples, StreamResampler, pcm16
+from herald.voice.base import VoiceError
+from herald.voice.protocol import Failure
+from herald.voice.socket import LiveSocket, SocketKeeper
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class SocketFailed(Exception):
+    """The socket cannot finish this utterance. `replay`: a fresh socket may; else give up."""
+
+    def __init__(self, failure: Failure, replay: bool = True) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.replay = replay
+
+
+async def replaying(
+    keeper: SocketKeeper,
+    wait_s: float,
+    utterance: Callable[[LiveSocket], AsyncGenerator[T, None]],
+    interrupt: Callable[[LiveSocket], Awaitable[None]],
+    attempts: int = 2,
+) -> AsyncGenerator[T, None]:
+    """One utterance over a leased socket, replayed from its start once on a fresh socket when
+    the first fails; the listener may hear a beginning twice but never loses the end.
+
+    Closing this generator early (a preemption, a stop) runs `interrupt` on the socket, which
+    must leave no stale audio behind for the next utterance (or retire the socket).
+    Raises VoiceError when no socket can speak it.
+    """
+    name = keeper.spec.name
+    for attempt in range(1, attempts + 1):
+        async with keeper.lease(wait_s) as live:
+            try:
+                async with contextlib.aclosing(utterance(live)) as items:
+                    async for item in items:
+                        yield item
+                return
+            except SocketFailed as exc:
+                keeper.retire(live, str(exc))
+                if attempt == attempts or not exc.replay:
+                    raise VoiceError(f"{name}: {exc}") from None
+                log.warning(
+                    "%s: socket #%d failed mid-announcement (%s); replaying it on a fresh socket",
+                    name,
+                    live.number,
+                    exc,
+                )
+            except (GeneratorExit, asyncio.CancelledError):
+                await interrupt(live)
+                raise
+
+
+async def cold_check(
+    keeper: SocketKeeper,
+    speak: Callable[[str], AsyncGenerator[Samples, None]],
+    output_rate: int,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Open a socket and speak a few words; say how long the first audio took (for `check`)."""
+    keeping = asyncio.create_task(keeper.run(), name=f"check-{keeper.spec.name}")
+    try:
+        started = clock()
+        frames, first = 0, 0.0
+        async for chunk in speak("Herald check."):
+            first = first or clock() - started
+            frames += len(chunk)
+        return (
+            f"first audio after {first * 1000:.0f} ms (cold), "
+            f"{frames / output_rate:.1f} s of test speech"
+        )
+    finally:
+        keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
+
+
+class Pcm16Stream:
+    """Binary frames of 16-bit little-endian mono PCM, in any split, as samples at the output
+    rate: an odd byte waits for the next frame, and the resampler is flushed at the end."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self._resampler = StreamResampler(in_rate, out_rate)
+        self._carry = b""
+
+    def push(self, data: bytes) -> Samples:
+        data = self._carry + data
+        usable = len(data) - len(data) % 2
+        self._carry = data[usable:]
+        return self._resampler.push(pcm16(data[:usable]))
+
+    def end(self) -> Samples:
+        return self._resampler.flush()

@@ -1,0 +1,471 @@
+"""A fake SLNG TTS gateway: a real WebSocket peer on loopback for tests.
+
+It follows /work/shared/docs/tts-protocols.md section 2: `/v1/tts/{provider}/{model}:{variant}`
+with `Authorization: Bearer <key>` (else HTTP 401); `init` first, answered by `ready`; `text`
+(with an optional `flush`), `flush`, `clear` (answered by `cleared`), `cancel`, `keepalive` and
+`close`. Each flush is spoken as `segment_start`, audio, `segment_end`, `flushed` and optionally
+`audio_end`; audio goes as binary frames (Deepgram routes) or as base64 `audio_chunk` messages.
+Options make it refuse `cancel` or `keepalive` with an `error` (servers disagree on whether they
+exist), close normally (1000) after each utterance as some upstreams do, answer a flush or the
+`init` with an `error`, or close a socket that hears nothing for a while.
+
+The audio is tests.fake_deepgram's tone: its pitch and length are functions of the text, so a
+test can tell which utterance it hears. `LoopbackServer` and `ServerSession` are shared with
+tests/fake_gateway.py; `RecordingSink` is an audio output that keeps what a Speaker plays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import numpy as np
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from herald.audio.dsp import Samples
+from tests.fake_deepgram import tone_chunk, tone_hz, utterance_samples
+
+JsonObject = dict[str, Any]
+PATH_PREFIX = "/v1/tts/"
+
+
+# --- what both fakes share -----------------------------------------------------------------------
+
+
+class LoopbackServer:
+    """A WebSocket server on 127.0.0.1 whose sessions tests can count, wait for and break."""
+
+    path = "/"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.connections = 0  # accepted handshakes
+        self.refused = 0  # refused handshakes
+        self.syntheses = 0  # utterances the server started to synthesize
+        self.close_log: list[tuple[int, str]] = []  # every close the server initiated
+        self.received: list[tuple[int, JsonObject]] = []  # client JSON by connection index
+        self.sent: list[tuple[int, JsonObject]] = []  # server JSON by connection index
+        self._port = port
+        self._server: Server | None = None
+        self._sessions: set[ServerSession] = set()
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self._port,
+            process_request=self._process_request,
+            max_size=None,
+            compression=None,
+            close_timeout=2,
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the fake is not started")
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}{self.path}"
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._sessions)
+
+    def types_received(self, kind_key: str = "type") -> list[str]:
+        return [str(message.get(kind_key)) for _, message in self.received]
+
+    async def wait_until(
+        self,
+        condition: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 (a bounded wait, as every test wait must be)
+    ) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await self._changed.wait()
+
+    async def wait_for_connections(self, n: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        await self.wait_until(lambda: self.connections >= n and self.open_connections > 0, timeout)
+
+    async def kill_all(self) -> None:
+        """Drop every TCP connection without a close frame, as a network failure would."""
+        killed = set(self._sessions)
+        for session in killed:
+            session.ws.transport.abort()
+        await self.wait_until(lambda: not killed & self._sessions)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        await asyncio.gather(*(session.close(code, reason) for session in list(self._sessions)))
+
+    # for subclasses
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        return None
+
+    def _session(self, ws: ServerConnection, index: int) -> ServerSession:
+        raise NotImplementedError
+
+    def refuse(self, connection: ServerConnection, status: int, body: str) -> Response:
+        self.refused += 1
+        self.notify()
+        return connection.respond(status, body)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = self._session(ws, self.connections)
+        self.connections += 1
+        self._sessions.add(session)
+        self.notify()
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+            self.notify()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+class ServerSession:
+    """One socket: a reader handing JSON to `on_message`, and a speaker doing one job at a time."""
+
+    def __init__(self, server: LoopbackServer, ws: ServerConnection, index: int) -> None:
+        self.server = server
+        self.ws = ws
+        self.index = index
+        self.last_message = time.monotonic()
+        self._jobs: asyncio.Queue[Any] = asyncio.Queue()
+        self._speaker: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read_loop(), name=f"fake-{self.index}-reader")
+        watchdog = asyncio.create_task(self.watch(), name=f"fake-{self.index}-watchdog")
+        self._start_speaker()
+        try:
+            await self.ws.wait_closed()
+        finally:
+            await reap([reader, watchdog, self._speaker])
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.server.close_log.append((code, reason))
+        self.server.notify()
+        await self.ws.close(code, reason)
+
+    async def send_json(self, message: JsonObject) -> None:
+        self.server.sent.append((self.index, message))
+        self.server.notify()
+        await self.ws.send(json.dumps(message))
+
+    async def _read_loop(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for frame in self.ws:
+                self.last_message = time.monotonic()
+                message = _parse_object(frame) if isinstance(frame, str) else None
+                self.server.received.append((self.index, message or {}))
+                self.server.notify()
+                if message is None:
+                    await self.close(1003, "JSON text frames only")
+                    return
+                await self.on_message(message)
+
+    async def on_message(self, message: JsonObject) -> None:
+        raise NotImplementedError
+
+    async def watch(self) -> None:
+        """Timers of the session (an idle timeout); returns when there are none."""
+
+    # speaking
+
+    def enqueue(self, job: object) -> None:
+        self._jobs.put_nowait(job)
+
+    def _start_speaker(self) -> None:
+        self._speaker = asyncio.create_task(self._speak_loop(), name=f"fake-{self.index}-speaker")
+
+    async def stop_audio(self) -> None:
+        """Stop the job being spoken, drop the waiting ones, and start afresh."""
+        await reap([self._speaker])
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        self._start_speaker()
+
+    async def _speak_loop(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.perform(await self._jobs.get())
+
+    async def perform(self, job: Any) -> None:
+        raise NotImplementedError
+
+    async def stream_tone(
+        self,
+        text: str,
+        rate: int,
+        options: ToneOptions,
+        send: Callable[[bytes, int], Awaitable[None]],
+    ) -> float:
+        """Send the text's tone in `chunk_ms` pieces, paced; return its length in seconds."""
+        total = utterance_samples(text, rate, options.seconds_per_char)
+        step = max(1, rate * options.chunk_ms // 1000)
+        interval = options.chunk_ms / 1000 / options.pace if options.pace > 0 else 0.0
+        started = time.monotonic()
+        for k, first in enumerate(range(0, total, step)):
+            await sleep_until(started + k * interval)  # yields even when due: a cancel gets in
+            await send(tone_chunk(tone_hz(text), rate, first, min(step, total - first)), k)
+        return total / rate
+
+
+@dataclass
+class ToneOptions:
+    first_byte_s: float = 0.05  # from the request to the first audio
+    pace: float = 0.0  # 0: as fast as possible; 1.0: real time
+    chunk_ms: int = 20
+    seconds_per_char: float = 0.06
+
+
+async def sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+
+async def reap(tasks: Sequence[asyncio.Task[None] | None]) -> None:
+    """Cancel the tasks, wait for them to end, and re-raise a failure of theirs if any."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running)
+    for task in running:
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
+
+
+class RecordingSink:
+    """An AudioSink that keeps every sample played and when the first one came."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self.chunks: list[Samples] = []
+        self.first_at: float | None = None
+        self.drops = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def play(self, samples: Samples) -> None:
+        if self.first_at is None:
+            self.first_at = self._clock()
+        self.chunks.append(samples.copy())
+
+    async def finish(self) -> None:
+        pass
+
+    def drop(self) -> None:
+        self.drops += 1
+
+    async def close(self) -> None:
+        pass
+
+    def samples(self) -> Samples:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+
+    def reset(self) -> None:
+        self.chunks, self.first_at = [], None
+
+
+def _parse_object(raw: str) -> JsonObject | None:
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+# --- SLNG --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeSlngOptions(ToneOptions):
+    """How the fake behaves. The handshake reads it live; a session copies it when accepted."""
+
+    api_key: str = "slng-test-key"
+    binary_audio: bool = True  # Deepgram routes; False: base64 `audio_chunk` messages
+    segments: bool = True  # segment_start / segment_end around each flush
+    audio_end: bool = False  # `audio_end {duration}` after `flushed`
+    close_after_utterance: bool = False  # then close 1000, as some upstreams do
+    cancel_supported: bool = True  # False: `cancel` is answered with an error
+    keepalive_supported: bool = True  # False: `keepalive` is answered with an error
+    send_ready: bool = True  # False: `init` is never answered
+    init_error: tuple[str, str] | None = None  # answer `init` with this error (code, message)
+    flush_error: tuple[str, str] | None = None  # answer every flush with this error, no audio
+    idle_timeout_s: float | None = None  # no client message this long: close 1011
+    handshake_status: int | None = None  # refuse every handshake with this HTTP status
+    voices: set[str] = field(default_factory=lambda: {"aura-2-thalia-en", "aura-2-andromeda-en"})
+    sample_rates: set[int] = field(default_factory=lambda: {8000, 16000, 24000, 48000})
+
+
+class FakeSlng(LoopbackServer):
+    path = "/v1/tts/deepgram/aura:2"
+
+    def __init__(self, options: FakeSlngOptions | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.options = options if options is not None else FakeSlngOptions()
+        self.paths: list[str] = []  # of every accepted handshake
+        self.inits: list[JsonObject] = []
+
+    @property
+    def template(self) -> str:
+        """A `voice.slng.url` for this fake, with the placeholders left in."""
+        return f"ws://{self.host}:{self.port}{PATH_PREFIX}{{provider}}/{{model}}:{{variant}}"
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        if self.options.handshake_status is not None:
+            return self.refuse(connection, self.options.handshake_status, "refused\n")
+        if not request.path.startswith(PATH_PREFIX) or ":" not in request.path:
+            return self.refuse(connection, 404, "no such model\n")
+        if request.headers.get("Authorization") != f"Bearer {self.options.api_key}":
+            return self.refuse(connection, 401, '{"error": "invalid API key"}\n')
+        self.paths.append(request.path)
+        return None
+
+    def _session(self, ws: ServerConnection, index: int) -> ServerSession:
+        return _SlngSession(self, ws, index)
+
+
+class _SlngSession(ServerSession):
+    server: FakeSlng
+
+    def __init__(self, server: FakeSlng, ws: ServerConnection, index: int) -> None:
+        super().__init__(server, ws, index)
+        self.options = dataclasses.replace(server.options)
+        self._rate = 24000
+        self._ready = False
+        self._text: list[str] = []
+
+    async def on_message(self, message: JsonObject) -> None:
+        kind = message.get("type")
+        if kind == "init":
+            await self._on_init(message)
+        elif not self._ready:
+            await self._error("config_error", "send init first")
+        elif kind == "text" and isinstance(message.get("text"), str):
+            self._text.append(message["text"])
+            if message.get("flush"):
+                self._flush()
+        elif kind == "flush":
+            self._flush()
+        elif kind == "clear":
+            await self.stop_audio()
+            self._text.clear()
+            await self.send_json({"type": "cleared"})
+        elif kind == "cancel" and self.options.cancel_supported:
+            await self.stop_audio()
+        elif kind == "keepalive" and self.options.keepalive_supported:
+            pass
+        elif kind == "close":
+            self._flush()
+            self.enqueue(None)
+        else:
+            await self._error("invalid_message", f"unknown message type: {kind}")
+
+    async def _on_init(self, message: JsonObject) -> None:
+        config = message.get("config") or {}
+        self.server.inits.append(message)
+        if self.options.init_error is not None:
+            await self._error(*self.options.init_error)
+        elif message.get("voice") not in self.options.voices:
+            await self._error("config_error", f"unknown voice: {message.get('voice')}")
+        elif config.get("sample_rate", 24000) not in self.options.sample_rates:
+            await self._error("config_error", f"unsupported sample_rate {config['sample_rate']}")
+        elif config.get("encoding", "linear16") != "linear16":
+            await self._error("config_error", "this fake speaks linear16 only")
+        else:
+            self._rate = int(config.get("sample_rate", 24000))
+            self._ready = True
+            if self.options.send_ready:
+                await self.send_json({"type": "ready", "session_id": str(uuid.uuid4())})
+
+    async def _error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message})
+
+    def _flush(self) -> None:
+        if self._text:
+            self.enqueue(("".join(self._text), time.monotonic() + self.options.first_byte_s))
+            self._text.clear()
+
+    async def perform(self, job: Any) -> None:
+        if job is None:  # `close`: everything before it has been spoken
+            await self.close(1000, "")
+            return
+        text, ready_at = job
+        await sleep_until(ready_at)
+        if self.options.flush_error is not None:
+            await self._error(*self.options.flush_error)
+            return
+        self.server.syntheses += 1
+        self.server.notify()
+        if self.options.segments:
+            await self.send_json({"type": "segment_start", "segment_id": f"seg_{self.index}"})
+        seconds = await self.stream_tone(text, self._rate, self.options, self._send_audio)
+        if self.options.segments:
+            await self.send_json({"type": "segment_end", "segment_id": f"seg_{self.index}"})
+        await self.send_json({"type": "flushed"})
+        if self.options.audio_end:
+            await self.send_json({"type": "audio_end", "duration": seconds})
+        if self.options.close_after_utterance:
+            await self.close(1000, "")
+
+    async def _send_audio(self, data: bytes, sequence: int) -> None:
+        if self.options.binary_audio:
+            await self.ws.send(data)
+        else:
+            chunk = {
+                "type": "audio_chunk",
+                "data": base64.b64encode(data).decode(),
+                "sequence": sequence,
+            }
+            await self.ws.send(json.dumps(chunk))
+
+    async def watch(self) -> None:
+        if self.options.idle_timeout_s is None:
+            return
+        while True:
+            idle_end = self.last_message + self.options.idle_timeout_s
+            if time.monotonic() >= idle_end:
+                await self.close(1011, "idle timeout")
+                return
+            await asyncio.sleep(max(idle_end - time.monotonic(), 0.001))
