@@ -159,14 +159,33 @@ def test_an_unreadable_credentials_directory_is_not_a_crash(tmp_path: Path, monk
     locked = tmp_path / "credentials"
     locked.mkdir()
     (locked / "mqtt_password").write_text("secret")
-    locked.chmod(0o700)  # as install.sh makes it: root only
+    locked.chmod(0o000)  # nobody may look inside, not even its owner without privileges
     monkeypatch.setenv("HERALD_CREDENTIALS_DIR", str(locked))
+    # Run as a user who cannot bypass file permissions: root without its DAC capabilities
+    # (which still reaches the checkout and the venv as their owner), or anyone else as is.
+    without_privileges = (
+        [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ]
+        if os.geteuid() == 0
+        else []
+    )
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-         "from herald.config import find_secret;"
-         "print(find_secret(None, 'MQTT_TEST_UNSET', 'mqtt_password'))"],
-        capture_output=True, text=True, timeout=30, env={**os.environ},
-    )  # fmt: skip
+        [
+            *without_privileges,
+            sys.executable,
+            "-c",
+            "from herald.config import find_secret;"
+            "print(find_secret(None, 'MQTT_TEST_UNSET', 'mqtt_password'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ},
+    )
+    locked.chmod(0o700)
     assert result.returncode == 0, result.stderr
     assert "readable by root and the service only" in result.stdout
     assert "secret" not in result.stdout.replace("readable", "")

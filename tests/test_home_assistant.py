@@ -282,7 +282,7 @@ def test_tls_and_a_password_from_a_file(
     )
     broker = Broker(
         tmp_path,
-        host="localhost",
+        host="127.0.0.1",  # the certificate names it too (no /etc/hosts is needed)
         listener_options=(
             f"allow_anonymous false\npassword_file {passwords}\n"
             f"cafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\n"
@@ -312,7 +312,7 @@ def test_tls_and_a_password_from_a_file(
             timeout=60,
         )
         assert check.returncode == 1
-        assert "✘ broker localhost" in check.stdout and "Not authorized" in check.stdout
+        assert "✘ broker 127.0.0.1" in check.stdout and "Not authorized" in check.stdout
         assert "wrong" not in check.stdout + check.stderr
     finally:
         broker.stop()
