@@ -1,0 +1,46 @@
+"""The benchmark's parameters: the full run's defaults, and the smoke run's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PARTS = ("ttfa", "preempt", "rotation", "footprint")
+
+
+@dataclass(frozen=True)
+class Settings:
+    out: Path
+    smoke: bool = False
+    first_byte_ms: float = 100.0  # the fake's time from Flush to the first audio: the limit
+    round_trip_ms: float = 40.0  # one simulated network round trip; a handshake costs three
+    count: int = 200  # announcements per time-to-first-audio variant
+    warmup: int = 2  # per variant, before counting (not reported)
+    preempt_trials: int = 50
+    rotation_s: float = 600.0  # how long announcements are sent in the rotation part
+    lifetime_s: float = 20.0  # the fake closes a socket at this age (1011 NET-0003)
+    max_age_s: float = 15.0  # Herald replaces its socket at this age
+    footprint_count: int = 1000  # announcements between the two RSS readings
+    idle_s: float = 60.0  # the idle window whose CPU time is measured
+    startups: int = 5  # starts timed to READY
+    seed: int = 1
+    parts: tuple[str, ...] = PARTS
+    command: str = field(default="python -m bench.run")
+    keep_workdir: bool = False
+
+    @property
+    def handshake_ms(self) -> float:
+        return 3 * self.round_trip_ms
+
+
+SMOKE = {
+    "count": 5,
+    "warmup": 1,
+    "preempt_trials": 3,
+    "rotation_s": 12.0,
+    "lifetime_s": 5.0,
+    "max_age_s": 3.0,
+    "footprint_count": 20,
+    "idle_s": 3.0,
+    "startups": 1,
+}
