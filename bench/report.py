@@ -148,6 +148,16 @@ def _ttfa(results: Results) -> list[str]:
             "write 4 more periods. Measured in the cold client (its own clock of its first "
             f"write vs. the FIFO): p50 {holdback.p50:.1f} ms, p95 {holdback.p95:.1f} ms."
         )
+    no_flush = [
+        v.label
+        for v in r.variants
+        if v.unavailable is None and r.ms(v.key) and not r.to_flush_ms(v.key)
+    ]
+    if no_flush:
+        lines.append(
+            f"No Flush reached the fake for: {', '.join(no_flush)} (its audio did not come "
+            "from the cloud voice)."
+        )
     problems = {v.key: r.problems(v.key) for v in r.variants}
     bad = {k: p for k, p in problems.items() if p}
     lines.append(

@@ -14,6 +14,7 @@ import dataclasses
 import random
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -74,9 +75,17 @@ def _command(argv: Sequence[str]) -> str:
     return shlex.join([shown, "-m", "bench.run", *argv])
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = parse(argv)
+    # SIGTERM (and SIGINT, which a background job ignores) end the run through every `finally`,
+    # so the processes it started are stopped too.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_on_signal)
     sys.setswitchinterval(0.0005)  # the ear's thread notes arrivals without waiting for the GIL
     rng = random.Random(settings.seed)  # noqa: S311 (random intervals, not cryptography)
     began = time.monotonic()

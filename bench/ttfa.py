@@ -265,10 +265,12 @@ def run(ws: Workspace, settings: Settings, rng: random.Random) -> TtfaResult:
 
 
 def _attach_flushes(samples: list[Sample], stats: FakeStats) -> None:
-    """Each announcement's Flush: the first the fake received after its publish (they are
-    published one at a time, so it is that announcement's)."""
+    """Each announcement's Flush: the first the fake received after its publish and before the
+    next publish (they are published one at a time). A phrase spoken from the cache has none."""
     flushes = sorted(stats.flushes)
-    for sample in samples:
+    ordered = sorted(samples, key=lambda s: s.published)
+    for sample, following in zip(ordered, [*ordered[1:], None], strict=True):
+        until = sample.published + HEARD_TIMEOUT_S if following is None else following.published
         at = bisect.bisect_right(flushes, sample.published)
-        if at < len(flushes) and flushes[at] < sample.published + HEARD_TIMEOUT_S:
+        if at < len(flushes) and flushes[at] < until:
             sample.flush = flushes[at]
