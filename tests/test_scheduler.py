@@ -309,6 +309,20 @@ def test_the_speaking_one_does_not_count_towards_the_bound() -> None:
     assert scheduler.offer(b, 1.0) == [Queued(b, 1)]
 
 
+def test_a_restart_restores_a_full_queue_and_the_one_that_was_speaking() -> None:
+    # The journal kept a full queue and the one cut short by a crash: all of them come back;
+    # the next newcomer finds the queue full as before.
+    journal = [ann("speaking", NORMAL), ann("w1", LOW), ann("w2", LOW)]
+    scheduler = Scheduler(max_length=2)
+    for announcement in journal:
+        assert scheduler.offer(announcement, 0.0, restoring=True) == [
+            Queued(announcement, len(scheduler))
+        ]
+    assert ids(scheduler.waiting()) == ["speaking", "w1", "w2"]
+    newcomer = ann("new", NORMAL)
+    assert scheduler.offer(newcomer, 1.0)[0] == Evicted(journal[1], by="new")
+
+
 def test_a_full_queue_evicts_even_when_the_newcomer_preempts() -> None:
     scheduler = Scheduler(max_length=1)
     speaking, waiting = ann("speaking", NORMAL), ann("waiting", LOW)

@@ -127,12 +127,12 @@ class Dispatcher:
         """Offer again what the journal kept from the last run (expired ones get their event)."""
         for announcement in announcements:
             log.info("replaying %s from the journal", announcement.id)
-            self._offer(announcement)
+            self._offer(announcement, restoring=True)
 
-    def _offer(self, announcement: Announcement) -> None:
+    def _offer(self, announcement: Announcement, restoring: bool = False) -> None:
         # Schedule (and so preempt) first; the journal's disk write comes after, off the
         # critical path; the broker is acknowledged only once this returns.
-        self._publish(self._scheduler.offer(announcement, self._clock()))
+        self._publish(self._scheduler.offer(announcement, self._clock(), restoring))
         self._changed.set()
 
     def set_quiet(self, quiet: bool) -> None:

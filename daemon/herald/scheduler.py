@@ -168,14 +168,21 @@ class Scheduler:
 
     # --- events in ------------------------------------------------------------------------
 
-    def offer(self, announcement: Announcement, now: float) -> list[Outcome]:
-        """Admit a newcomer; may evict, and may ask for the current one to be preempted."""
+    def offer(
+        self, announcement: Announcement, now: float, restoring: bool = False
+    ) -> list[Outcome]:
+        """Admit a newcomer; may evict, and may ask for the current one to be preempted.
+
+        `restoring`: it comes back from the journal after a restart. A crash must not cost an
+        announcement, so there is room for the one that was speaking beside a full queue (the
+        bound is exceeded by one until the next is spoken).
+        """
         if self._known(announcement.id):
             return [Rejected(announcement, f"id {announcement.id!r} is already queued or speaking")]
         if announcement.expired(now):
             return [Expired(announcement)]
         outcomes = self.expire(now)  # a stale one gives up its place before a live one would
-        if len(self._heap) >= self.max_length:
+        if len(self._heap) >= self.max_length + restoring:
             victim = self._eviction_candidate()
             if victim.priority > announcement.priority:  # the newcomer is the least urgent
                 return [
