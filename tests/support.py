@@ -99,10 +99,17 @@ class Broker:
 class MqttProbe:
     """A plain paho client for tests: publishes, and records every message on its topics."""
 
-    def __init__(self, broker: Broker, *topics: str) -> None:
+    def __init__(self, broker: Broker, *topics: str, persistent: bool = False) -> None:
+        """persistent: a session the broker keeps (with what arrives meanwhile) while the
+        probe is cut off, e.g. across a broker restart; paho reconnects on its own."""
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.seen: list[tuple[str, bytes]] = []
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4()}")
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"probe-{uuid.uuid4()}",
+            clean_session=not persistent,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._subscribed = threading.Event()
         self._topics = topics
         self._client.on_connect = self._on_connect
@@ -116,6 +123,10 @@ class MqttProbe:
     def _on_connect(self, client: paho.Client, *_: Any) -> None:
         for topic in self._topics:
             client.subscribe(topic, qos=1)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.is_connected())
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
         self._client.publish(topic, payload, qos=qos).wait_for_publish(10)
