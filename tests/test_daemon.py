@@ -111,6 +111,20 @@ def test_rejected_json_keeps_the_given_id(
     assert rejected["reason"] == "unknown field 'voice'"
 
 
+def test_a_retried_publish_is_heard_once_and_a_reused_id_is_rejected(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str
+) -> None:
+    make_daemon(broker).start(wait_until="herald: ready")
+    probe.publish(f"herald/{node_id}/quiet/set", "ON")  # hold it, so the retry finds it waiting
+    first = {"id": "door", "text": "Someone is at the door.", "chime": False}
+    for payload in (first, first, {**first, "text": "Something else."}):
+        probe.publish(f"herald/{node_id}/say", json.dumps(payload))
+    probe.publish(f"herald/{node_id}/quiet/set", "OFF")
+    events = probe.events_until(lambda ev: [e["event"] for e in ev][-1:] == ["finished"])
+    assert [e["event"] for e in events] == ["queued", "rejected", "started", "finished"]
+    assert events[1]["reason"] == "id 'door' is already queued or speaking"
+
+
 def test_daemon_reconnects_and_resubscribes_after_the_broker_restarts(
     own_broker: Broker, make_daemon: DaemonFactory, node_id: str, capture: Capture
 ) -> None:

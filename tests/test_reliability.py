@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from herald.announcement import Announcement
+from herald.journal import QueueJournal
 from tests.conftest import DaemonFactory
 from tests.support import (
     Broker,
@@ -219,6 +221,38 @@ def test_sigkill_with_a_full_queue_loses_nothing(
     assert replayed == len(kept) + 1, replayed
     assert contains_speech(capture.samples())
     assert_healthy(fast, probe, node_id)
+
+
+def test_a_crash_between_the_journal_and_the_ack_speaks_it_once(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str, tmp_path: Path
+) -> None:
+    """Killed after journaling a message but before acknowledging it: the journal restores it
+    and the broker delivers it again. It is spoken once, with one set of events."""
+    daemon = make_daemon(broker)
+    daemon.start(wait_until="herald: ready")  # its session now exists on the broker
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait(5)
+    payload = {"text": "Said once.", "id": "twice", "chime": False}
+    probe.publish(f"herald/{node_id}/say", json.dumps(payload))  # unacknowledged: kept for it
+    QueueJournal(tmp_path / "state" / "queue.journal").add(  # what the journal had kept
+        Announcement("twice", "Said once.", expires_at=time.time() + 600, chime=False)
+    )
+    daemon.start(wait_until="herald: ready")
+    events: Events = []
+    collect(probe, events, settled(["twice"]))
+    time.sleep(1.0)  # a second set of events would come now
+    events += drain(probe)
+    assert [e["event"] for e in events] == ["queued", "started", "finished"], events
+    wait_for(lambda: any("a redelivery" in x for x in daemon.log_lines), 5, "the log line")
+
+
+def drain(probe: MqttProbe) -> Events:
+    """What the probe has received and nobody read yet."""
+    found: Events = []
+    while not probe.messages.empty():
+        found.append(probe.next_json(0))
+    return found
 
 
 # --- a flood of 5,000 messages ------------------------------------------------------------------

@@ -103,6 +103,12 @@ class Dispatcher:
             log.warning("rejected announcement %s: %s", exc.announcement_id or "(no id)", exc)
             self._emit(Event("rejected", exc.announcement_id, details={"reason": exc.reason}))
             return None
+        if self._already_have(announcement):
+            # MQTT delivers at least once: after a crash between the journal and the ack, the
+            # broker sends again what the journal already restored. Same id, same words: the
+            # same announcement, which has its events already.
+            log.info("%s arrived again (a redelivery): it is already queued", announcement.id)
+            return None
         if self._over_rate(announcement, source, now):
             reason = (
                 f"rate limit: more than {self._rate[0] if self._rate else 0} a minute from {source}"
@@ -111,6 +117,13 @@ class Dispatcher:
             return None
         self._offer(announcement)
         return announcement
+
+    def _already_have(self, announcement: Announcement) -> bool:
+        known = self._scheduler.find(announcement.id)
+        return known is not None and (known.text, known.priority) == (
+            announcement.text,
+            announcement.priority,
+        )
 
     def _over_rate(self, announcement: Announcement, source: str, now: float) -> bool:
         """A flooding publisher cannot starve the others; critical ones always get through."""

@@ -298,10 +298,16 @@ class Scheduler:
         )
         return oldest.announcement
 
-    def _known(self, announcement_id: str) -> bool:
+    def find(self, announcement_id: str) -> Announcement | None:
+        """The announcement with this id that is speaking or waiting, if any."""
         if self.current is not None and self.current.id == announcement_id:
-            return True
-        return any(entry.announcement.id == announcement_id for entry in self._heap)
+            return self.current
+        return next(
+            (e.announcement for e in self._heap if e.announcement.id == announcement_id), None
+        )
+
+    def _known(self, announcement_id: str) -> bool:
+        return self.find(announcement_id) is not None
 
     def _push(self, announcement: Announcement, order: int) -> None:
         # heapq pops the smallest key: negate the priority so the most urgent comes first;
