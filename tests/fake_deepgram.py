@@ -8,7 +8,10 @@ and the limits. Audio is a sine tone per utterance whose pitch (`tone_hz`) and l
 which utterance it hears.
 
 Use it as `async with FakeDeepgram(options) as server:` and connect to `server.url`, or run
-`python -m tests.fake_deepgram --port 0` and read the URL from the first line of stdout.
+`python -m tests.fake_deepgram --port 0` and read the URL from the first line of stdout. With
+`--control` that process also obeys commands on stdin, one a line, answering each with one JSON
+line on stdout (see `obey`): a test in another process can drop its connections, refuse
+handshakes, or SIGKILL it and start it again on the same `--port`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import time
 import uuid
 import weakref
@@ -659,9 +663,22 @@ class FakeDeepgram:
 
 def _parse_args(argv: Sequence[str] | None) -> tuple[FakeDeepgramOptions, str, int]:
     """Every scalar option is a flag (`--first-byte-s`); `--*-ms` spell the two delays in ms."""
+    options, host, port, _ = _parse_command_line(argv)
+    return options, host, port
+
+
+def _parse_command_line(
+    argv: Sequence[str] | None,
+) -> tuple[FakeDeepgramOptions, str, int, bool]:
+    """The options, host and port, and whether to obey commands on stdin (`--control`)."""
     parser = argparse.ArgumentParser(description="Run the fake Deepgram Aura TTS server.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="obey commands on stdin: kill, close CODE [REASON], refuse STATUS, accept, stats",
+    )
     parser.add_argument("--first-byte-ms", type=float)
     parser.add_argument("--round-trip-ms", type=float)
     hints = get_type_hints(FakeDeepgramOptions)
@@ -681,7 +698,7 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[FakeDeepgramOptions, str, i
         options.first_byte_s = args["first_byte_ms"] / 1000
     if args["round_trip_ms"] is not None:
         options.round_trip_s = args["round_trip_ms"] / 1000
-    return options, args["host"], args["port"]
+    return options, args["host"], args["port"], args["control"]
 
 
 def _scalar_type(hint: object) -> type | None:
@@ -692,19 +709,67 @@ def _scalar_type(hint: object) -> type | None:
     return None
 
 
-async def _serve_until_signalled(options: FakeDeepgramOptions, host: str, port: int) -> None:
+async def obey(server: FakeDeepgram, line: str) -> JsonObject:
+    """Carry out one control command; the answer says what was done and what the fake saw.
+
+    `kill`: drop every connection without a close frame; `close CODE [REASON]`: close every
+    socket with that code; `refuse STATUS`: refuse every handshake with that HTTP status;
+    `accept`: stop refusing; `stats`: only the answer.
+    """
+    words = line.split()
+    affected = server.open_connections
+    match words:
+        case ["kill"]:
+            await server.kill_all()
+        case ["close", code, *reason] if code.isdigit():
+            await server.close_all(int(code), " ".join(reason))
+        case ["refuse", status] if status.isdigit():
+            server.set_handshake_status(int(status))
+        case ["accept"]:
+            server.set_handshake_status(None)
+        case ["stats"]:
+            pass
+        case _:
+            return {"error": f"unknown command: {line.strip()!r}"}
+    return {
+        "done": words[0],
+        "affected": affected,
+        "connections": server.connections,
+        "open": server.open_connections,
+        "refused": server.refused,
+    }
+
+
+async def _obey_stdin(server: FakeDeepgram) -> None:
+    """Read commands from stdin until it ends; answer each with one JSON line on stdout."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        try:
+            answer = await obey(server, line.decode())
+        except Exception as exc:  # e.g. a kill that did not complete in time: say so, go on
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
+
+
+async def _serve_until_signalled(
+    options: FakeDeepgramOptions, host: str, port: int, control: bool = False
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with FakeDeepgram(options, host=host, port=port) as server:
         print(server.url, flush=True)
+        commands = asyncio.create_task(_obey_stdin(server)) if control else None
         await stop.wait()
+        await _reap([commands])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options, host, port = _parse_args(argv)
-    asyncio.run(_serve_until_signalled(options, host, port))
+    options, host, port, control = _parse_command_line(argv)
+    asyncio.run(_serve_until_signalled(options, host, port, control))
 
 
 if __name__ == "__main__":

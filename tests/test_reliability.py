@@ -110,6 +110,11 @@ def without_rate_limit(daemon: DaemonProcess) -> None:
     daemon.config_path.write_text(text.replace("reconnect_max_s = 1\n", unlimited))
 
 
+def subscribed(daemon: DaemonProcess, times: int) -> Callable[[], bool]:
+    """The daemon has (re)subscribed this many times since it started."""
+    return lambda: sum("subscribed to" in line for line in daemon.log_lines) >= times
+
+
 def rss_kib(daemon: DaemonProcess) -> int:
     assert daemon.process is not None
     status = Path(f"/proc/{daemon.process.pid}/status").read_text()
@@ -144,11 +149,7 @@ def test_five_broker_restarts_while_speaking_lose_nothing(
             time.sleep(1.0)  # Herald speaks on without a broker; its events wait
             broker.start()
             wait_for(lambda: probe.connected, 15, "the probe to reconnect")
-            wait_for(
-                lambda c=cycle: sum("subscribed to" in x for x in daemon.log_lines) > c,
-                30,
-                f"Herald to subscribe again after restart {cycle}",
-            )
+            wait_for(subscribed(daemon, cycle + 1), 30, f"Herald back after restart {cycle}")
         collect(probe, events, settled(ids), timeout=120)
         fate = assert_one_fate_each(events, ids)
         assert set(fate.values()) == {"finished"}, fate

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("websockets").setLevel(logging.INFO)
 
 PERSON_NEEDED_RETRY_S = 300.0  # a wrong key or setting will not fix itself: try every 5 minutes
-STABLE_AFTER_S = 30.0  # a socket that lived this long was a success: the backoff starts over
+# A socket that lived this long, or on which the server spoke, was a success: after it closes,
+# the backoff starts over (a fresh incident, not one more failure in a row).
+STABLE_AFTER_S = 30.0
 NORMAL_CLOSE = 1000
 
 
@@ -96,6 +98,7 @@ class LiveSocket:
     opened_at: float
     number: int
     used: bool = False  # an announcement has leased it
+    spoke: bool = False  # the server sent audio on it: it works
 
     def age(self, now: float) -> float:
         return now - self.opened_at
@@ -115,6 +118,7 @@ class SocketKeeper:
         self._retire_requested = asyncio.Event()
         self._dialing = False
         self._unreachable = False  # the last attempt to connect failed: do not make anyone wait
+        self._dial_ended = asyncio.Event()  # set, then replaced, each time an attempt ends
         self._closing: set[asyncio.Task[None]] = set()
         self.last_failure: Failure | None = None
         self.opened = 0  # sockets opened so far (tests and the benchmark read it)
@@ -151,15 +155,23 @@ class SocketKeeper:
         return f"{self.spec.name} connecting"
 
     async def _usable_socket(self, wait_s: float) -> LiveSocket:
-        if not self._ready.is_set() and not self._dialing and self._unreachable:
-            raise VoiceError(f"{self.spec.name} is unavailable: {self.last_failure}")
+        """The open socket; waits at most `wait_s` for one, but not for a server found down:
+        once an attempt to connect fails, the caller hears it at once."""
         try:
-            await asyncio.wait_for(self._ready.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                while not self._ready.is_set():
+                    if not self._dialing and self._unreachable:
+                        raise VoiceError(f"{self.spec.name} is unavailable: {self.last_failure}")
+                    await self._dial_ended.wait()
         except TimeoutError:
             problem = self.last_failure or "still connecting"
             raise VoiceError(f"{self.spec.name} has no open socket ({problem})") from None
         assert self._live is not None
         return self._live
+
+    def _tell_waiters(self) -> None:
+        self._dial_ended.set()
+        self._dial_ended = asyncio.Event()
 
     # --- the keeper's own task --------------------------------------------------------------
 
@@ -179,6 +191,8 @@ class SocketKeeper:
             except _DIAL_ERRORS as exc:
                 failure = self._classify_dial_error(exc)
                 self._unreachable = True
+                self.last_failure = failure
+                self._tell_waiters()  # a lease waiting for this attempt gives up now
                 await self._pause_after(failure, "cannot connect")
                 continue
             self._install(live)
@@ -214,6 +228,7 @@ class SocketKeeper:
         self._retire_requested.clear()
         self._idle_since = self._clock()
         self._ready.set()
+        self._tell_waiters()
         log.info("%s: socket #%d open", self.spec.name, live.number)
 
     async def _watch(self, live: LiveSocket) -> None:
@@ -247,7 +262,7 @@ class SocketKeeper:
             log.info("%s: socket #%d closed normally; replacing it", self.spec.name, live.number)
             return
         failure = self.spec.classify_close(code, reason)
-        if live.age(self._clock()) >= STABLE_AFTER_S:
+        if live.spoke or live.age(self._clock()) >= STABLE_AFTER_S:
             self._backoff.reset()
         await self._pause_after(failure, f"socket #{live.number} closed")
 

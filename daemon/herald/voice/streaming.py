@@ -50,6 +50,7 @@ async def replaying(
             try:
                 async with contextlib.aclosing(utterance(live)) as items:
                     async for item in items:
+                        live.spoke = True  # a failure later on is a fresh one: no long backoff
                         yield item
                 return
             except SocketFailed as exc:
