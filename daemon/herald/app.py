@@ -36,7 +36,7 @@ from herald.voice import Voice, build_cache, build_voices, voices_running
 
 log = logging.getLogger(__name__)
 
-AUDIO_RETRY_S = 5.0  # how often readiness tries an audio device that would not open
+AUDIO_RETRY_S = 5.0  # how often a missing audio device is tried again (readiness, speaking)
 
 
 # --- building the daemon ------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class _Parts:
     dispatcher: Dispatcher
 
     def status(self) -> str:
-        return status_line(self.dispatcher, self.voices)
+        return status_line(self.dispatcher, self.voices, self.output.problem)
 
 
 def _build(config: Config, life: _Lifetime) -> _Parts:
@@ -192,7 +192,11 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         on_connected=node.on_connected,
     )
     voices = build_voices(config)
-    delivery = replace(build_delivery(config), live_volume=lambda: controls.volume)
+    delivery = replace(
+        build_delivery(config),
+        live_volume=lambda: controls.volume,
+        device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
+    )
     dispatcher = Dispatcher(
         Speaker(voices, output, node.emit, delivery, cache=build_cache(config)),
         life.scheduler,
@@ -268,7 +272,8 @@ async def _become_ready(
     bridge: MqttBridge, output: AlsaOutput, notifier: Notifier, status: Callable[[], str]
 ) -> None:
     """READY=1 once the broker is connected and the audio device opens (the cloud voice may
-    still be connecting: the status line says so)."""
+    still be connecting: the status line says so). Until the device opens, announcements wait
+    for it (see Speaker) and the status line says why."""
     await bridge.wait_connected(None)
     warned = False
     while True:
@@ -279,16 +284,27 @@ async def _become_ready(
             if not warned:
                 log.error("audio: %s (trying again every %.0f s)", exc, AUDIO_RETRY_S)
                 warned = True
+            notifier.status(status())
             await asyncio.sleep(AUDIO_RETRY_S)
     notifier.ready(status())
     log.info("herald: ready (%s)", status())
 
 
-def status_line(dispatcher: Dispatcher, voices: list[Voice]) -> str:
-    """What a person reads in `systemctl status`: state · each voice · queue length."""
+def status_line(
+    dispatcher: Dispatcher, voices: list[Voice], audio_problem: str | None = None
+) -> str:
+    """What a person reads in `systemctl status`: state · each voice · queue length, and why
+    the audio device cannot be used, while it cannot."""
     current = dispatcher.current
-    state = "idle" if current is None else f"speaking {current.id} ({current.priority_name})"
+    if current is None:
+        state = "idle"
+    elif audio_problem is not None:
+        state = f"{current.id} ({current.priority_name}) waits for the audio device"
+    else:
+        state = f"speaking {current.id} ({current.priority_name})"
     parts = [state, *(voice.describe() for voice in voices), f"queue {dispatcher.queue_length}"]
+    if audio_problem is not None:
+        parts.append(audio_problem)
     return " · ".join(parts)
 
 

@@ -8,6 +8,13 @@ audio, hiding the engine's first-byte time instead of adding to it.
 Cancelling `speak` is how an announcement is interrupted (preempted, stopped, shut down): the
 output is faded and dropped at once, and closing the voice stream tells the engine to stop.
 
+The daemon waits for an audio device that is missing (a USB speaker not plugged in yet, or
+pulled out): an announcement that cannot get the device waits for it, trying again every
+`Delivery.device_retry_s`, and expires if its time to live runs out first; one that the device
+fails halfway is spoken again from its start once the device works, up to
+`DEVICE_FAULTS_MAX` times. Without `device_retry_s` (`herald say --local`) the device failing
+fails the announcement at once.
+
 With a phrase cache, each voice's cached audio of the exact text is played before that voice is
 even asked (no network, first samples within milliseconds), and the audio a cloud voice spoke is
 kept once the announcement has finished completely (never a cut-off one), under the name of the
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 
 REPEAT_PAUSE_MS = 600  # between the repeats of an announcement
 CACHED_CHUNK_MS = 40  # cached audio goes out in pieces, so a resume position stays accurate
+DEVICE_FAULTS_MAX = 3  # the device failing an announcement this often fails it for good
 _END = object()
 
 
@@ -48,6 +56,8 @@ class Delivery:
     idle_after_s: float = 5.0
     chime_for: Callable[[Announcement], Samples | None] = lambda _: None
     live_volume: Callable[[], float] | None = None  # the volume as set at run time, if any
+    # Wait for an audio device that fails, trying it this often (None: fail at once).
+    device_retry_s: float | None = None
 
     def gain_for(self, announcement: Announcement) -> float:
         default = self.volume if self.live_volume is None else self.live_volume()
@@ -87,12 +97,69 @@ class Speaker:
         self._output.drop()
 
     async def speak(self, announcement: Announcement) -> bool:
-        """Speak it to the end; True when it was heard, False when it failed (with an event)."""
+        """Speak it to the end; True when it was heard, False when it failed or expired
+        waiting for the audio device (with an event)."""
+        faults = 0
+        while True:
+            try:
+                if not await self._wait_for_device(announcement):
+                    return self._expired(announcement)
+                voice = await self._speak_once(announcement)
+                break
+            except AudioError as exc:
+                self._output.drop()
+                faults += 1
+                if self._delivery.device_retry_s is None or faults >= DEVICE_FAULTS_MAX:
+                    return self._failed(announcement, exc)
+                log.warning(
+                    "announcement %s was cut off (%s); it is spoken again from its start",
+                    announcement.id,
+                    exc,
+                )
+            except VoiceError as exc:
+                self._output.drop()
+                return self._failed(announcement, exc)
+            except asyncio.CancelledError:
+                self._output.drop()
+                raise
+        self._finished(announcement, voice)
+        return True
+
+    async def _wait_for_device(self, announcement: Announcement) -> bool:
+        """Open the output: True once it is open; False when the announcement expired waiting
+        for it. Without `device_retry_s`, a device that will not open raises AudioError."""
+        retry_s = self._delivery.device_retry_s
+        waited = False
+        while True:
+            try:
+                await self._output.open()
+            except AudioError as exc:
+                if retry_s is None:
+                    raise
+                problem = exc
+            else:
+                if waited:
+                    log.info("announcement %s: the audio device works again", announcement.id)
+                return True
+            left = _seconds_left(announcement)
+            if left <= 0:
+                return False
+            if not waited:
+                log.warning(
+                    "announcement %s waits for the audio device: %s (trying again every %.0f s)",
+                    announcement.id,
+                    problem,
+                    retry_s,
+                )
+                waited = True
+            await asyncio.sleep(min(retry_s, left))
+
+    async def _speak_once(self, announcement: Announcement) -> str:
+        """Play it through once, on an open output; the name of the voice that spoke it."""
         self.speech_seconds = 0.0
         self._fresh = {}
         gain = self._delivery.gain_for(announcement)
         try:
-            await self._output.open()
             await self._wake_amplifier()
             voice = ""
             for round_ in range(announcement.repeat):
@@ -101,16 +168,22 @@ class Speaker:
                 chime = self._delivery.chime_for(announcement) if round_ == 0 else None
                 voice = await self._say(announcement, gain, chime)
             await self._output.finish()
-        except (AudioError, VoiceError) as exc:
-            self._output.drop()
-            log.error("announcement %s failed: %s", announcement.id, exc)
-            self._event("failed", announcement, reason=str(exc))
-            return False
-        except asyncio.CancelledError:
-            self._output.drop()
-            raise
+            return voice
         finally:
             self._last_sound_at = self._clock()
+
+    def _failed(self, announcement: Announcement, exc: Exception) -> bool:
+        log.error("announcement %s failed: %s", announcement.id, exc)
+        self._event("failed", announcement, reason=str(exc))
+        return False
+
+    def _expired(self, announcement: Announcement) -> bool:
+        reason = "its time to live ran out while it waited for the audio device"
+        log.warning("announcement %s expired: %s", announcement.id, reason)
+        self._event("expired", announcement, reason=reason)
+        return False
+
+    def _finished(self, announcement: Announcement, voice: str) -> None:
         degraded = voice != self._voices[0].name
         self._event(
             "finished",
@@ -121,7 +194,6 @@ class Speaker:
             **self._cached_detail(),
         )
         self._keep_fresh_audio()
-        return True
 
     @property
     def _rate(self) -> int:
@@ -260,6 +332,13 @@ class Speaker:
 
     def _event(self, kind: EventKind, announcement: Announcement, **details: object) -> None:
         self._emit(Event(kind, announcement.id, details=details))
+
+
+def _seconds_left(announcement: Announcement) -> float:
+    """How long until the announcement goes stale (its expiry is wall-clock time)."""
+    if announcement.expires_at is None:
+        return float("inf")
+    return announcement.expires_at - time.time()
 
 
 class _Kept:

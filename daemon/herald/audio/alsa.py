@@ -5,6 +5,12 @@ entered from two threads. The event loop talks to it through a command queue. Ba
 semaphore of "credits", one per queued period, that the thread gives back as it writes; so at most
 `periods` periods wait in Python on top of the ALSA buffer itself, and a drop() silences the
 device within about one period.
+
+A device that goes away (a USB speaker unplugged, a sound server gone) makes alsa-lib fail in
+whatever the thread is doing. The thread then closes the PCM and carries on: the sound being
+played fails with an AudioError (once, to whoever plays it: a failure belongs to the
+"generation" of the sound that met it, so it never leaks into the next one after a drop), and
+the next open() opens the device afresh.
 """
 
 from __future__ import annotations
@@ -114,7 +120,8 @@ class AlsaOutput:
         self._credits: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._error: AudioError | None = None
+        self._failure: tuple[int, AudioError] | None = None  # (generation, what went wrong)
+        self.problem: str | None = None  # why the device is not usable now; None once it opens
         self._wake = threading.Event()  # cuts a wait for the buffer to play out short
         # What the thread wrote last, a buffer's worth and a period: where a fade starts from.
         self._recent: deque[bytes] = deque(maxlen=cfg.periods + 1)
@@ -131,7 +138,6 @@ class AlsaOutput:
             self._credits = asyncio.Semaphore(self._cfg.periods)
             self._thread = threading.Thread(target=self._run, name="alsa-out", daemon=True)
             self._thread.start()
-        self._error = None
         done: asyncio.Future[None] = self._loop_or_fail().create_future()
         self._commands.put(_Open(done))
         await done
@@ -175,7 +181,7 @@ class AlsaOutput:
         assert self._credits is not None
         generation = self._generation
         await self._credits.acquire()
-        if generation != self._generation or self._error is not None:
+        if generation != self._generation or self._failure_now() is not None:
             self._credits.release()  # dropped, or the device failed, while waiting for room
             self._raise_pending_error()
             return
@@ -186,9 +192,16 @@ class AlsaOutput:
             raise AudioError(f"ALSA device '{self._cfg.device}' is not open")
         return self._loop
 
+    def _failure_now(self) -> AudioError | None:
+        """The failure of the sound being played now (not of one dropped since)."""
+        failure = self._failure  # one read: the thread may replace it meanwhile
+        if failure is None or failure[0] != self._generation:
+            return None
+        return failure[1]
+
     def _raise_pending_error(self) -> None:
-        if self._error is not None:
-            raise self._error
+        if (error := self._failure_now()) is not None:
+            raise error
 
     # --- everything below runs in the output thread -------------------------------------------
 
@@ -196,22 +209,49 @@ class AlsaOutput:
         pcm: Any = None
         while True:
             command = self._commands.get()
-            if isinstance(command, _Open):
-                pcm = self._open_in_thread(pcm, command.done)
-            elif isinstance(command, _Write):
-                pcm = self._write_in_thread(pcm, command)
-            elif isinstance(command, _Finish):
-                self._finish_in_thread(pcm, command)
-            elif isinstance(command, _Drop):
-                self._wake.clear()
-                if pcm is not None and self._drop_with_fade(pcm):
-                    self._dropped_at = (command.asked_at, time.monotonic())
-            else:
+            if isinstance(command, _Close):
                 if pcm is not None:
-                    pcm.close()
+                    _close_quietly(pcm)
                 if command.done is not None:
                     self._resolve(command.done, None)
                 return
+            try:
+                pcm = self._carry_out(pcm, command)
+            except Exception as exc:  # alsaaudio.ALSAAudioError: the device went away
+                self._device_failed(pcm, command, exc)
+                pcm = None
+
+    def _carry_out(self, pcm: Any, command: _Open | _Write | _Finish | _Drop) -> Any:
+        """One command with the PCM as it is; the PCM as it is afterwards (None: closed)."""
+        if isinstance(command, _Open):
+            return self._open_in_thread(pcm, command.done)
+        if isinstance(command, _Write):
+            return self._write_in_thread(pcm, command)
+        if isinstance(command, _Finish):
+            self._finish_in_thread(pcm, command)
+        else:
+            self._wake.clear()
+            if pcm is not None and self._drop_with_fade(pcm):
+                self._dropped_at = (command.asked_at, time.monotonic())
+        return pcm
+
+    def _device_failed(
+        self, pcm: Any, command: _Open | _Write | _Finish | _Drop, exc: Exception
+    ) -> None:
+        """alsa-lib failed: close the PCM (the next open opens it afresh), and tell whoever
+        plays the sound it was for; a sound that was being dropped has nobody to tell."""
+        message = f"ALSA device '{self._cfg.device}' failed: {exc}"
+        if pcm is not None:
+            _close_quietly(pcm)
+        if isinstance(command, _Write | _Finish):
+            self._fail(command.generation, message)
+        else:
+            log.error("audio: %s", message)
+            self.problem = message
+        if isinstance(command, _Open):
+            self._resolve(command.done, AudioError(message))
+        elif isinstance(command, _Finish):
+            self._resolve(command.done, None)  # finish() raises the failure
 
     def _open_in_thread(self, pcm: Any, done: asyncio.Future[None]) -> Any:
         if pcm is not None:
@@ -220,8 +260,10 @@ class AlsaOutput:
         try:
             pcm = open_pcm(self._cfg)
         except AudioError as exc:
+            self.problem = str(exc)
             self._resolve(done, exc)
             return None
+        self.problem = None
         info = pcm.info()
         log.info(
             "audio: opened ALSA device '%s' (%d Hz, %d ch, period %d frames, buffer %d frames)",
@@ -243,10 +285,6 @@ class AlsaOutput:
             if self._dropped_at is not None:
                 self._report_switch(*self._dropped_at)
             return pcm
-        except Exception as exc:  # alsaaudio.ALSAAudioError: the device went away
-            self._fail(f"ALSA device '{self._cfg.device}' failed: {exc}")
-            _close_quietly(pcm)
-            return None
         finally:
             self._give_credit()
 
@@ -326,9 +364,10 @@ class AlsaOutput:
             pcm.drop()
         return True
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, generation: int, message: str) -> None:
         log.error("audio: %s", message)
-        self._error = AudioError(message)
+        self.problem = message
+        self._failure = (generation, AudioError(message))
 
     def _give_credit(self) -> None:
         if self._credits is not None and self._loop is not None:
