@@ -491,14 +491,31 @@ start_service() {
         return
     fi
     as_root systemctl daemon-reload
+    as_root systemctl enable herald
+    # --no-block: Herald is "started" once its broker and speaker answer, and waits for them
+    # as long as it takes (a speaker not plugged in yet); the installer does not wait with it.
     if systemctl is-active --quiet herald; then
-        as_root systemctl enable herald
-        as_root systemctl restart herald
-        did "restarted herald.service with the new version"
+        as_root systemctl restart --no-block herald
+        did "restarting herald.service with the new version"
     else
-        as_root systemctl enable --now herald
-        did "enabled and started herald.service"
+        as_root systemctl start --no-block herald
+        did "enabled and starting herald.service"
     fi
+    report_start
+}
+
+# Wait a little for the service to be up; if it is not yet, say what it is waiting for.
+report_start() {
+    local waited
+    for waited in $(seq 1 20); do
+        if systemctl is-active --quiet herald; then
+            say "herald is running: $(systemctl show -p StatusText --value herald)"
+            return
+        fi
+        sleep 1
+    done
+    say "herald is not running yet after ${waited} s ($(systemctl show -p ActiveState --value herald)): $(systemctl show -p StatusText --value herald)"
+    say "if it waits for the broker or the speaker it goes on waiting; see: journalctl -u herald -f"
 }
 
 summary() {

@@ -93,6 +93,26 @@ def test_the_daemon_tells_systemd_ready_status_watchdog_and_stopping(
     availability.close()
 
 
+def test_a_broker_that_comes_late_extends_the_start_instead_of_timing_out(
+    tmp_path: Path, make_daemon: DaemonFactory, notify_socket: NotifySocket
+) -> None:
+    """Booting before the broker (or with the speaker unplugged) is waiting, not failing: each
+    retry asks systemd for more time than the next retry needs, and READY follows the broker."""
+    broker = Broker(tmp_path)  # not started yet
+    daemon = make_daemon(broker)
+    daemon.env["NOTIFY_SOCKET"] = str(notify_socket.path)
+    daemon.start(wait_until="herald: node")
+    try:
+        extend = notify_socket.until("EXTEND_TIMEOUT_USEC", timeout=15)
+        assert int(extend["EXTEND_TIMEOUT_USEC"]) >= 10_000_000  # two retries' worth, at least
+        assert extend["STATUS"].startswith("waiting for the broker: "), extend
+        assert not notify_socket.times_of("READY")
+        broker.start()
+        assert notify_socket.until("READY", timeout=20)["READY"] == "1"
+    finally:
+        broker.stop()
+
+
 def test_a_blocked_event_loop_stops_the_watchdog_pings(notify_socket: NotifySocket) -> None:
     async def scenario() -> None:
         feeding = asyncio.create_task(keep_watchdog_fed(Notifier(str(notify_socket.path)), 0.1))

@@ -273,8 +273,13 @@ async def _become_ready(
 ) -> None:
     """READY=1 once the broker is connected and the audio device opens (the cloud voice may
     still be connecting: the status line says so). Until the device opens, announcements wait
-    for it (see Speaker) and the status line says why."""
-    await bridge.wait_connected(None)
+    for it (see Speaker) and the status line says why. Meanwhile each retry asks systemd for
+    more time, so a broker or speaker that comes later does not get Herald killed at the
+    start timeout."""
+    more_time_s = 3 * AUDIO_RETRY_S
+    while not await bridge.wait_connected(AUDIO_RETRY_S):
+        waiting = bridge.last_error or f"connecting to {bridge.where}"
+        notifier.still_starting(f"waiting for the broker: {waiting}", more_time_s)
     warned = False
     while True:
         try:
@@ -284,7 +289,7 @@ async def _become_ready(
             if not warned:
                 log.error("audio: %s (trying again every %.0f s)", exc, AUDIO_RETRY_S)
                 warned = True
-            notifier.status(status())
+            notifier.still_starting(status(), more_time_s)
             await asyncio.sleep(AUDIO_RETRY_S)
     notifier.ready(status())
     log.info("herald: ready (%s)", status())

@@ -50,6 +50,12 @@ class Notifier:
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")
 
+    def still_starting(self, status: str, for_s: float) -> None:
+        """Start-up waits for something outside (the broker, a speaker not plugged in yet): ask
+        for `for_s` more before systemd's start timeout gives up on us. A hung daemon stops
+        asking, and is killed as before."""
+        self.send(f"EXTEND_TIMEOUT_USEC={round(for_s * 1_000_000)}", f"STATUS={status}")
+
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=stopping")
 
