@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from herald.config import DeepgramConfig
 from herald.voice.base import VoiceError
 from herald.voice.deepgram import DeepgramVoice
 from tests.fake_deepgram import FakeDeepgram, FakeDeepgramOptions, dominant_hz, synthesize, tone_hz
+from tests.support import free_port
 
 RATE = 48000
 KEY = "test-key"
@@ -46,6 +48,27 @@ async def speak(voice: DeepgramVoice, text: str) -> bytes:
 
 def run(coroutine: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """Poll (bounded) for a condition on Herald's side, which the fake cannot signal."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (the keeper has no event for a test to await)
+            await asyncio.sleep(0.01)
+
+
+async def logged(
+    caplog: pytest.LogCaptureFixture,
+    pattern: re.Pattern[str],
+    timeout: float = 5.0,  # noqa: ASYNC109
+) -> re.Match[str]:
+    """The first captured log line that matches, waiting (bounded) for one."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for record in caplog.records:
+                if found := pattern.search(record.getMessage()):
+                    return found
+            await asyncio.sleep(0.01)
 
 
 def test_the_socket_opens_at_start_and_serves_ten_announcements() -> None:
@@ -197,6 +220,90 @@ def test_a_wrong_key_fails_fast_with_one_clear_line_and_bounded_retries(
     assert len(errors) == 1
     assert "retrying in 300 s" in errors[0]
     assert "wrong-key" not in caplog.text  # the key never reaches a log line
+
+
+@pytest.mark.parametrize(
+    ("down", "reason"),
+    [("refusing", "HTTP 503 SERVICE_UNAVAILABLE"), ("not listening", "ConnectionRefusedError")],
+)
+def test_an_announcement_hears_at_once_that_the_server_is_down(down: str, reason: str) -> None:
+    # connect_wait_s is 5 s, but once an attempt to connect has failed nobody waits for the rest.
+    async def scenario() -> tuple[str, float, int]:
+        async with FakeDeepgram(FakeDeepgramOptions(handshake_status=503)) as server:
+            url = server.url if down == "refusing" else f"ws://127.0.0.1:{free_port()}/v1/speak"
+            voice = DeepgramVoice(DeepgramConfig(url=url, connect_wait_s=5), KEY, RATE)
+            keeping = asyncio.create_task(voice.run())
+            try:
+                started = time.monotonic()
+                with pytest.raises(VoiceError) as caught:
+                    await speak(voice, "Is anyone there?")
+                return str(caught.value), time.monotonic() - started, server.refused
+            finally:
+                keeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeping
+
+    message, took, refused = run(scenario())
+    assert "deepgram is unavailable" in message
+    assert reason in message
+    assert took < 2.5, took  # the first failed attempt ends the wait, not the 5 s
+    assert refused == (1 if down == "refusing" else 0)
+
+
+def test_a_voice_that_never_waits_speaks_on_the_socket_already_open() -> None:
+    async def scenario() -> tuple[bytes, int, FakeDeepgram]:
+        async with (
+            FakeDeepgram(FakeDeepgramOptions(first_byte_s=0)) as server,
+            warm_voice(server, connect_wait_s=0) as voice,
+        ):
+            keeper = voice.keeper
+            assert keeper is not None
+            await until(lambda: keeper.opened >= 1)
+            async with keeper.lease(0) as live:  # no wait at all, and nothing to wait for
+                number = live.number
+            return await speak(voice, "No waiting."), number, server
+
+    audio, number, server = run(scenario())
+    assert audio == synthesize("No waiting.", RATE)
+    assert number == 1
+    assert server.connections == 1
+
+
+CLOSED_AND_WAITING = re.compile(r"socket #1 closed: .*; reconnecting in ([0-9.]+) s")
+
+
+@pytest.mark.parametrize("spoke", [True, False], ids=["after-speech", "silent"])
+def test_the_backoff_starts_over_after_a_socket_the_server_spoke_on(
+    spoke: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Three refused handshakes take the backoff through 0.25, 0.5 and 1 s; its next step is
+    # 1-2 s. A socket that carried audio was a success: after it drops, the first step again.
+    async def scenario() -> tuple[float, float | None]:
+        options = FakeDeepgramOptions(first_byte_s=0, handshake_status=503)
+        async with FakeDeepgram(options) as server, warm_voice(server) as voice:
+            keeper = voice.keeper
+            assert keeper is not None
+            await server.wait_until(lambda: server.refused >= 3)
+            server.set_handshake_status(None)
+            await until(lambda: keeper.opened >= 1, timeout=3)
+            if spoke:
+                assert await speak(voice, "Back again.") == synthesize("Back again.", RATE)
+            dropped = time.monotonic()
+            await server.kill_all()
+            delay = float((await logged(caplog, CLOSED_AND_WAITING)).group(1))
+            if not spoke:
+                return delay, None
+            await server.wait_for_connections(2)
+            return delay, time.monotonic() - dropped
+
+    with caplog.at_level(logging.INFO, logger="herald"):
+        delay, reconnected_after = run(scenario())
+    if spoke:
+        assert delay <= 0.25, caplog.text  # the first step (0.125-0.25 s), not 1-2 s
+        assert reconnected_after is not None
+        assert reconnected_after < 1.0, reconnected_after
+    else:
+        assert delay >= 1.0, caplog.text  # one more failure in a row: the backoff kept growing
 
 
 def test_without_a_key_the_voice_says_where_to_put_one() -> None:
