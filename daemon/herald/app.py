@@ -190,6 +190,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         availability=topics.availability,
         persistent=True,
         on_connected=node.on_connected,
+        before_ack=life.journal.sync if life.journal is not None else None,
     )
     voices = build_voices(config)
     delivery = replace(

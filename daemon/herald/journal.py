@@ -2,8 +2,13 @@
 
 After a crash or a restart the announcements still in the journal are offered again (an expired
 one then gets its `expired` event). The file is JSON lines: `{"add": {...}}` when an announcement
-is accepted (flushed to the disk before the broker is told it arrived), `{"done": id}` when it
-was spoken, expired, dropped or failed. It is rewritten compactly at start and whenever it grows.
+is accepted, `{"done": id}` when it was spoken, expired, dropped or failed. It is rewritten
+compactly at start and whenever it grows.
+
+Every line is written at once (a crash of Herald loses none); `sync()` makes the additions
+durable against a power cut, and the broker is told a message arrived only after it: the MQTT
+bridge calls it once for all the messages of a burst (one fdatasync on a slow SD card, not one
+per message).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class QueueJournal:
         self._pending: dict[str, Announcement] = {}
         self._lines = 0
         self._file: IO[str] | None = None
+        self._unsynced = False  # additions written since the last sync
 
     def load(self) -> list[Announcement]:
         """Read what was pending when Herald last stopped, and start a compact file."""
@@ -42,14 +48,22 @@ class QueueJournal:
 
     def add(self, announcement: Announcement) -> None:
         self._pending[announcement.id] = announcement
-        self._append({"add": dataclasses.asdict(announcement)}, durable=True)
+        self._append({"add": dataclasses.asdict(announcement)})
+        self._unsynced = True
 
     def done(self, announcement_id: str) -> None:
         if self._pending.pop(announcement_id, None) is not None:
-            self._append({"done": announcement_id}, durable=False)
+            self._append({"done": announcement_id})
+
+    def sync(self) -> None:
+        """Make what was added durable (before the broker is acknowledged)."""
+        if self._unsynced and self._file is not None:
+            os.fdatasync(self._file.fileno())
+        self._unsynced = False
 
     def close(self) -> None:
         if self._file is not None:
+            self.sync()
             self._file.close()
             self._file = None
 
@@ -64,19 +78,19 @@ class QueueJournal:
         except (ValueError, TypeError) as exc:  # a line cut short by a crash
             log.warning("journal: skipped line %d of %s: %s", number, self.path, exc)
 
-    def _append(self, entry: dict[str, Any], durable: bool) -> None:
+    def _append(self, entry: dict[str, Any]) -> None:
         if self._file is None or self._lines >= COMPACT_AFTER_LINES:
             self._rewrite()
         assert self._file is not None
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._file.flush()
-        if durable:  # the broker is acknowledged only after this returns
-            os.fdatasync(self._file.fileno())
+        self._file.flush()  # in the kernel's hands: a crash of Herald loses nothing
         self._lines += 1
 
     def _rewrite(self) -> None:
         """Write only what is pending, atomically (a new file renamed over the old one)."""
-        self.close()
+        if self._file is not None:
+            self._file.close()  # no sync: the new file holds everything pending, synced
+            self._file = None
         fresh = self.path.with_suffix(".tmp")
         with fresh.open("w", encoding="utf-8") as out:
             for announcement in self._pending.values():
@@ -86,3 +100,4 @@ class QueueJournal:
         fresh.replace(self.path)
         self._file = self.path.open("a", encoding="utf-8")
         self._lines = len(self._pending)
+        self._unsynced = False  # everything pending was just written and synced

@@ -7,7 +7,9 @@ paho runs its own thread, which also reconnects with exponential backoff (1 s do
 The daemon's session is persistent (MQTT 5, clean start off, a session expiry): while Herald is
 briefly away the broker keeps its subscriptions and the QoS 1 messages sent to them. Messages
 are acknowledged by hand, after the handler has run (and journaled them), so a message the
-broker counts as delivered is one Herald has on disk.
+broker counts as delivered is one Herald has on disk. The acknowledgements of the messages that
+arrived together go out together, after one `before_ack` (the journal's sync to the disk): a
+burst costs one disk flush per turn of the event loop, not one per message.
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ class MqttBridge:
         availability: str | None = None,
         persistent: bool = False,
         on_connected: Callable[[], None] | None = None,
+        before_ack: Callable[[], None] | None = None,
     ) -> None:
         self._cfg = cfg
+        self._before_ack = before_ack
+        self._acks_due: list[tuple[int, int]] = []  # (mid, qos) handled, not yet acknowledged
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
@@ -234,4 +239,14 @@ class MqttBridge:
             self._on_message(topic, payload)
         finally:
             if self._persistent and qos > 0:
-                self._client.ack(mid, qos)  # only now: the handler has journaled it
+                if not self._acks_due:  # after the others already waiting in the loop
+                    asyncio.get_running_loop().call_soon(self._acknowledge_handled)
+                self._acks_due.append((mid, qos))
+
+    def _acknowledge_handled(self) -> None:
+        """Only now does the broker hear these messages arrived: they are on the disk."""
+        due, self._acks_due = self._acks_due, []
+        if self._before_ack is not None:
+            self._before_ack()
+        for mid, qos in due:
+            self._client.ack(mid, qos)
