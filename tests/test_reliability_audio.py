@@ -24,7 +24,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,10 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     told = notify.read()
     assert not [fields for fields in told if "READY" in fields]
     assert any(f"cannot open ALSA device '{DEVICE}'" in f.get("STATUS", "") for f in told), told
+    # So does the status Home Assistant reads.
+    status = retained_status(broker, node_id)
+    assert status["state"] == "waiting for audio", status
+    assert f"cannot open ALSA device '{DEVICE}'" in status["audio"], status
 
     speaker.plug_in()
     events = waiting + probe.events_until(all_final("kept1", "kept2"), timeout=RETRY_S + 25)
@@ -250,6 +254,22 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     assert len(error_lines(daemon)) == 1, error_lines(daemon)
 
     assert_fresh_announcement_is_heard(daemon, probe, node_id, speaker)
+    status = retained_status(broker, node_id, until=lambda s: s["state"] == "idle")
+    assert status["audio"] is None, status
+
+
+def retained_status(
+    broker: Broker, node_id: str, until: Callable[[dict[str, Any]], bool] = lambda _: True
+) -> dict[str, Any]:
+    """The status Herald left on the broker (the first that satisfies `until`)."""
+    reader = MqttProbe(broker, f"herald/{node_id}/status")
+    try:
+        while True:
+            status: dict[str, Any] = json.loads(reader.messages.get(timeout=10)[1])
+            if until(status):
+                return status
+    finally:
+        reader.close()
 
 
 def test_stopping_while_the_device_is_missing_keeps_the_waiting_ones_for_the_restart(

@@ -197,6 +197,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         build_delivery(config),
         live_volume=lambda: controls.volume,
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
+        device_problem=node.audio_problem,
     )
     dispatcher = Dispatcher(
         Speaker(voices, output, node.emit, delivery, cache=build_cache(config)),

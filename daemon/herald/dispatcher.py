@@ -66,6 +66,10 @@ class Dispatcher:
         self._speaking: asyncio.Task[bool] | None = None
         self._preempted_by: str | None = None
         self._closing = False
+        # Called when the current announcement has ended and nothing took its place yet (an
+        # event goes out before that moment, so a status built from the event alone would
+        # still say "speaking").
+        self.when_idle: Callable[[], None] = lambda: None
 
     @property
     def queue_length(self) -> int:
@@ -239,6 +243,7 @@ class Dispatcher:
         if not task.cancelled():
             self._scheduler.finish()
             self._forget(announcement.id)  # spoken, or failed with its event
+            self.when_idle()
         elif preempted_by is not None:
             resume = unspoken_part(announcement.text, self._speaker.speech_seconds)
             self._publish(self._scheduler.preempted(preempted_by, resume))

@@ -56,6 +56,11 @@ class Node:
 
     # --- out ----------------------------------------------------------------------------------
 
+    def audio_problem(self, problem: str | None) -> None:
+        """Why the audio device cannot be used (None: it works): the status says so."""
+        if self.status is not None:
+            self.status.audio(problem)
+
     def emit(self, event: Event) -> None:
         """Publish an event, and what follows from it (status, Hermes' sayFinished)."""
         fields = {"ANNOUNCEMENT_ID": event.announcement_id or "", "HERALD_EVENT": event.kind}

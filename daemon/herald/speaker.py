@@ -58,6 +58,9 @@ class Delivery:
     live_volume: Callable[[], float] | None = None  # the volume as set at run time, if any
     # Wait for an audio device that fails, trying it this often (None: fail at once).
     device_retry_s: float | None = None
+    # Told why the device cannot be used when an announcement starts waiting for it, and None
+    # once it works again (the status Home Assistant shows).
+    device_problem: Callable[[str | None], None] = lambda _: None
 
     def gain_for(self, announcement: Announcement) -> float:
         default = self.volume if self.live_volume is None else self.live_volume()
@@ -140,6 +143,7 @@ class Speaker:
             else:
                 if waited:
                     log.info("announcement %s: the audio device works again", announcement.id)
+                self._delivery.device_problem(None)  # (it may have come back meanwhile)
                 return True
             left = _seconds_left(announcement)
             if left <= 0:
@@ -151,6 +155,7 @@ class Speaker:
                     problem,
                     retry_s,
                 )
+                self._delivery.device_problem(str(problem))
                 waited = True
             await asyncio.sleep(min(retry_s, left))
 

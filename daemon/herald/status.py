@@ -36,6 +36,7 @@ class StatusBoard:
         publish: Callable[[str], None],
     ) -> None:
         self._dispatcher = dispatcher
+        dispatcher.when_idle = self.changed
         self._voices = voices
         self._controls = controls
         self._publish = publish
@@ -43,6 +44,7 @@ class StatusBoard:
         self._degraded = False
         self._texts: dict[str, str] = {}
         self._last: dict[str, Any] | None = None
+        self._audio_problem: str | None = None  # why the audio device cannot be used
         self._scheduled = False
 
     def note(self, event: Event) -> None:
@@ -60,6 +62,12 @@ class StatusBoard:
             }
         self.changed()
 
+    def audio(self, problem: str | None) -> None:
+        """The audio device stopped working (why), or works again (None)."""
+        if problem != self._audio_problem:
+            self._audio_problem = problem
+            self.changed()
+
     def changed(self) -> None:
         if not self._scheduled:
             self._scheduled = True
@@ -67,8 +75,12 @@ class StatusBoard:
 
     def snapshot(self) -> dict[str, Any]:
         current = self._dispatcher.current
+        if current is None:
+            state = "idle"
+        else:
+            state = "speaking" if self._audio_problem is None else "waiting for audio"
         return {
-            "state": "idle" if current is None else "speaking",
+            "state": state,
             "current": None
             if current is None
             else {"id": current.id, "priority": current.priority_name},
@@ -79,6 +91,7 @@ class StatusBoard:
             "volume": self._controls.volume,
             "quiet": self._dispatcher.quiet_now(),
             "last": self._last,
+            "audio": self._audio_problem,
         }
 
     def _send(self) -> None:
