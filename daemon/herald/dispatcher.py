@@ -90,7 +90,8 @@ class Dispatcher:
         `source` (the topic it came in on) is what the rate limit counts per.
         """
         if self._closing:
-            self._emit(Event("rejected", None, details={"reason": "herald is shutting down"}))
+            reason = "herald is shutting down"
+            self._emit(Event("rejected", self._id_of(payload), details={"reason": reason}))
             return None
         try:
             return self._admit(payload, source)
@@ -98,6 +99,13 @@ class Dispatcher:
             log.exception("could not take a payload")
             self._emit(Event("rejected", None, details={"reason": f"internal error: {exc!r}"}))
             return None
+
+    def _id_of(self, payload: bytes) -> str | None:
+        """The id a payload gives itself, if any (for the event of one that is refused)."""
+        try:
+            return parse_payload(payload, self._max_payload_bytes, self._clock(), self._defaults).id
+        except PayloadRejected as exc:
+            return exc.announcement_id
 
     def _admit(self, payload: bytes, source: str) -> Announcement | None:
         now = self._clock()
