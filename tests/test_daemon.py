@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,6 +194,43 @@ def test_say_command_waits_for_the_daemon_and_prints_the_timeline(
     assert [line.split()[1] for line in lines] == ["queued", "started", "finished"]
     assert "voice=espeak" in lines[1]
     assert contains_speech(capture.samples())
+
+
+def test_say_all_and_group_follow_every_node_that_speaks_it(
+    broker: Broker, make_daemon: DaemonFactory, node_id: str, tmp_path: Path
+) -> None:
+    downstairs = make_daemon(broker)
+    downstairs.config_path.write_text(
+        downstairs.config_path.read_text().replace(
+            "reconnect_max_s = 1\n", 'reconnect_max_s = 1\ngroups = ["downstairs"]\n'
+        )
+    )
+    upstairs = make_daemon(broker)
+    upstairs.config_path.write_text(
+        upstairs.config_path.read_text()
+        .replace(f'node_id = "{node_id}"', f'node_id = "{node_id}-up"')
+        .replace(str(tmp_path / "state"), str(tmp_path / "state-up"))
+    )
+    downstairs.start(wait_until="herald: ready")
+    upstairs.start(wait_until="herald: ready")
+
+    def say(*target: str) -> tuple[int, list[list[str]]]:
+        argv = [sys.executable, "-m", "herald", "say", "--config", str(downstairs.config_path)]
+        result = subprocess.run(
+            [*argv, *target, "--chime", "none", "Dinner is ready"],
+            env=downstairs.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.returncode, [line.split()[1:3] for line in result.stdout.splitlines()]
+
+    status, lines = say("--all")
+    assert status == 0
+    for node in (node_id, f"{node_id}-up"):
+        assert [kind for who, kind in lines if who == node] == ["queued", "started", "finished"]
+    status, lines = say("--group", "downstairs")
+    assert (status, {who for who, _ in lines}) == (0, {node_id})
 
 
 def test_say_command_without_a_daemon_fails_with_a_clear_message(

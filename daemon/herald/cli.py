@@ -179,27 +179,30 @@ def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
     except PayloadRejected as exc:
         print(f"herald say: {exc.reason}", file=sys.stderr)
         return EXIT_USAGE
-    timeline = _Timeline()
+    target = _target(args)
+    timeline = _Timeline(show_node=target is not None)
     if args.local or args.output:
         output: AudioSink = (
             WavFileOutput(args.output, config.audio) if args.output else AlsaOutput(config.audio)
         )
-        final = asyncio.run(_say_locally(config, announcement, output, timeline.show))
+        final = asyncio.run(_say_locally(config, announcement, output, timeline.show_local))
+        finals = {config.node_id: final}
     else:
         from herald.mqtt.remote import RemoteError, announce_via_daemon
 
         try:
             if args.node:
                 config = config.model_copy(update={"node_id": args.node})
-            final = asyncio.run(
-                announce_via_daemon(config, payload, args.timeout, timeline.show, _target(args))
+            finals = asyncio.run(
+                announce_via_daemon(config, payload, args.timeout, timeline.show, target)
             )
         except RemoteError as exc:
             print(f"herald say: {exc}", file=sys.stderr)
             return EXIT_FAILED
-    if args.output and final.kind == "finished":
+    spoken = all(event.kind == "finished" for event in finals.values())
+    if args.output and spoken:
         print(f"wrote {args.output}")
-    return EXIT_OK if final.kind == "finished" else EXIT_FAILED
+    return EXIT_OK if spoken else EXIT_FAILED
 
 
 async def _say_locally(
@@ -235,16 +238,22 @@ def _target(args: argparse.Namespace) -> str | None:
 
 
 class _Timeline:
-    """Prints each event with its time since the first one."""
+    """Prints each event with its time since the first one (and its node, for several)."""
 
-    def __init__(self) -> None:
+    def __init__(self, show_node: bool = False) -> None:
         self._start: float | None = None
+        self._show_node = show_node
 
-    def show(self, event: Event) -> None:
+    def show(self, node: str, event: Event) -> None:
         if self._start is None:
             self._start = event.ts
         details = "  ".join(f"{key}={value}" for key, value in event.details.items())
-        print(f"+{event.ts - self._start:.3f}s  {event.kind:<9} {details}".rstrip(), flush=True)
+        where = f"{node:<12} " if self._show_node else ""
+        line = f"+{event.ts - self._start:.3f}s  {where}{event.kind:<9} {details}"
+        print(line.rstrip(), flush=True)
+
+    def show_local(self, event: Event) -> None:
+        self.show("", event)
 
 
 def _check(_args: argparse.Namespace, config: Config, source: Path | None) -> int:

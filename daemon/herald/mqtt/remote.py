@@ -14,6 +14,7 @@ from herald.mqtt.topics import Topics
 FINAL_EVENTS = frozenset({"finished", "rejected", "failed", "expired", "dropped"})
 CONNECT_TIMEOUT_S = 5.0
 ANSWER_TIMEOUT_S = 5.0  # a running daemon answers `queued` (or `rejected`) at once
+OTHERS_ANSWER_S = 1.0  # with `all` or a group: how long after the first the others may answer
 
 
 class RemoteError(Exception):
@@ -24,53 +25,78 @@ async def announce_via_daemon(
     config: Config,
     payload: dict[str, object],
     timeout_s: float,
-    on_event: Callable[[Event], None],
+    on_event: Callable[[str, Event], None],
     target: str | None = None,
-) -> Event:
-    """Publish the JSON payload (with an id) and report its events until a final one.
+) -> dict[str, Event]:
+    """Publish the JSON payload (with an id) and report its events until a final one; the
+    final event of each node that spoke it.
 
-    `target` is the say topic (default: the configured node's); the events followed are always
-    the configured node's (`--node` changes which node that is).
+    Without `target` it goes to the configured node (`--node` changes which) and that node's
+    events are followed. With a `target` (all, a group) every node that answers within
+    ANSWER_TIMEOUT_S is followed to its final event.
     """
     announcement_id = str(payload["id"])
     topics = Topics(config.mqtt.base_topic, config.node_id)
-    events: asyncio.Queue[Event] = asyncio.Queue()
+    events: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
 
-    def on_message(_topic: str, payload: bytes) -> None:
-        event = _parse_event(payload)
+    def on_message(topic: str, message: bytes) -> None:
+        event = _parse_event(message)
         if event is not None and event.announcement_id == announcement_id:
-            events.put_nowait(event)
+            events.put_nowait((topic.split("/")[-2], event))  # <base>/<node>/events
 
-    bridge = MqttBridge(config.mqtt, f"herald-say-{announcement_id}", [topics.events], on_message)
+    followed = f"{config.mqtt.base_topic}/+/events" if target else topics.events
+    bridge = MqttBridge(config.mqtt, f"herald-say-{announcement_id}", [followed], on_message)
     async with bridge:
         if not await bridge.wait_connected(CONNECT_TIMEOUT_S):
             raise RemoteError(bridge.last_error or f"cannot reach broker {bridge.where}")
         topic = target.format(base=config.mqtt.base_topic) if target else topics.say
         bridge.publish(topic, json.dumps(payload), qos=1)
-        return await _follow(events, on_event, config.node_id, timeout_s)
+        who = "any herald node" if target else f"herald node '{config.node_id}'"
+        return await _follow(events, on_event, who, timeout_s, single=target is None)
 
 
 async def _follow(
-    events: asyncio.Queue[Event], on_event: Callable[[Event], None], node: str, timeout_s: float
-) -> Event:
+    events: asyncio.Queue[tuple[str, Event]],
+    on_event: Callable[[str, Event], None],
+    who: str,
+    timeout_s: float,
+    single: bool,
+) -> dict[str, Event]:
+    """Report events until each node that answered in time has a final one.
+
+    The first answer may take ANSWER_TIMEOUT_S; the other nodes of `all` or a group answer
+    within OTHERS_ANSWER_S of it (a daemon answers `queued` at once) or are not waited for.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    answered = False
+    answers_until = loop.time() + ANSWER_TIMEOUT_S
+    finals: dict[str, Event] = {}
+    answered: set[str] = set()
     while True:
-        wait = ANSWER_TIMEOUT_S if not answered else deadline - loop.time()
+        pending = answered - finals.keys()
+        if answered and not pending and (single or loop.time() >= answers_until):
+            return finals
+        until = deadline if pending else answers_until
         try:
-            event = await asyncio.wait_for(events.get(), max(wait, 0))
+            node, event = await asyncio.wait_for(events.get(), max(until - loop.time(), 0))
         except TimeoutError:
             if not answered:
                 raise RemoteError(
-                    f"no answer from herald node '{node}' within {ANSWER_TIMEOUT_S:.0f} s: "
+                    f"no answer from {who} within {ANSWER_TIMEOUT_S:.0f} s: "
                     "is `herald run` running with the same mqtt and node_id settings?"
                 ) from None
-            raise RemoteError(f"not finished within {timeout_s:.0f} s") from None
-        answered = True
-        on_event(event)
+            if pending:
+                raise RemoteError(f"not finished within {timeout_s:.0f} s") from None
+            return finals
+        if node not in answered:
+            if loop.time() > answers_until:
+                continue  # too late to be waited for
+            if not answered:
+                answers_until = loop.time() + OTHERS_ANSWER_S
+            answered.add(node)
+        on_event(node, event)
         if event.kind in FINAL_EVENTS:
-            return event
+            finals[node] = event
 
 
 def _parse_event(payload: bytes) -> Event | None:
