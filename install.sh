@@ -3,8 +3,8 @@
 # Safe to run again: it installs what is missing, upgrades the package, and never
 # overwrites /etc/herald/herald.toml.  Run `install.sh --help` for the options.
 #
-# Secrets (the Deepgram API key, the MQTT password) live in /etc/herald/credentials/ (root only)
-# and reach the service as systemd credentials through the drop-in
+# Secrets (the Deepgram and SLNG API keys, the MQTT password) live in /etc/herald/credentials/
+# (root only) and reach the service as systemd credentials through the drop-in
 # /etc/systemd/system/herald.service.d/credentials.conf, which lists only the files that exist
 # (systemd fails a unit whose LoadCredential= file is missing).  A secret never goes in argv or
 # the environment of another process, and is never printed.
@@ -24,17 +24,18 @@ DEV_PACKAGES=("${BASE_PACKAGES[@]}" "${BROKER_PACKAGES[@]}"
 SERVICE_USER=herald
 SYSTEM_CONFIG=/etc/herald/herald.toml
 SYSTEM_CREDENTIALS=/etc/herald/credentials # as the unit's drop-in names it on the target
-CREDENTIAL_NAMES=(deepgram_api_key mqtt_password)
+CREDENTIAL_NAMES=(deepgram_api_key slng_api_key mqtt_password)
 
 MODE=install # install | dev | uninstall
 WITH_BROKER=0
 PURGE=0
 ROOT="" # staging root; empty means the real system
 DEEPGRAM_KEY_FILE=""
+SLNG_KEY_FILE=""
 MQTT_PASSWORD_FILE=""
 DEEPGRAM_KEY=""   # the secrets read for this run: only ever in this shell's memory
+SLNG_KEY=""
 MQTT_PASSWORD=""
-CONFIG_FRESH=0    # 1 when this run created the config
 DONE=()           # what this run did, for the summary
 
 say() { printf 'herald-install: %s\n' "$*"; }
@@ -80,12 +81,17 @@ Options:
                  /etc/herald/credentials/deepgram_api_key (root only, 0600) and
                  restart the service; run again with a new FILE to rotate the key.
                  A config this run creates then uses Deepgram, espeak-ng second.
+  --slng-key-file FILE
+                 the same for the SLNG API key (credential slng_api_key); a
+                 config this run creates then uses SLNG, espeak-ng second (with
+                 a Deepgram key stored as well: Deepgram, SLNG, espeak-ng)
   --mqtt-password-file FILE
                  the same for the broker password (credential mqtt_password)
   -h, --help     show this help and exit
 
-Without --deepgram-key-file, and with no key stored yet, an install run from a
-terminal asks once for a Deepgram API key (not echoed; empty: espeak-ng only).
+Without a --*-file option, and with no Deepgram or SLNG key stored yet, an
+install run from a terminal asks once for a Deepgram API key (not echoed;
+empty: espeak-ng only).
 
 Privileged steps use sudo unless you run this as root.  The service's venv is
 built with /usr/bin/python3 (--dev and --root: python3 from PATH); set
@@ -96,6 +102,7 @@ EOF
 set_secret_file() {
     case "$1" in
     --deepgram-key-file) DEEPGRAM_KEY_FILE="$2" ;;
+    --slng-key-file) SLNG_KEY_FILE="$2" ;;
     --mqtt-password-file) MQTT_PASSWORD_FILE="$2" ;;
     esac
 }
@@ -118,14 +125,14 @@ parse_args() {
             ROOT="${1#--root=}"
             [[ -n "$ROOT" ]] || usage_error "--root needs a directory"
             ;;
-        --deepgram-key-file | --mqtt-password-file)
+        --deepgram-key-file | --slng-key-file | --mqtt-password-file)
             if (($# < 2)) || [[ -z "$2" ]]; then
                 usage_error "$1 needs a file"
             fi
             set_secret_file "$1" "$2"
             shift
             ;;
-        --deepgram-key-file=* | --mqtt-password-file=*)
+        --deepgram-key-file=* | --slng-key-file=* | --mqtt-password-file=*)
             [[ -n "${1#*=}" ]] || usage_error "${1%%=*} needs a file"
             set_secret_file "${1%%=*}" "${1#*=}"
             ;;
@@ -146,8 +153,8 @@ parse_args() {
     if [[ "$MODE" == uninstall ]] && ((WITH_BROKER)); then
         usage_error "--uninstall never removes mosquitto; drop --with-broker"
     fi
-    if [[ "$MODE" != install && -n "$DEEPGRAM_KEY_FILE$MQTT_PASSWORD_FILE" ]]; then
-        usage_error "--deepgram-key-file and --mqtt-password-file go with an install only"
+    if [[ "$MODE" != install && -n "$DEEPGRAM_KEY_FILE$SLNG_KEY_FILE$MQTT_PASSWORD_FILE" ]]; then
+        usage_error "--deepgram-key-file, --slng-key-file and --mqtt-password-file go with an install only"
     fi
     if [[ -n "$ROOT" ]]; then
         ROOT="$(realpath -m -- "$ROOT")"
@@ -286,38 +293,70 @@ link_command() {
     did "linked $BIN_LINK -> $VENV/bin/herald"
 }
 
-# The shipped config speaks with espeak-ng only.  With a Deepgram key stored, a config this run
-# creates gets its one `engines = ["espeak"]` line changed to Deepgram first; an existing config
-# is never edited.
+# The shipped config speaks with espeak-ng only.  With a cloud key stored, a config this run
+# creates gets its one `engines = ["espeak"]` line changed to put that voice first; an existing
+# config is never edited.  With both keys stored Deepgram comes first (the default cloud voice,
+# the one an interactive install asks for), then SLNG, then espeak-ng, which needs no network:
+# the first voice that can speak does.
 ESPEAK_ONLY_LINE='^engines = \["espeak"\]( +#.*)?$'
-DEEPGRAM_ENGINES='engines = ["deepgram", "espeak"]'
+ESPEAK_ENGINES='engines = ["espeak"]'
 
-uses_deepgram() { grep -Eq '^[[:space:]]*engines[[:space:]]*=.*"deepgram"' "$1"; }
+# The engines line for the keys stored.
+wanted_engines() {
+    local list='"espeak"'
+    if secret_stored slng_api_key; then
+        list="\"slng\", $list"
+    fi
+    if secret_stored deepgram_api_key; then
+        list="\"deepgram\", $list"
+    fi
+    printf 'engines = [%s]' "$list"
+}
+
+# uses_engine NAME FILE: FILE's engines list names NAME.
+uses_engine() { grep -Eq "^[[:space:]]*engines[[:space:]]*=.*\"$1\"" "$2"; }
+
+# stored_but_unused FILE: the voices whose key is stored but which FILE does not use.
+stored_but_unused() {
+    local engine
+    for engine in deepgram slng; do
+        if secret_stored "${engine}_api_key" && ! uses_engine "$engine" "$1"; then
+            printf '%s\n' "$engine"
+        fi
+    done
+}
+
+voice_label() {
+    case "$1" in
+    deepgram) echo Deepgram ;;
+    slng) echo SLNG ;;
+    esac
+}
 
 install_config() {
-    local shipped="$SRC/config/herald.toml"
+    local shipped="$SRC/config/herald.toml" engines engine
     [[ -f "$shipped" ]] || die "missing $shipped"
+    engines="$(wanted_engines)"
     if [[ -e "$CONFIG" ]]; then
         say "kept existing $CONFIG (never overwritten; the shipped example is $shipped)"
-        if secret_stored deepgram_api_key && ! uses_deepgram "$CONFIG"; then
-            say "a Deepgram key is stored but $CONFIG does not use it: set $DEEPGRAM_ENGINES under [voice]"
-        fi
+        for engine in $(stored_but_unused "$CONFIG"); do
+            say "$CONFIG does not use the stored $(voice_label "$engine") key: set $engines under [voice]"
+        done
         return
     fi
     [[ -d "$CONFIG_DIR" ]] || as_root install -d -m 0755 "$CONFIG_DIR"
-    CONFIG_FRESH=1
-    if ! secret_stored deepgram_api_key; then
+    if [[ "$engines" == "$ESPEAK_ENGINES" ]]; then
         as_root install -m 0644 "$shipped" "$CONFIG"
         did "installed config $CONFIG (voice: espeak-ng)"
     elif [[ "$(grep -Ec "$ESPEAK_ONLY_LINE" "$shipped")" != 1 ]]; then
         as_root install -m 0644 "$shipped" "$CONFIG"
         did "installed config $CONFIG (voice: espeak-ng)"
-        say "warning: $shipped has no single line 'engines = [\"espeak\"]' to switch; to use the Deepgram key set $DEEPGRAM_ENGINES in $CONFIG"
+        say "warning: $shipped has no single line '$ESPEAK_ENGINES' to switch; to use the stored key set $engines in $CONFIG"
     else
-        sed -E -e "s/^engines = \[\"espeak\"\] +#/$DEEPGRAM_ENGINES  #/" \
-            -e "s/^engines = \[\"espeak\"\]\$/$DEEPGRAM_ENGINES/" "$shipped" |
+        sed -E -e "s/^engines = \[\"espeak\"\] +#/$engines  #/" \
+            -e "s/^engines = \[\"espeak\"\]\$/$engines/" "$shipped" |
             as_root install -m 0644 /dev/stdin "$CONFIG"
-        did "installed config $CONFIG with $DEEPGRAM_ENGINES (Deepgram first, espeak-ng when it cannot speak)"
+        did "installed config $CONFIG with $engines (the first voice that can speak does)"
     fi
 }
 
@@ -347,23 +386,28 @@ read_secret_file() {
     fi
 }
 
-# load_secret_file WHAT FILE: the secret in FILE, trimmed, on stdout; dies on an unusable FILE.
+# load_secret_file WHAT FILE: the secret in FILE, trimmed, on stdout; dies on an unusable FILE
+# with one line saying why (cat's own complaint is dropped: the error line says it).
 load_secret_file() {
     local value
     [[ -e "$2" ]] || as_root test -e "$2" || die "$1 file $2 does not exist"
-    value="$(read_secret_file "$2")" || die "cannot read $1 file $2"
+    [[ ! -d "$2" ]] || die "$1 file $2 is a directory"
+    value="$(read_secret_file "$2" 2>/dev/null)" || die "cannot read $1 file $2"
     value="$(trim "$value")"
     [[ -n "$value" ]] || die "$1 file $2 is empty"
     [[ "$value" != *$'\n'* ]] || die "$1 file $2 has more than one line; it should hold the secret alone"
     printf '%s' "$value"
 }
 
+# Ask for a Deepgram key only in an install run from a terminal that names no secret file, and
+# only with no cloud key stored yet (an SLNG key stored is a cloud voice already).
 can_prompt() {
-    [[ -t 0 && -z "$DEEPGRAM_KEY_FILE$MQTT_PASSWORD_FILE" ]] && ! secret_stored deepgram_api_key
+    [[ -t 0 && -z "$DEEPGRAM_KEY_FILE$SLNG_KEY_FILE$MQTT_PASSWORD_FILE" ]] &&
+        ! secret_stored deepgram_api_key && ! secret_stored slng_api_key
 }
 
-# Read the secrets this run stores: from the files given, else (a terminal, no key stored yet)
-# ask once for a Deepgram key.  Done first, so nobody has to wait for pip to be asked.
+# Read the secrets this run stores: from the files given, else (a terminal, no cloud key stored
+# yet) ask once for a Deepgram key.  Done first, so nobody has to wait for pip to be asked.
 collect_secrets() {
     local key=""
     if [[ -n "$DEEPGRAM_KEY_FILE" ]]; then
@@ -377,6 +421,9 @@ collect_secrets() {
         if [[ -z "$DEEPGRAM_KEY" ]]; then
             say "no Deepgram key: Herald speaks with the local espeak-ng voice"
         fi
+    fi
+    if [[ -n "$SLNG_KEY_FILE" ]]; then
+        SLNG_KEY="$(load_secret_file "SLNG key" "$SLNG_KEY_FILE")"
     fi
     if [[ -n "$MQTT_PASSWORD_FILE" ]]; then
         MQTT_PASSWORD="$(load_secret_file "MQTT password" "$MQTT_PASSWORD_FILE")"
@@ -412,10 +459,14 @@ install_credentials() {
     if [[ -n "$DEEPGRAM_KEY" ]]; then
         store_secret deepgram_api_key "$DEEPGRAM_KEY"
     fi
+    if [[ -n "$SLNG_KEY" ]]; then
+        store_secret slng_api_key "$SLNG_KEY"
+    fi
     if [[ -n "$MQTT_PASSWORD" ]]; then
         store_secret mqtt_password "$MQTT_PASSWORD"
     fi
     DEEPGRAM_KEY=""
+    SLNG_KEY=""
     MQTT_PASSWORD=""
 }
 
@@ -559,19 +610,24 @@ install_system() {
 }
 
 summarize_secrets() {
+    local engine name
     say "secrets: $SYSTEM_CREDENTIALS/ (root only), handed to the service as systemd credentials"
     say "  by /etc/systemd/system/herald.service.d/credentials.conf"
-    if secret_stored deepgram_api_key; then
-        say "Deepgram key: $SYSTEM_CREDENTIALS/deepgram_api_key"
-        say "  rotate it: sudo ./install.sh --deepgram-key-file NEWFILE (stores it, restarts Herald)"
-        if ((CONFIG_FRESH)) || uses_deepgram "$CONFIG"; then
-            say "  $SYSTEM_CONFIG: $DEEPGRAM_ENGINES"
-        else
-            say "  $SYSTEM_CONFIG does not use it yet: set $DEEPGRAM_ENGINES under [voice]"
+    for engine in deepgram slng; do
+        name="$(voice_label "$engine")"
+        if secret_stored "${engine}_api_key"; then
+            say "$name key: $SYSTEM_CREDENTIALS/${engine}_api_key"
+            say "  rotate it: sudo ./install.sh --$engine-key-file NEWFILE (stores it, restarts Herald)"
+            if uses_engine "$engine" "$CONFIG"; then
+                say "  $SYSTEM_CONFIG uses it: \"$engine\" is in [voice] engines"
+            else
+                say "  $SYSTEM_CONFIG does not use it yet: set $(wanted_engines) under [voice]"
+            fi
         fi
-    else
-        say "no Deepgram key: the local espeak-ng voice speaks"
-        say "  add one: sudo ./install.sh --deepgram-key-file FILE"
+    done
+    if ! secret_stored deepgram_api_key && ! secret_stored slng_api_key; then
+        say "no Deepgram or SLNG key: the local espeak-ng voice speaks"
+        say "  add one: sudo ./install.sh --deepgram-key-file FILE (or --slng-key-file FILE)"
     fi
     if secret_stored mqtt_password; then
         say "MQTT password: $SYSTEM_CREDENTIALS/mqtt_password (set [mqtt] username in $SYSTEM_CONFIG)"

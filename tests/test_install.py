@@ -3,7 +3,7 @@
 The `--root DIR` mode installs into a staging root: a real venv with Herald pip-installed at
 DIR/opt/herald, the config, the unit and the link, but no apt, no user and no systemctl.
 Installing takes a while (venv, pip), so it happens once per module: one root without secrets,
-one with a Deepgram key given as a file.
+one with a Deepgram key given as a file, one with an SLNG key given as a file.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import select
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -29,9 +30,12 @@ INSTALL_SH = REPO / "install.sh"
 TIMEOUT_S = 600  # creating a venv and pip-installing numpy & co. can be slow
 
 DEEPGRAM_KEY = "dg-test-0123456789abcdef0123456789abcdef"  # never to be printed
+SLNG_KEY = "slng-test-fedcba9876543210fedcba9876543210"  # never to be printed either
+SECRETS = (DEEPGRAM_KEY, SLNG_KEY)
 CREDENTIALS = Path("etc/herald/credentials")
 DROPIN = Path("etc/systemd/system/herald.service.d/credentials.conf")
 DEEPGRAM_CREDENTIAL = "LoadCredential=deepgram_api_key:/etc/herald/credentials/deepgram_api_key"
+SLNG_CREDENTIAL = "LoadCredential=slng_api_key:/etc/herald/credentials/slng_api_key"
 PROMPT = "Deepgram API key (leave empty for the local espeak-ng voice only):"
 
 # The default per-test timeout (pyproject) is too short for the module fixture's install.
@@ -56,8 +60,13 @@ def install_ok(*args: str) -> str:
         f"install.sh {' '.join(args)} exited {result.returncode}\n"
         f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     )
-    assert DEEPGRAM_KEY not in result.stdout + result.stderr, "install.sh printed the key"
+    assert_no_secret(result)
     return result.stdout
+
+
+def assert_no_secret(result: subprocess.CompletedProcess[str]) -> None:
+    for secret in SECRETS:
+        assert secret not in result.stdout + result.stderr, "install.sh printed a key"
 
 
 def project_version() -> str:
@@ -88,6 +97,27 @@ def staged_with_key(tmp_path_factory: pytest.TempPathFactory, key_file: Path) ->
     root = tmp_path_factory.mktemp("staging-root-key")
     install_ok("--root", str(root), "--deepgram-key-file", str(key_file))
     return root
+
+
+@pytest.fixture(scope="module")
+def slng_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slng-secrets") / "slng.key"
+    path.write_text(f"  \t{SLNG_KEY}  \n\n")  # white space around it is trimmed
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def staged_with_slng(tmp_path_factory: pytest.TempPathFactory, slng_key_file: Path) -> Path:
+    """A staging root installed with `--slng-key-file` (and no Deepgram key)."""
+    root = tmp_path_factory.mktemp("staging-root-slng")
+    install_ok("--root", str(root), "--slng-key-file", str(slng_key_file))
+    return root
+
+
+def credential_lines(root: Path) -> list[str]:
+    dropin = (root / DROPIN).read_text()
+    return [line for line in dropin.splitlines() if line.startswith("LoadCredential")]
 
 
 def mode(path: Path) -> int:
@@ -329,11 +359,181 @@ def test_uninstall_removes_the_drop_in_and_keeps_the_credentials(
     assert not (copy / "etc/herald").exists()
 
 
+def test_slng_key_file_becomes_a_root_only_credential(staged_with_slng: Path) -> None:
+    credentials = staged_with_slng / CREDENTIALS
+    assert mode(credentials) == 0o700
+    assert sorted(p.name for p in credentials.iterdir()) == ["slng_api_key"]
+    key = credentials / "slng_api_key"
+    assert mode(key) == 0o600
+    assert key.read_text() == SLNG_KEY  # trimmed, no newline
+
+
+def test_slng_install_writes_the_drop_in(staged_with_slng: Path, tmp_path: Path) -> None:
+    assert credential_lines(staged_with_slng) == [SLNG_CREDENTIAL]
+    assert mode(staged_with_slng / DROPIN) == 0o644
+    unit = (staged_with_slng / "etc/systemd/system/herald.service").read_text()
+    dropin = (staged_with_slng / DROPIN).read_text()
+    assert verify_unit(unit, tmp_path, {"credentials.conf": dropin}) == ""
+
+
+def test_slng_install_creates_a_config_with_slng_first(staged_with_slng: Path) -> None:
+    config = staged_with_slng / "etc/herald/herald.toml"
+    assert engines(config) == ["slng", "espeak"]
+    shipped = (REPO / "config/herald.toml").read_text().splitlines()
+    written = config.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(shipped, written, strict=True) if a != b]
+    assert len(changed) == 1, changed
+    assert changed[0][1].startswith('engines = ["slng", "espeak"]  # ')
+
+
+def test_both_keys_put_deepgram_first_then_slng(
+    staged_with_slng: Path, key_file: Path, tmp_path: Path
+) -> None:
+    """Deepgram, the default cloud voice, comes first; SLNG is the next voice before espeak-ng."""
+    root = staged_with_slng
+    config = root / "etc/herald/herald.toml"
+    dropin = root / DROPIN
+    deepgram = root / CREDENTIALS / "deepgram_api_key"
+    kept_config, kept_dropin = config.read_text(), dropin.read_text()
+    config.unlink()  # so that this run writes a fresh one
+    try:
+        result = run_install("--root", str(root), "--deepgram-key-file", str(key_file))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert_no_secret(result)
+        assert engines(config) == ["deepgram", "slng", "espeak"]
+        assert credential_lines(root) == [DEEPGRAM_CREDENTIAL, SLNG_CREDENTIAL]
+        assert (root / CREDENTIALS / "slng_api_key").read_text() == SLNG_KEY  # kept
+        assert mode(deepgram) == 0o600
+        unit = (root / "etc/systemd/system/herald.service").read_text()
+        assert verify_unit(unit, tmp_path, {"credentials.conf": dropin.read_text()}) == ""
+        assert "rotate it: sudo ./install.sh --deepgram-key-file NEWFILE" in result.stdout
+        assert "rotate it: sudo ./install.sh --slng-key-file NEWFILE" in result.stdout
+    finally:
+        deepgram.unlink(missing_ok=True)
+        config.write_text(kept_config)
+        dropin.write_text(kept_dropin)
+
+
+def test_an_existing_config_is_not_edited_for_a_new_slng_key(
+    staged_with_key: Path, slng_key_file: Path
+) -> None:
+    root = staged_with_key
+    config = root / "etc/herald/herald.toml"
+    dropin = root / DROPIN
+    slng = root / CREDENTIALS / "slng_api_key"
+    kept_config, kept_dropin = config.read_text(), dropin.read_text()
+    try:
+        out = install_ok("--root", str(root), "--slng-key-file", str(slng_key_file))
+        assert config.read_text() == kept_config
+        assert engines(config) == ["deepgram", "espeak"]
+        assert slng.read_text() == SLNG_KEY
+        assert mode(slng) == 0o600
+        assert credential_lines(root) == [DEEPGRAM_CREDENTIAL, SLNG_CREDENTIAL]
+        assert re.search(
+            r"^herald-install: .*herald\.toml does not use the stored SLNG key: "
+            r'set engines = \["deepgram", "slng", "espeak"\] under \[voice\]$',
+            out,
+            re.MULTILINE,
+        ), out
+    finally:
+        slng.unlink(missing_ok=True)
+        dropin.write_text(kept_dropin)
+
+
+def test_a_terminal_install_with_an_slng_key_stored_does_not_ask(staged_with_slng: Path) -> None:
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, b"\n")  # an answer waiting, should it ask after all
+        proc = subprocess.run(
+            ["bash", str(INSTALL_SH), "--root", str(staged_with_slng)],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert PROMPT not in proc.stdout + proc.stderr
+    assert_no_secret(proc)
+    assert (staged_with_slng / CREDENTIALS / "slng_api_key").read_text() == SLNG_KEY
+
+
+def unreadable_run(path: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    """install.sh with `--slng-key-file PATH` that it cannot read (as nobody, when we are root)."""
+    command = ["bash", str(INSTALL_SH), "--root", str(root), "--slng-key-file", str(path)]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: no file is unreadable")
+        command = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    return subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_unusable_slng_key_files_are_refused_in_one_line(staged_copy: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.key"
+    empty.write_text(" \n\t\n")
+    two_lines = tmp_path / "two-lines.key"
+    two_lines.write_text(f"{SLNG_KEY}\nsecond-line-{SLNG_KEY}\n")
+    cases = [
+        (["--slng-key-file", str(empty)], "is empty"),
+        ([f"--slng-key-file={two_lines}"], "has more than one line"),
+        (["--slng-key-file", str(tmp_path / "missing.key")], "does not exist"),
+        (["--slng-key-file", str(tmp_path)], "is a directory"),
+    ]
+    results = [(run_install("--root", str(staged_copy), *args), why) for args, why in cases]
+    # A file the installer cannot read: outside pytest's private temporary directory, so that
+    # nobody (the user it runs as, when the tests run as root) reaches it.
+    with tempfile.TemporaryDirectory() as public:
+        Path(public).chmod(0o755)
+        unreadable = Path(public) / "unreadable.key"
+        unreadable.write_text(SLNG_KEY)
+        unreadable.chmod(0)
+        results.append((unreadable_run(unreadable, staged_copy), "cannot read SLNG key file"))
+    for result, why in results:
+        assert result.returncode == 1, (why, result.stdout, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, (why, result.stderr)
+        assert lines[0].startswith("herald-install: error: ")
+        assert why in lines[0]
+        assert_no_secret(result)
+        assert not (staged_copy / CREDENTIALS / "slng_api_key").exists()
+
+
+def test_uninstall_keeps_the_slng_key_and_purge_removes_it(
+    staged_with_slng: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "root"
+    shutil.copytree(staged_with_slng, copy, symlinks=True)
+    install_ok("--uninstall", "--root", str(copy))
+    assert not (copy / DROPIN).exists()
+    assert not (copy / DROPIN).parent.exists()
+    key = copy / CREDENTIALS / "slng_api_key"
+    assert key.read_text() == SLNG_KEY
+    assert mode(key) == 0o600
+    install_ok("--uninstall", "--purge", "--root", str(copy))
+    assert not key.exists()
+    assert not (copy / "etc/herald").exists()
+
+
 def test_secret_options_go_with_an_install_only() -> None:
     for args in (("--uninstall",), ("--dev",)):
-        result = run_install(*args, "--deepgram-key-file", "/dev/null")
-        assert result.returncode == 2, result.stderr
-        assert "--deepgram-key-file" in result.stderr
+        for option in ("--deepgram-key-file", "--slng-key-file"):
+            result = run_install(*args, option, "/dev/null")
+            assert result.returncode == 2, result.stderr
+            assert option in result.stderr
+    result = run_install("--slng-key-file")
+    assert result.returncode == 2
+    assert "--slng-key-file needs a file" in result.stderr
     result = run_install("--mqtt-password-file")
     assert result.returncode == 2
     assert "needs a file" in result.stderr
@@ -358,6 +558,7 @@ def test_help_lists_every_option() -> None:
         "--purge",
         "--root",
         "--deepgram-key-file",
+        "--slng-key-file",
         "--mqtt-password-file",
         "--help",
     ):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from herald.announcement import Announcement
+from herald.checks import check_secrets
 from herald.config import ConfigError, EspeakConfig, SlngConfig, parse_config
 from herald.events import Event
 from herald.speaker import Delivery, Speaker
@@ -387,3 +388,16 @@ def test_a_server_error_hands_the_announcement_to_the_next_voice(
     ]
     assert len(sink.samples()) > 0.3 * RATE
     assert [m["code"] for _, m in server.sent if m["type"] == "error"] == [code] * errors_sent
+
+
+def test_check_says_where_the_slng_key_comes_from_or_how_to_store_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = parse_config({"voice": {"engines": ["slng", "espeak"]}}, "t.toml")
+    monkeypatch.delenv("SLNG_API_KEY", raising=False)
+    missing = next(r for r in check_secrets(config) if r.name == "SLNG key")
+    assert (missing.ok, missing.detail) == (False, "not set")
+    assert missing.fix == "install.sh --slng-key-file FILE, or $SLNG_API_KEY"
+    monkeypatch.setenv("SLNG_API_KEY", "sk-not-shown")
+    found = next(r for r in check_secrets(config) if r.name == "SLNG key")
+    assert found.ok and "sk-not-shown" not in found.line()

@@ -43,6 +43,9 @@ def check_secrets(config: Config) -> list[CheckResult]:
     if "deepgram" in config.voice.engines:
         file = config.voice.deepgram.api_key_file
         needed.append(("Deepgram key", file, "DEEPGRAM_API_KEY", "deepgram_api_key"))
+    if "slng" in config.voice.engines:
+        file = config.voice.slng.api_key_file
+        needed.append(("SLNG key", file, "SLNG_API_KEY", "slng_api_key"))
     if config.mqtt.username:
         needed.append(
             ("MQTT password", config.mqtt.password_file, "HERALD_MQTT_PASSWORD", "mqtt_password")

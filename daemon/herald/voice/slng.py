@@ -181,8 +181,8 @@ def classify_handshake(status: int, detail: str | None) -> Failure:
 STALL_TIMEOUT_S = 5.0  # no audio for this long in the middle of an utterance: the socket is dead
 PROBE_WAIT_S = 0.5  # how long the first keepalive waits for an error saying it is unsupported
 NO_KEY = (
-    "slng has no API key: set voice.slng.api_key_file, $SLNG_API_KEY, "
-    "or the systemd credential 'slng_api_key'"
+    "slng has no API key: sudo ./install.sh --slng-key-file FILE, or set "
+    "voice.slng.api_key_file or $SLNG_API_KEY"
 )
 
 
