@@ -352,7 +352,10 @@ def test_a_wrong_key_fails_fast_and_never_reaches_a_log(caplog: pytest.LogCaptur
 
 
 def test_without_a_key_the_voice_says_where_to_put_one() -> None:
-    with pytest.raises(VoiceError, match=r"api_key_file, \$SLNG_API_KEY"):
+    with pytest.raises(
+        VoiceError,
+        match=r"install.sh --slng-key-file FILE, or set voice.slng.api_key_file or \$SLNG_API_KEY",
+    ):
         run(speak(SlngVoice(SlngConfig(), None, RATE), "Hello"))
 
 
