@@ -10,7 +10,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -129,6 +129,83 @@ def test_a_blocked_event_loop_stops_the_watchdog_pings(notify_socket: NotifySock
     gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert max(gaps) > 0.9  # the hang shows as a gap a watchdog would catch
     assert sorted(gaps)[len(gaps) // 2] < 0.3  # otherwise a ping every 0.1 s
+
+
+STUCK = "ALSA device 'usb' has been stuck for 11 s writing to it"
+
+
+def first_or_none(stuck: list[str]) -> Callable[[], str | None]:
+    """What a `hung` check says: the first of `stuck`, while there is one."""
+    return lambda: stuck[0] if stuck else None
+
+
+def test_something_stuck_outside_the_loop_stops_the_pings_and_says_what(
+    notify_socket: NotifySocket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop turns, but the audio thread is stuck on its device: no pings (so systemd
+    restarts Herald), the status line says why, one ERROR line; unstuck, the pings go on."""
+    stuck: list[str] = []
+    marks: dict[str, float] = {}
+
+    async def scenario() -> None:
+        notifier = Notifier(str(notify_socket.path))
+        feeding = asyncio.create_task(
+            keep_watchdog_fed(notifier, 0.1, lambda: "idle", first_or_none(stuck))
+        )
+        await asyncio.sleep(0.5)
+        stuck.append(STUCK)
+        marks["stuck"] = time.monotonic()
+        await asyncio.sleep(1.0)
+        stuck.clear()
+        marks["unstuck"] = time.monotonic()
+        await asyncio.sleep(0.5)
+        feeding.cancel()
+
+    listening = threading.Thread(target=notify_socket.collect, args=(2.5,))
+    listening.start()
+    with caplog.at_level(logging.WARNING, logger="herald.systemd"):
+        asyncio.run(scenario())
+    listening.join()
+
+    during = [f for at, f in notify_socket.messages if marks["stuck"] + 0.3 < at < marks["unstuck"]]
+    assert len(during) >= 4, notify_socket.messages  # the loop went on telling the status
+    assert not [f for f in during if "WATCHDOG" in f], during
+    assert all(f["STATUS"] == f"idle · {STUCK}" for f in during), during
+    pings = notify_socket.times_of("WATCHDOG")
+    assert len([at for at in pings if at < marks["stuck"]]) >= 3
+    assert len([at for at in pings if at > marks["unstuck"]]) >= 2  # fed again
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"{STUCK}; the watchdog is no longer fed, so systemd restarts Herald"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("not stuck any more"), warnings
+
+
+def test_without_a_watchdog_something_stuck_is_still_logged_once(
+    notify_socket: NotifySocket, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("herald.systemd.HEALTH_CHECK_S", 0.05)
+    stuck = [STUCK]
+
+    async def scenario() -> None:
+        notifier = Notifier(str(notify_socket.path))
+        feeding = asyncio.create_task(
+            keep_watchdog_fed(notifier, None, lambda: "idle", first_or_none(stuck))
+        )
+        await asyncio.sleep(0.5)
+        stuck.clear()
+        await asyncio.sleep(0.3)
+        feeding.cancel()
+        # With nothing to feed and nothing to watch, there is nothing to do.
+        await asyncio.wait_for(keep_watchdog_fed(notifier, None), 1)
+
+    with caplog.at_level(logging.WARNING, logger="herald.systemd"):
+        asyncio.run(scenario())
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"{STUCK}; without systemd's watchdog nothing restarts Herald"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("not stuck any more"), warnings
+    notify_socket.collect(0.3)
+    assert notify_socket.messages == []  # no watchdog: systemd is told nothing
 
 
 def test_abstract_notify_socket_addresses_are_supported() -> None:

@@ -244,9 +244,10 @@ async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.Ta
     speaking = tasks.create_task(dispatcher.speak_queue(), name="speak-queue")
     ready = _become_ready(parts.bridge, parts.output, notifier, parts.status)
     upkeep = [tasks.create_task(ready, name="readiness")]
-    if (interval := watchdog_interval_s()) is not None:
-        feeding = keep_watchdog_fed(notifier, interval, parts.status)
-        upkeep.append(tasks.create_task(feeding, name="watchdog"))
+    # Fed while the loop turns and the audio thread is not stuck on the device; no watchdog:
+    # a stuck device is still logged.
+    feeding = keep_watchdog_fed(notifier, watchdog_interval_s(), parts.status, parts.output.hung)
+    upkeep.append(tasks.create_task(feeding, name="watchdog"))
     await life.signals.either()
     if life.signals.stop.is_set():
         log.info("herald: stopping")

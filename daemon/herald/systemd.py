@@ -20,6 +20,7 @@ from typing import ClassVar
 log = logging.getLogger(__name__)
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+HEALTH_CHECK_S = 5.0  # how often keep_watchdog_fed looks for something stuck, without a watchdog
 
 
 class Notifier:
@@ -76,18 +77,50 @@ def watchdog_interval_s() -> float | None:
 
 
 async def keep_watchdog_fed(
-    notifier: Notifier, interval_s: float, status: Callable[[], str] | None = None
+    notifier: Notifier,
+    interval_s: float | None,
+    status: Callable[[], str] | None = None,
+    hung: Callable[[], str | None] | None = None,
 ) -> None:
     """Ping the watchdog from the event loop itself: if the loop hangs, the pings stop.
 
     A ping from a thread would keep a hung daemon alive; this one only runs when the loop turns.
     Each ping also refreshes the status line (ages and queue lengths change with time).
+
+    `hung` says what is stuck outside the loop (the audio thread in a call into a device that
+    never returns), or None when nothing is. While something is, the pings stop, so systemd
+    restarts Herald, and the status line says why; one ERROR line says what is stuck, and if it
+    comes unstuck before systemd acts, one line says so and the pings go on. Without a watchdog
+    (`interval_s` None) only those lines are logged, checking every HEALTH_CHECK_S: nothing
+    restarts Herald then, and it goes on as soon as the device does.
     """
+    if interval_s is None and hung is None:
+        return
+    reported: str | None = None  # what was found stuck, while it is
     while True:
-        if status is None:
-            notifier.send("WATCHDOG=1")
-        else:
-            notifier.send("WATCHDOG=1", f"STATUS={status()}")
+        problem = hung() if hung is not None else None
+        if problem is not None and reported is None:
+            if interval_s is None:
+                consequence = "without systemd's watchdog nothing restarts Herald"
+            else:
+                consequence = "the watchdog is no longer fed, so systemd restarts Herald"
+            log.error("%s; %s", problem, consequence)
+        elif problem is None and reported is not None:
+            log.warning(
+                "not stuck any more (last seen: %s)%s",
+                reported,
+                "" if interval_s is None else "; the watchdog is fed again",
+            )
+        reported = problem
+        if interval_s is None:
+            await asyncio.sleep(HEALTH_CHECK_S)
+            continue
+        fields = [] if problem is not None else ["WATCHDOG=1"]
+        if status is not None:
+            fields.append(f"STATUS={status()}" + ("" if problem is None else f" · {problem}"))
+        elif problem is not None:
+            fields.append(f"STATUS={problem}")
+        notifier.send(*fields)
         await asyncio.sleep(interval_s)
 
 

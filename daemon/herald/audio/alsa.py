@@ -11,20 +11,34 @@ whatever the thread is doing. The thread then closes the PCM and carries on: the
 played fails with an AudioError (once, to whoever plays it: a failure belongs to the
 "generation" of the sound that met it, so it never leaks into the next one after a drop), and
 the next open() opens the device afresh.
+
+A device can also hang instead of failing (a sound server that stops answering, a USB driver
+that wedges): a write then never returns, or the buffer never plays out. The thread marks each
+call into alsa-lib, and each wait for the buffer to play, with the time it began (for the wait:
+the time the device last played something), so `blocked()` and `hung()` tell from outside how
+long it has been stuck; the systemd watchdog stops on it. A hung device's thread cannot be
+stopped, so close() gives up on it after CLOSE_WAIT_S instead of hanging the daemon's exit.
+
+alsa-lib prints its own errors to stderr ("ALSA lib pulse.c:242:(pulse_connect) ...") on top of
+the AudioError Herald logs; `route_alsa_lib_errors()` sends them to the debug log instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import ctypes
 import errno
 import logging
+import os
 import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +50,12 @@ log = logging.getLogger(__name__)
 
 _UNDERRUN = -errno.EPIPE  # pyalsaaudio returns -EPIPE after preparing the PCM again
 FADE_MS = 8  # a drop fades out over this long instead of cutting (a cut clicks)
+# A call into the device (or the buffer playing out) that makes no progress for this long is
+# hung. A write blocks for about a period (the first after a start on a PulseAudio null sink,
+# about 2 s), the buffer plays out in 80 ms: this is far beyond, yet well inside WatchdogSec.
+HANG_AFTER_S = 10.0
+CLOSE_WAIT_S = 1.0  # close() waits this long for a thread that is stuck on the device
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,7 @@ def open_pcm(cfg: AudioConfig) -> Any:
     """Open the configured playback PCM with Herald's format, or raise AudioError naming it."""
     import alsaaudio  # lazily: `herald say --output` works where alsa-lib is missing
 
+    route_alsa_lib_errors()
     try:
         pcm = alsaaudio.PCM(
             type=alsaaudio.PCM_PLAYBACK,
@@ -127,6 +148,9 @@ class AlsaOutput:
         self._recent: deque[bytes] = deque(maxlen=cfg.periods + 1)
         self._dropped_at: tuple[float, float] | None = None  # (asked, silent) of the last drop
         self.underruns = 0
+        # What the thread waits on the device for, and since when (time.monotonic()); None when
+        # it is not in a call into alsa-lib. Replaced whole, so the event loop reads it safely.
+        self._busy: tuple[str, float] | None = None
 
     @property
     def _period_samples(self) -> int:
@@ -173,9 +197,40 @@ class AlsaOutput:
         self.drop()
         done: asyncio.Future[None] = self._loop_or_fail().create_future()
         self._commands.put(_Close(done))
-        await done
+        try:
+            await asyncio.wait_for(asyncio.shield(done), CLOSE_WAIT_S)
+        except TimeoutError:
+            blocked = self.blocked()
+            if blocked is None or blocked[1] < CLOSE_WAIT_S:
+                await done  # busy, but not stuck on the device: it gets there
+            else:
+                # Stuck in alsa-lib, which cannot be interrupted: leave the thread (a daemon
+                # thread) to it rather than hang the daemon's stop or reload with it.
+                log.warning("audio: %s; closing without it", self._stuck(*blocked))
+                self._thread = None
+                return
         self._thread.join(timeout=2)
         self._thread = None
+
+    def blocked(self) -> tuple[str, float] | None:
+        """What the output thread waits on the device for, and for how many seconds; None when
+        it waits on nothing (idle, or between calls). Waiting for the buffer to play out counts
+        from the last time the device played some of it: a device that plays is not stuck."""
+        busy = self._busy  # one read: the thread replaces it
+        if busy is None:
+            return None
+        what, since = busy
+        return what, time.monotonic() - since
+
+    def hung(self, after_s: float = HANG_AFTER_S) -> str | None:
+        """Why the device is hung (blocked for more than `after_s`), or None."""
+        blocked = self.blocked()
+        if blocked is None or blocked[1] <= after_s:
+            return None
+        return self._stuck(*blocked)
+
+    def _stuck(self, what: str, seconds: float) -> str:
+        return f"ALSA device '{self._cfg.device}' has been stuck for {seconds:.0f} s {what}"
 
     async def _send(self, period: Samples) -> None:
         assert self._credits is not None
@@ -205,13 +260,22 @@ class AlsaOutput:
 
     # --- everything below runs in the output thread -------------------------------------------
 
+    def _on_device(self, what: str, call: Callable[..., _T], *args: Any) -> _T:
+        """call(*args): a call into alsa-lib, which may block; marked for blocked() meanwhile."""
+        before = self._busy
+        self._busy = (what, time.monotonic())
+        try:
+            return call(*args)
+        finally:
+            self._busy = before
+
     def _run(self) -> None:
         pcm: Any = None
         while True:
             command = self._commands.get()
             if isinstance(command, _Close):
                 if pcm is not None:
-                    _close_quietly(pcm)
+                    self._on_device("closing it", _close_quietly, pcm)
                 if command.done is not None:
                     self._resolve(command.done, None)
                 return
@@ -242,7 +306,7 @@ class AlsaOutput:
         plays the sound it was for; a sound that was being dropped has nobody to tell."""
         message = f"ALSA device '{self._cfg.device}' failed: {exc}"
         if pcm is not None:
-            _close_quietly(pcm)
+            self._on_device("closing it", _close_quietly, pcm)
         if isinstance(command, _Write | _Finish):
             self._fail(command.generation, message)
         else:
@@ -258,7 +322,7 @@ class AlsaOutput:
             self._resolve(done, None)
             return pcm
         try:
-            pcm = open_pcm(self._cfg)
+            pcm = self._on_device("opening it", open_pcm, self._cfg)
         except AudioError as exc:
             self.problem = str(exc)
             self._resolve(done, exc)
@@ -292,7 +356,7 @@ class AlsaOutput:
         frames_left = len(data) // (2 * self._cfg.channels)
         view = memoryview(data)
         while frames_left > 0:
-            written = pcm.write(view)
+            written = self._on_device("writing to it", pcm.write, view)
             if written == _UNDERRUN:
                 # The device ran dry; pyalsaaudio has prepared it again, so the same period is
                 # written once more and playback resumes after a gap of at most one period.
@@ -308,23 +372,31 @@ class AlsaOutput:
         if pcm is not None and command.generation == self._generation:
             self._wait_until_played(pcm, self._wake)
             if command.generation == self._generation:
-                pcm.drop()  # the buffer is empty: stop cleanly instead of underrunning
+                # The buffer is empty: stop cleanly instead of underrunning.
+                self._on_device("stopping it", pcm.drop)
                 self._recent.clear()
         self._resolve(command.done, None)
 
     def _queued_frames(self, pcm: Any) -> int:
         """Frames written but not yet played (0 after an underrun)."""
-        avail = pcm.avail()
+        avail = self._on_device("asking it how much has played", pcm.avail)
         buffer_frames: int = pcm.info()["buffer_size"]
         return max(buffer_frames - avail, 0) if 0 <= avail <= buffer_frames else 0
 
     def _wait_until_played(self, pcm: Any, interrupt: threading.Event | None) -> None:
-        while (queued := self._queued_frames(pcm)) > 0:
-            # A timed wait on an event, not a poll: drop() sets it to end the wait early.
-            if interrupt is not None and interrupt.wait(queued / self._cfg.sample_rate + 0.002):
-                return
-            if interrupt is None:
-                time.sleep(queued / self._cfg.sample_rate + 0.002)
+        before, left = self._busy, None
+        try:
+            while (queued := self._queued_frames(pcm)) > 0:
+                if left is None or queued < left:  # it plays: not stuck, however long it takes
+                    self._busy, left = ("waiting for its buffer to play", time.monotonic()), queued
+                # A timed wait on an event, not a poll: drop() sets it to end the wait early.
+                wait_s = queued / self._cfg.sample_rate + 0.002
+                if interrupt is not None and interrupt.wait(wait_s):
+                    return
+                if interrupt is None:
+                    time.sleep(wait_s)
+        finally:
+            self._busy = before
 
     def _report_switch(self, asked_at: float, silent_at: float) -> None:
         """Log how fast a drop silenced the device and the next sound began (once per drop)."""
@@ -348,7 +420,7 @@ class AlsaOutput:
         queued = self._queued_frames(pcm)
         recent = np.frombuffer(b"".join(self._recent), dtype="<i2")
         self._recent.clear()
-        pcm.drop()
+        self._on_device("stopping it", pcm.drop)
         fade_frames = self._cfg.sample_rate * FADE_MS // 1000
         start = len(recent) - queued * channels
         segment = recent[max(start, 0) : max(start, 0) + fade_frames * channels]
@@ -361,7 +433,7 @@ class AlsaOutput:
             self._write_period(pcm, faded)
             self._wait_until_played(pcm, None)
         finally:
-            pcm.drop()
+            self._on_device("stopping it", pcm.drop)
         return True
 
     def _fail(self, generation: int, message: str) -> None:
@@ -402,4 +474,53 @@ def playback_devices() -> list[str]:
     """Names of the ALSA PCMs that can play (as `aplay -L` lists them)."""
     import alsaaudio
 
+    route_alsa_lib_errors()
     return list(alsaaudio.pcms(alsaaudio.PCM_PLAYBACK))
+
+
+# --- alsa-lib's own error messages --------------------------------------------------------------
+
+# snd_lib_error_handler_t: (file, line, function, err, fmt, ...). The arguments after fmt are
+# variadic, and a ctypes callback cannot read those: the message is logged as its format string.
+_ErrorHandler = ctypes.CFUNCTYPE(
+    None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
+)
+_routing = threading.Lock()
+_routed: dict[str, Any] = {}  # "handler": the callback once tried; alsa-lib holds it, so must we
+
+
+def route_alsa_lib_errors() -> None:
+    """Send what alsa-lib prints to stderr ("ALSA lib pulse.c:242:(pulse_connect) PulseAudio:
+    Unable to connect: ...", on every failed open) to the debug log instead: Herald logs the
+    failure itself, once. Idempotent; without libasound (or its handler hook), does nothing."""
+    with _routing:
+        if "handler" in _routed:
+            return
+        _routed["handler"] = None  # tried: whatever happens, once
+        try:
+            library = ctypes.CDLL("libasound.so.2")
+            set_handler = library.snd_lib_error_set_handler
+            set_handler.argtypes = [_ErrorHandler]
+            set_handler.restype = ctypes.c_int
+            handler = _ErrorHandler(_alsa_lib_error)
+            if set_handler(handler) != 0:
+                return
+        except (OSError, AttributeError, MemoryError):
+            return
+        _routed["handler"] = handler
+        # alsa-lib's own handler again at exit: no call into an interpreter being finalized.
+        atexit.register(set_handler, _ErrorHandler())
+
+
+def _alsa_lib_error(
+    file: bytes | None, line: int, function: bytes | None, err: int, fmt: bytes | None
+) -> None:
+    with contextlib.suppress(Exception):  # called from C: an exception could only be printed
+        log.debug(
+            "alsa-lib %s:%d (%s) %s%s",
+            (file or b"?").decode(errors="replace"),
+            line,
+            (function or b"?").decode(errors="replace"),
+            (fmt or b"").decode(errors="replace").strip(),
+            f": {os.strerror(abs(err))}" if err else "",
+        )
