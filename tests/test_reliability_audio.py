@@ -207,6 +207,8 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     daemon.env["NOTIFY_SOCKET"] = str(notify.path)
     daemon.start()
     daemon.wait_for_log(f"cannot open ALSA device '{DEVICE}'")
+    idle = retained_status(broker, node_id, until=lambda s: s["audio"] is not None)
+    assert idle["state"] == "idle" and DEVICE in idle["audio"], idle  # seen before any message
 
     # Published while the speaker is missing: the first one becomes current and waits for the
     # device; the others wait in the queue. Two of them go stale before the device comes back.

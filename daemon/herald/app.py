@@ -242,7 +242,9 @@ async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.Ta
     dispatcher.replay(life.to_replay)  # what the journal kept from the last run
     life.to_report, life.to_replay = [], []
     speaking = tasks.create_task(dispatcher.speak_queue(), name="speak-queue")
-    ready = _become_ready(parts.bridge, parts.output, notifier, parts.status)
+    ready = _become_ready(
+        parts.bridge, parts.output, notifier, parts.status, parts.node.audio_problem
+    )
     upkeep = [tasks.create_task(ready, name="readiness")]
     # Fed while the loop turns and the audio thread is not stuck on the device; no watchdog:
     # a stuck device is still logged.
@@ -272,7 +274,11 @@ def _open_journal(config: Config) -> QueueJournal | None:
 
 
 async def _become_ready(
-    bridge: MqttBridge, output: AlsaOutput, notifier: Notifier, status: Callable[[], str]
+    bridge: MqttBridge,
+    output: AlsaOutput,
+    notifier: Notifier,
+    status: Callable[[], str],
+    audio_problem: Callable[[str | None], None],
 ) -> None:
     """READY=1 once the broker is connected and the audio device opens (the cloud voice may
     still be connecting: the status line says so). Until the device opens, announcements wait
@@ -291,9 +297,11 @@ async def _become_ready(
         except AudioError as exc:
             if not warned:
                 log.error("audio: %s (trying again every %.0f s)", exc, AUDIO_RETRY_S)
+                audio_problem(str(exc))  # Home Assistant's status says so, idle or not
                 warned = True
             notifier.still_starting(status(), more_time_s)
             await asyncio.sleep(AUDIO_RETRY_S)
+    audio_problem(None)
     notifier.ready(status())
     log.info("herald: ready (%s)", status())
 
