@@ -226,9 +226,10 @@ def test_preemption_through_a_real_time_output_reports_its_latencies(
     frame = RATE // 100  # 10 ms
     labels = [label_of(heard[i : i + frame]) for i in range(0, len(heard) - frame, frame)]
     runs = compress(labels)
-    heard_in_order = [
-        name for name, _ in compress([n for n in labels if n not in ("other", "quiet")])
-    ]
+    # A lone 10 ms frame can be misread (at 10 ms the spectrum has 100 Hz bins, and the sink
+    # glitches when it starts): what a listener hears lasts at least 30 ms.
+    lasting = [name for name, n in runs if n >= 3 and name not in ("other", "quiet")]
+    heard_in_order = [name for name, _ in compress(lasting)]
     # What a listener hears: the low voice, cut; the alarm; the critical voice; the low again.
     assert heard_in_order[:4] == ["low", "alarm", "critical", "low"], runs
     alarm_at = next(i for i, (name, _) in enumerate(runs) if name == "alarm")
