@@ -462,8 +462,14 @@ def test_a_terminal_install_with_an_slng_key_stored_does_not_ask(staged_with_sln
 
 
 def unreadable_run(path: Path, root: Path) -> subprocess.CompletedProcess[str]:
-    """install.sh with `--slng-key-file PATH` that it cannot read (as nobody, when we are root)."""
-    command = ["bash", str(INSTALL_SH), "--root", str(root), "--slng-key-file", str(path)]
+    """install.sh with `--slng-key-file PATH` that it cannot read (as nobody, when we are root).
+
+    It runs a copy beside PATH: nobody may not reach the checkout (under /root, say); the key
+    is refused before install.sh needs anything else from it."""
+    script = path.parent / "install.sh"
+    shutil.copy(INSTALL_SH, script)
+    script.chmod(0o755)
+    command = ["bash", str(script), "--root", str(root), "--slng-key-file", str(path)]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
