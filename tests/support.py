@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,15 +158,46 @@ class MqttProbe:
         self._client.loop_stop()
 
 
-def finished_or_failed(ident: str) -> Callable[[list[dict[str, Any]]], bool]:
-    def done(events: list[dict[str, Any]]) -> bool:
-        return any(
-            e.get("id") == ident
-            and e["event"] in ("finished", "failed", "rejected", "expired", "dropped")
-            for e in events
-        )
+# --- events: what became of each announcement ---------------------------------------------------
 
-    return done
+Events = list[dict[str, Any]]
+FINAL_EVENTS = ("finished", "failed", "rejected", "expired", "dropped")
+
+
+def is_final(event: dict[str, Any]) -> bool:
+    """The event that settles an announcement's fate (a requeued preemption does not)."""
+    return event["event"] in FINAL_EVENTS or (
+        event["event"] == "preempted" and not event["requeued"]
+    )
+
+
+def fates(events: Events) -> dict[str, list[str]]:
+    """Each announcement id and the final events it got, in order.
+
+    A final event the broker had not acknowledged when Herald crashed is sent again at the next
+    start, `ts` and all: that copy is the same event, not a second fate, and is counted once.
+    """
+    found: dict[str, list[str]] = {}
+    seen: set[tuple[str, str, float]] = set()
+    for event in events:
+        if is_final(event) and (key := (event["id"], event["event"], event["ts"])) not in seen:
+            seen.add(key)
+            found.setdefault(event["id"], []).append(event["event"])
+    return found
+
+
+def settled(ids: Iterable[str]) -> Callable[[Events], bool]:
+    """Every one of these ids has its final event."""
+    wanted = set(ids)
+    return lambda events: wanted <= fates(events).keys()
+
+
+def got(kind: str, ident: str) -> Callable[[Events], bool]:
+    return lambda events: any(e["event"] == kind and e.get("id") == ident for e in events)
+
+
+def finished_or_failed(ident: str) -> Callable[[Events], bool]:
+    return settled([ident])
 
 
 # --- ALSA ---------------------------------------------------------------------------------------

@@ -14,10 +14,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import DaemonFactory
-from tests.support import Broker, DaemonProcess, MqttProbe, finished_or_failed, wait_for
+from tests.support import (
+    Broker,
+    DaemonProcess,
+    MqttProbe,
+    fates,
+    finished_or_failed,
+    is_final,
+    wait_for,
+)
 
 COUNT = 10_000
-FINAL = ("finished", "failed", "rejected", "expired", "dropped")
 
 
 def retained_bytes(broker: Broker, topic: str, timeout: float = 10) -> bytes:
@@ -68,7 +75,7 @@ def test_home_assistant_finds_the_device_and_its_notify_entity_speaks(
     notify = next(c for t, c in configs.items() if "/notify/" in t)
 
     probe.publish(notify["command_topic"], "The notify entity speaks.")  # what HA sends
-    events = probe.events_until(lambda ev: any(e["event"] in FINAL for e in ev))
+    events = probe.events_until(lambda ev: any(is_final(e) for e in ev))
     assert events[-1]["event"] == "finished"
 
 
@@ -166,10 +173,10 @@ def test_after_sigkill_the_queue_is_spoken_in_priority_order_and_stale_ones_expi
     daemon = make_daemon(broker)
     daemon.start(wait_until="herald: ready")
     assert daemon.process is not None
-    probe.publish(f"herald/{node_id}/quiet/set", "ON")  # hold them, so they stay queued
+    probe.publish(f"herald/{node_id}/quiet/set", "ON")  # holds all below high: they stay queued
     for ident, priority, ttl in (
         ("low", "low", 600),
-        ("high", "high", 600),
+        ("urgent", 70, 600),  # just below high
         ("normal", "normal", 600),
         ("stale", "normal", 1),
     ):
@@ -181,10 +188,15 @@ def test_after_sigkill_the_queue_is_spoken_in_priority_order_and_stale_ones_expi
     time.sleep(1.5)  # "stale" goes stale while Herald is down
     probe.publish(f"herald/{node_id}/quiet/set", "OFF")  # waits in the session for Herald
     daemon.start(wait_until="herald: ready")
-    events = probe.events_until(lambda ev: sum(e["event"] in FINAL for e in ev) == 4, timeout=60)
-    fates = [(e["id"], e["event"]) for e in events if e["event"] in FINAL]
-    assert ("stale", "expired") in fates
-    assert [i for i, fate in fates if fate == "finished"] == ["high", "normal", "low"]
+    events = probe.events_until(lambda ev: len(fates(ev)) == 4, timeout=60)
+    assert fates(events) == {
+        "stale": ["expired"],
+        "urgent": ["finished"],
+        "normal": ["finished"],
+        "low": ["finished"],
+    }
+    finished = [e["id"] for e in events if e["event"] == "finished"]
+    assert finished == ["urgent", "normal", "low"]
 
 
 def test_broker_restart_reconnects_and_republishes_availability_and_discovery(
@@ -256,12 +268,7 @@ def test_ten_thousand_random_payloads_each_get_a_fate_and_memory_stays_bounded(
     outcomes: dict[str, int] = {}
 
     def settled(events: list[dict[str, Any]]) -> bool:
-        finals = [
-            e
-            for e in events
-            if e["event"] in FINAL or (e["event"] == "preempted" and not e["requeued"])
-        ]
-        return len(finals) >= COUNT
+        return sum(is_final(e) for e in events) >= COUNT
 
     events = probe.events_until(settled, timeout=600)
     for event in events:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from herald.announcement import Announcement
 from herald.config import MqttConfig
-from herald.journal import QueueJournal
 from herald.mqtt.client import MqttBridge
 from tests.support import Broker
 
@@ -85,15 +82,3 @@ def test_a_burst_is_acknowledged_in_batches_after_a_sync_and_never_sent_again(
 
     # Every message was acknowledged: the broker has nothing to send again.
     assert asyncio.run(receive(broker, client_id, topic, 0, [])) == []
-
-
-def test_the_journal_syncs_only_what_was_added(tmp_path: Path) -> None:
-    path = tmp_path / "queue.journal"
-    journal = QueueJournal(path)
-    assert journal.load() == []
-    announcement = Announcement("a", "Hello.")
-    journal.add(announcement)
-    journal.done("missing")  # not pending: nothing written
-    journal.sync()
-    # A crash now (no close): the line is there for the next start.
-    assert QueueJournal(path).load() == [announcement]

@@ -26,44 +26,15 @@ from tests.support import (
     Broker,
     Capture,
     DaemonProcess,
+    Events,
     MqttProbe,
     PulseServer,
     contains_speech,
+    fates,
+    got,
+    settled,
     wait_for,
 )
-
-FINAL = ("finished", "failed", "rejected", "expired", "dropped")
-Events = list[dict[str, Any]]
-
-
-def is_final(event: dict[str, Any]) -> bool:
-    """The event that settles an announcement's fate (a requeued preemption does not)."""
-    return event["event"] in FINAL or (event["event"] == "preempted" and not event["requeued"])
-
-
-def fates(events: Events) -> dict[str, list[str]]:
-    """Each announcement id and the final events it got, in order."""
-    found: dict[str, list[str]] = {}
-    for event in events:
-        if is_final(event):
-            found.setdefault(event["id"], []).append(event["event"])
-    return found
-
-
-def settled(ids: Iterable[str]) -> Callable[[Events], bool]:
-    wanted = set(ids)
-
-    def done(events: Events) -> bool:
-        return wanted <= fates(events).keys()
-
-    return done
-
-
-def got(kind: str, ident: str) -> Callable[[Events], bool]:
-    def done(events: Events) -> bool:
-        return any(e["event"] == kind and e.get("id") == ident for e in events)
-
-    return done
 
 
 def collect(
@@ -246,6 +217,46 @@ def test_a_crash_between_the_journal_and_the_ack_speaks_it_once(
     events += drain(probe)
     assert [e["event"] for e in events] == ["queued", "started", "finished"], events
     wait_for(lambda: any("a redelivery" in x for x in daemon.log_lines), 5, "the log line")
+
+
+@pytest.mark.timeout(120)
+def test_a_final_event_the_broker_never_got_is_sent_after_a_crash(
+    tmp_path: Path, make_daemon: DaemonFactory, node_id: str, pulse: PulseServer
+) -> None:
+    """It finished while the broker was away, and Herald was killed before the broker came
+    back: its `finished` event was only in the MQTT client's memory. The journal sends it."""
+    broker = Broker(tmp_path, persistent=True)
+    broker.start()
+    probe = MqttProbe(broker, f"herald/{node_id}/events", persistent=True)
+    try:
+        daemon = make_daemon(broker, device="herald_paced")  # real time: it outlasts the stop
+        daemon.start(wait_until="herald: ready")
+        say(probe, node_id, "unheard", "Finished while the broker is away, then a crash.")
+        events: Events = []
+        collect(probe, events, got("started", "unheard"))
+        broker.stop()
+        daemon.wait_for_log("finished unheard", timeout=30)
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(5)
+        killed_at = time.time()
+        broker.start()
+        daemon.start(wait_until="herald: ready")
+        collect(probe, events, settled(["unheard"]))
+        time.sleep(1.0)  # a second copy would come now
+        events += drain(probe)
+        finished = [e for e in events if e["event"] == "finished"]
+        assert [e["id"] for e in finished] == ["unheard"], events
+        assert finished[0]["ts"] < killed_at  # the event of before the crash, sent again
+        assert any("sending 1 final events again" in x for x in daemon.log_lines)
+        assert_healthy(daemon, probe, node_id)
+        # The broker acknowledged it this time: the next start has nothing to send again.
+        daemon.stop()
+        daemon.start(wait_until="herald: ready")
+        assert not any("final events again" in x for x in daemon.log_lines)
+    finally:
+        probe.close()
+        broker.stop()
 
 
 def drain(probe: MqttProbe) -> Events:

@@ -42,11 +42,12 @@ from tests.support import (
     PulseServer,
     contains_speech,
     daemon_env,
+    fates,
     pulse_socket,
+    settled,
 )
 
 DEVICE = "herald_unpluggable"
-FINAL = {"finished", "failed", "rejected", "expired", "dropped"}
 RETRY_S = AUDIO_RETRY_S  # how often the daemon tries a missing device again (5 s)
 LONG = "This one is long on purpose: the speaker is pulled out while it plays, then comes back."
 
@@ -122,19 +123,6 @@ def say(probe: MqttProbe, node_id: str, ident: str, text: str, **fields: Any) ->
     probe.publish(f"herald/{node_id}/say", json.dumps({"text": text, "id": ident, **fields}))
 
 
-def finals(events: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Each announcement's final events, in order (exactly one each is the rule)."""
-    seen: dict[str, list[str]] = {}
-    for event in events:
-        if event["event"] in FINAL:
-            seen.setdefault(event["id"], []).append(event["event"])
-    return seen
-
-
-def all_final(*idents: str) -> Any:
-    return lambda events: set(idents) <= set(finals(events))
-
-
 def events_during(probe: MqttProbe, seconds: float) -> list[dict[str, Any]]:
     """Every event that arrives in the next `seconds`."""
     deadline = time.monotonic() + seconds
@@ -185,8 +173,8 @@ def assert_fresh_announcement_is_heard(
     assert daemon.alive
     before = len(speaker.samples())
     say(probe, node_id, "fresh", "Everything works again.")
-    events = probe.events_until(all_final("fresh"), timeout=30)
-    assert finals(events) == {"fresh": ["finished"]}
+    events = probe.events_until(settled(["fresh"]), timeout=30)
+    assert fates(events) == {"fresh": ["finished"]}
     played = speaker.samples()
     assert len(played) > before, "nothing new reached the device (or it was opened again)"
     assert contains_speech(played[before:])
@@ -222,7 +210,7 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
 
     queued = [e["id"] for e in waiting if e["event"] == "queued"]
     assert queued == ["short-lived", "kept1", "stale", "kept2"]
-    assert finals(waiting) == {"short-lived": ["expired"], "stale": ["expired"]}
+    assert fates(waiting) == {"short-lived": ["expired"], "stale": ["expired"]}
     expiry = next(e for e in waiting if e["id"] == "short-lived" and e["event"] == "expired")
     assert "audio device" in expiry["reason"]  # it expired waiting for the device: says so
     assert not [e for e in waiting if e["event"] == "started"]
@@ -239,10 +227,10 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     assert f"cannot open ALSA device '{DEVICE}'" in status["audio"], status
 
     speaker.plug_in()
-    events = waiting + probe.events_until(all_final("kept1", "kept2"), timeout=RETRY_S + 25)
+    events = waiting + probe.events_until(settled(["kept1", "kept2"]), timeout=RETRY_S + 25)
     daemon.wait_for_log("herald: ready", timeout=RETRY_S + 5)
 
-    assert finals(events) == {
+    assert fates(events) == {
         "short-lived": ["expired"],
         "stale": ["expired"],
         "kept1": ["finished"],
@@ -296,9 +284,9 @@ def test_stopping_while_the_device_is_missing_keeps_the_waiting_ones_for_the_res
 
     speaker.plug_in()
     daemon.start(wait_until="herald: ready")  # the same state directory: the journal replays
-    events += probe.events_until(all_final("one", "two"), timeout=30)
+    events += probe.events_until(settled(["one", "two"]), timeout=30)
 
-    assert finals(events) == {"one": ["finished"], "two": ["finished"]}
+    assert fates(events) == {"one": ["finished"], "two": ["finished"]}
     assert [e["id"] for e in events if e["event"] == "started"] == ["one", "two"]
     assert contains_speech(speaker.samples())
     assert_fresh_announcement_is_heard(daemon, probe, node_id, speaker)
@@ -330,16 +318,16 @@ def test_a_speaker_unplugged_while_speaking_says_it_again_once_it_is_back(
 
     assert daemon.alive
     assert [e["event"] for e in unplugged if e["id"] == "later"] == ["queued"]
-    assert not finals(unplugged), "an announcement gave up while the speaker was unplugged"
+    assert not fates(unplugged), "an announcement gave up while the speaker was unplugged"
     assert cpu_used < 0.25 * 6.0, f"the daemon spins while it waits: {cpu_used:.2f} s of CPU"
     # The write that failed, named; then no error per attempt to open the device again.
     assert len(error_lines(daemon)) == 1, error_lines(daemon)
     assert "Input/output error" in error_lines(daemon)[0]
 
     speaker.plug_in()
-    events += probe.events_until(all_final("long", "later"), timeout=RETRY_S + 30)
+    events += probe.events_until(settled(["long", "later"]), timeout=RETRY_S + 30)
 
-    assert finals(events) == {"long": ["finished"], "later": ["finished"]}
+    assert fates(events) == {"long": ["finished"], "later": ["finished"]}
     # Cut off by the fault, the long one is spoken again from its start, then the later one.
     assert [e["id"] for e in events if e["event"] == "started"] == ["long", "long", "later"]
     assert contains_speech(speaker.samples())
@@ -358,7 +346,7 @@ def test_a_speaker_unplugged_between_announcements_speaks_the_next_once_it_is_ba
     daemon = daemon_on(speaker, make_daemon, broker)
     daemon.start(wait_until="herald: ready")
     say(probe, node_id, "before", "Spoken before the speaker is pulled out.")
-    events = probe.events_until(all_final("before"))
+    events = probe.events_until(settled(["before"]))
 
     speaker.unplug()  # the device is open but idle: the daemon finds out when it next writes
     say(probe, node_id, "after", "Spoken once the speaker is back.")
@@ -368,14 +356,14 @@ def test_a_speaker_unplugged_between_announcements_speaks_the_next_once_it_is_ba
     events += unplugged
 
     assert daemon.alive
-    assert not finals(unplugged), "an announcement gave up while the speaker was unplugged"
+    assert not fates(unplugged), "an announcement gave up while the speaker was unplugged"
     assert cpu_used < 0.25 * 4.0, f"the daemon spins while it waits: {cpu_used:.2f} s of CPU"
     daemon.wait_for_log("announcement after waits for the audio device")
 
     speaker.plug_in()
-    events += probe.events_until(all_final("after"), timeout=RETRY_S + 25)
+    events += probe.events_until(settled(["after"]), timeout=RETRY_S + 25)
 
-    assert finals(events) == {"before": ["finished"], "after": ["finished"]}
+    assert fates(events) == {"before": ["finished"], "after": ["finished"]}
     assert contains_speech(speaker.samples())  # opened again: only what came after
     assert len(error_lines(daemon)) == 1, error_lines(daemon)  # the write that failed
     assert_fresh_announcement_is_heard(daemon, probe, node_id, speaker)
@@ -403,11 +391,11 @@ def test_an_announcement_the_device_keeps_failing_fails_with_the_reason(
         speaker.unplug()
         if attempt < 3:
             speaker.plug_in()
-    events += probe.events_until(all_final("flapping"), timeout=10)
+    events += probe.events_until(settled(["flapping"]), timeout=10)
 
     failed = next(e for e in events if e["event"] == "failed")
     assert f"ALSA device '{DEVICE}' failed" in failed["reason"]
-    assert finals(events) == {"flapping": ["failed"]}
+    assert fates(events) == {"flapping": ["failed"]}
     assert [e["id"] for e in events if e["event"] == "started"] == ["flapping"] * 3
 
     speaker.plug_in()

@@ -30,6 +30,7 @@ import pytest
 from tests.conftest import DaemonFactory
 from tests.fake_deepgram import FakeDeepgramOptions, synthesize
 from tests.support import (
+    FINAL_EVENTS,
     REPO,
     Broker,
     Capture,
@@ -37,6 +38,7 @@ from tests.support import (
     FakeDeepgramThread,
     MqttProbe,
     espeak_reference,
+    fates,
     free_port,
     similarity,
     wait_for,
@@ -44,7 +46,6 @@ from tests.support import (
 
 RATE = 48000
 PERIOD = 960  # 20 ms at 48 kHz: every announcement ends on a whole period
-FINAL_EVENTS = ("finished", "failed", "rejected", "expired", "dropped")
 REPLAY_LINE = "replaying it on a fresh socket"
 SOCKET_OPEN = re.compile(r"deepgram: socket #\d+ open")
 
@@ -99,8 +100,7 @@ class Announcements:
             except queue.Empty:
                 break
         for ident in self.said:
-            finals = [e["event"] for e in self.of(ident) if e["event"] in FINAL_EVENTS]
-            assert finals == ["finished"], (ident, self.of(ident))
+            assert fates(self.of(ident)) == {ident: ["finished"]}, (ident, self.of(ident))
             assert [e["event"] for e in self.of(ident)].count("started") == 1, self.of(ident)
 
 

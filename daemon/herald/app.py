@@ -103,6 +103,8 @@ async def run_daemon(config: Config, reload: Callable[[], Config] | None = None)
     while True:
         await _serve(config, life)
         if life.signals.stop.is_set():
+            if journal is not None:  # only now: the broker's last acknowledgements are in it
+                journal.close()
             return 0
         life.signals.reload.clear()
         life.notifier.reloading()
@@ -180,7 +182,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
     topics = Topics(config.mqtt.base_topic, config.node_id, tuple(config.mqtt.groups))
     controls = Controls.load(config.state_dir / "controls.json", config.audio.volume)
     life.scheduler.quiet_mode = controls.quiet
-    node = Node(config, topics, controls)
+    node = Node(config, topics, controls, life.journal)
     output = AlsaOutput(config.audio)
     bridge = MqttBridge(
         config.mqtt,
@@ -238,6 +240,7 @@ async def _serve(config: Config, life: _Lifetime) -> None:
 
 async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.TaskGroup) -> None:
     dispatcher, notifier = parts.dispatcher, life.notifier
+    parts.node.send_unreported()  # final events the broker missed when Herald last stopped
     dispatcher.report(life.to_report)  # evictions by a reload that shrank the queue
     dispatcher.replay(life.to_replay)  # what the journal kept from the last run
     life.to_report, life.to_replay = [], []

@@ -3,7 +3,8 @@
 The Scheduler decides (pure); the Dispatcher acts: it starts the Speaker on the next
 announcement, interrupts it when the Scheduler says a newcomer preempts it, reports expiries on
 time, and publishes an event for every outcome. With a journal, every accepted announcement is
-on disk until its fate is known, so a crash or a restart loses nothing.
+on disk from the moment it is queued until the broker has its final event (the Node settles it
+in the journal when it publishes that event), so a crash or a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -23,12 +24,8 @@ from herald.announcement import (
 from herald.events import Event, EventSink, event_for
 from herald.journal import QueueJournal
 from herald.scheduler import (
-    Dropped,
-    Evicted,
-    Expired,
     Outcome,
     Preempt,
-    Preempted,
     Queued,
     Scheduler,
 )
@@ -191,10 +188,9 @@ class Dispatcher:
         speaking, waiting = self._scheduler.current, self._scheduler.waiting()
         self._scheduler.finish()
         self._scheduler.clear()
-        if self._journal is not None:
+        if self._journal is not None:  # closed by the caller once the last events are out
             kept = len(waiting) + (speaking is not None)
             log.info("herald: %d announcements kept in the journal for the restart", kept)
-            self._journal.close()
             return
         if speaking is not None:
             self._fail(speaking, "herald shut down while speaking it")
@@ -249,8 +245,7 @@ class Dispatcher:
             self._speaking = None
         preempted_by, self._preempted_by = self._preempted_by, None
         if not task.cancelled():
-            self._scheduler.finish()
-            self._forget(announcement.id)  # spoken, or failed with its event
+            self._scheduler.finish()  # spoken, or failed: its event settled it in the journal
             self.when_idle()
         elif preempted_by is not None:
             resume = unspoken_part(announcement.text, self._speaker.speech_seconds)
@@ -267,24 +262,10 @@ class Dispatcher:
             if isinstance(outcome, Preempt):
                 self._interrupt_for(outcome.by)
                 continue
+            if isinstance(outcome, Queued) and self._journal is not None:
+                self._journal.add(outcome.announcement)  # before its event: see the Node
             if (event := event_for(outcome)) is not None:
                 self._emit(event)
-            self._record(outcome)
-
-    def _record(self, outcome: Outcome) -> None:
-        """Keep the journal in step: on disk from Queued until a final outcome."""
-        if self._journal is None:
-            return
-        if isinstance(outcome, Queued):
-            self._journal.add(outcome.announcement)
-        elif isinstance(outcome, Expired | Evicted | Dropped) or (
-            isinstance(outcome, Preempted) and not outcome.requeued
-        ):
-            self._journal.done(outcome.announcement.id)
-
-    def _forget(self, announcement_id: str) -> None:
-        if self._journal is not None:
-            self._journal.done(announcement_id)
 
     def _interrupt_for(self, newcomer: Announcement) -> None:
         if self._speaking is None or self._speaking.done():

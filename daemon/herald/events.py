@@ -28,6 +28,14 @@ class Event:
     ts: float = field(default_factory=time.time)
     details: dict[str, object] = field(default_factory=dict)
 
+    @property
+    def settles(self) -> bool:
+        """It tells an accepted announcement's fate: nothing more will happen to it. (A
+        `rejected` one was never accepted, though it may carry the id of one that was.)"""
+        if self.kind == "preempted":
+            return self.details.get("requeued") is False
+        return self.kind in ("finished", "failed", "expired", "dropped")
+
     def to_dict(self) -> dict[str, object]:
         return {
             "event": self.kind,

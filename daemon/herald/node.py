@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from herald import __version__
@@ -19,6 +20,7 @@ from herald.config import Config
 from herald.controls import Controls, parse_switch, parse_volume
 from herald.dispatcher import Dispatcher
 from herald.events import Event
+from herald.journal import QueueJournal
 from herald.mqtt import hermes
 from herald.mqtt.client import MqttBridge
 from herald.mqtt.discovery import SIREN_ID, NodeInfo, discovery_messages
@@ -31,10 +33,17 @@ log = logging.getLogger(__name__)
 
 
 class Node:
-    def __init__(self, config: Config, topics: Topics, controls: Controls) -> None:
+    def __init__(
+        self,
+        config: Config,
+        topics: Topics,
+        controls: Controls,
+        journal: QueueJournal | None = None,
+    ) -> None:
         self.config = config
         self.topics = topics
         self.controls = controls
+        self.journal = journal
         self.hermes = HermesBridge(config.hermes.site_id or config.node_id)
         self.bridge: MqttBridge | None = None
         self.dispatcher: Dispatcher | None = None
@@ -62,17 +71,48 @@ class Node:
             self.status.audio(problem)
 
     def emit(self, event: Event) -> None:
-        """Publish an event, and what follows from it (status, Hermes' sayFinished)."""
+        """Publish an event, and what follows from it (status, Hermes' sayFinished).
+
+        An event that settles an announcement's fate leaves it in the journal until the broker
+        acknowledges the event: a crash a moment later sends the event again at the next start.
+        """
         fields = {"ANNOUNCEMENT_ID": event.announcement_id or "", "HERALD_EVENT": event.kind}
         if "voice" in event.details:
             fields["VOICE"] = str(event.details["voice"])
         details = "".join(f" {key}={value}" for key, value in event.details.items())
         log.info("%s %s%s", event.kind, event.announcement_id or "(no id)", details, extra=fields)
-        self._send(self.topics.events, event.to_json())
+        payload = event.to_json()
+        self._send(self.topics.events, payload, on_acknowledged=self._settle(event, payload))
         if (finished := self.hermes.finished(event)) is not None:
             self._send(*finished)
         if self.status is not None:
             self.status.note(event)
+
+    def _settle(self, event: Event, payload: str) -> Callable[[], None] | None:
+        """Settle the announcement in the journal, if the event tells its fate; what the
+        broker's acknowledgement of the event then does."""
+        ident = event.announcement_id
+        if self.journal is None or ident is None or not event.settles:
+            return None
+        if not self.journal.settle(ident, payload):
+            return None  # not in the journal (refused before it was queued)
+        return partial(self.journal.reported, ident)
+
+    def send_unreported(self) -> None:
+        """Send again the final events the broker did not acknowledge before Herald stopped
+        (or before a reload replaced the connection). They are the same events, `ts` and all:
+        a subscriber may see one twice, never none."""
+        if self.journal is None or not (unreported := self.journal.unreported()):
+            return
+        log.info(
+            "sending %d final events again: the broker had not acknowledged them", len(unreported)
+        )
+        for announcement_id, payload in unreported:
+            self._send(
+                self.topics.events,
+                payload,
+                on_acknowledged=partial(self.journal.reported, announcement_id),
+            )
 
     def on_connected(self) -> None:
         """Each (re)connection: discovery for Home Assistant, and a fresh status."""
@@ -97,9 +137,17 @@ class Node:
     def _publish_status(self, payload: str) -> None:
         self._send(self.topics.status, payload, retain=True)
 
-    def _send(self, topic: str, payload: str, retain: bool = False) -> None:
+    def _send(
+        self,
+        topic: str,
+        payload: str,
+        retain: bool = False,
+        on_acknowledged: Callable[[], None] | None = None,
+    ) -> None:
         if self.bridge is not None:
-            self.bridge.publish(topic, payload, qos=1, retain=retain)
+            self.bridge.publish(
+                topic, payload, qos=1, retain=retain, on_acknowledged=on_acknowledged
+            )
 
     # --- in -----------------------------------------------------------------------------------
 

@@ -12,15 +12,6 @@ from herald.dispatcher import Dispatcher
 from herald.events import Event
 from herald.voice.base import Voice
 
-FINAL_EVENTS = frozenset({"finished", "failed", "expired", "dropped", "preempted"})
-
-
-def _final(event: Event) -> bool:
-    """The event that ends an announcement (a requeued preemption does not)."""
-    if event.kind == "preempted":
-        return not event.details.get("requeued")
-    return event.kind in FINAL_EVENTS
-
 
 class StatusBoard:
     """Follows the events and the controls; publishes a fresh snapshot after each change.
@@ -53,7 +44,7 @@ class StatusBoard:
             self._texts = {current.id: current.text}
             self._voice = str(event.details.get("voice", self._voice))
             self._degraded = bool(event.details.get("degraded", False))
-        if _final(event) and event.announcement_id is not None:
+        if event.settles and event.announcement_id is not None:
             self._last = {
                 "id": event.announcement_id,
                 "event": event.kind,

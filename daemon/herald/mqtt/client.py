@@ -85,7 +85,8 @@ class MqttBridge:
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
         self._client.on_publish = self._handle_publish
-        self._unacknowledged: set[int] = set()  # message ids of QoS 1 publishes not yet acked
+        # QoS 1 publishes not yet acknowledged: message id → what to call when they are.
+        self._unacknowledged: dict[int, Callable[[], None] | None] = {}
         self._all_acknowledged = asyncio.Event()
         self._subscribe_mid: int | None = None
 
@@ -152,13 +153,24 @@ class MqttBridge:
             return False
         return True
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
-        """Send, or queue until the broker is back (at most MAX_QUEUED_PUBLISHES)."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        on_acknowledged: Callable[[], None] | None = None,
+    ) -> None:
+        """Send, or queue until the broker is back (at most MAX_QUEUED_PUBLISHES).
+
+        `on_acknowledged` is called in the event loop once the broker has the message (QoS 1);
+        never, if it is lost with this client.
+        """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             log.warning("mqtt: could not publish to %s: %s", topic, paho.error_string(info.rc))
         elif qos > 0:
-            self._unacknowledged.add(info.mid)
+            self._unacknowledged[info.mid] = on_acknowledged
 
     def _handle_publish(
         self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
@@ -166,9 +178,11 @@ class MqttBridge:
         self._in_loop(self._acknowledge, mid)
 
     def _acknowledge(self, mid: int) -> None:
-        self._unacknowledged.discard(mid)
+        on_acknowledged = self._unacknowledged.pop(mid, None)
         if not self._unacknowledged:
             self._all_acknowledged.set()
+        if on_acknowledged is not None:
+            on_acknowledged()
 
     # --- paho's thread -------------------------------------------------------------------------
 
