@@ -231,6 +231,26 @@ class FakeStats:
         )
 
 
+def spawn_announcing(
+    argv: list[str], env: dict[str, str], log: Path, what: str
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a helper process whose first line on stdout says it is ready; that line.
+
+    Its stderr goes to `log`, which the error names when the process does not start.
+    """
+    with log.open("ab") as errors:
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+    assert process.stdout is not None
+    first = process.stdout.readline().strip()
+    if not first:
+        process.kill()
+        process.wait(5)
+        raise RuntimeError(f"{what} did not start; see {log}")
+    return process, first
+
+
 class FakeProcess:
     """`python -m bench.fake_server`: the tests' fake Aura server, which records its handshakes."""
 
@@ -260,18 +280,9 @@ class FakeProcess:
         self.url = ""
 
     def start(self) -> FakeProcess:
-        self.process = subprocess.Popen(
-            self._argv,
-            cwd=REPO,
-            env=self._env,
-            stdout=subprocess.PIPE,
-            stderr=self._log.open("ab"),
-            text=True,
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
+        self.process, self.url = spawn_announcing(self._argv, self._env, self._log, "the fake")
         if not self.url.startswith("ws://"):
-            raise RuntimeError(f"the fake did not start; see {self._log}")
+            raise RuntimeError(f"the fake said {self.url!r}, not its URL; see {self._log}")
         return self
 
     def stop(self) -> FakeStats:

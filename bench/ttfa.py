@@ -27,9 +27,9 @@ from bench.common import (
     Mqtt,
     Workspace,
     log,
+    spawn_announcing,
 )
 from bench.settings import Settings
-from tests.support import REPO
 
 HEARD_TIMEOUT_S = 10.0
 
@@ -152,17 +152,9 @@ class ColdClient:
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> ColdClient:
-        self.process = subprocess.Popen(
-            self._argv,
-            cwd=REPO,
-            env=self._env,
-            stdout=subprocess.PIPE,
-            stderr=self._log.open("ab"),
-            text=True,
-        )
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the cold client did not start; see {self._log}")
+        self.process, said = spawn_announcing(self._argv, self._env, self._log, "the cold client")
+        if said != "ready":
+            raise RuntimeError(f"the cold client said {said!r}, not ready; see {self._log}")
         return self
 
     def stop(self) -> None:
