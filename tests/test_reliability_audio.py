@@ -119,6 +119,16 @@ def daemon_on(
     return daemon
 
 
+def ready_on(
+    speaker: UnpluggableSpeaker, make_daemon: DaemonFactory, broker: Broker
+) -> DaemonProcess:
+    """The speaker plugged in, and a daemon using it, ready."""
+    speaker.plug_in()
+    daemon = daemon_on(speaker, make_daemon, broker)
+    daemon.start(wait_until="herald: ready")
+    return daemon
+
+
 def say(probe: MqttProbe, node_id: str, ident: str, text: str, **fields: Any) -> None:
     probe.publish(f"herald/{node_id}/say", json.dumps({"text": text, "id": ident, **fields}))
 
@@ -302,9 +312,7 @@ def test_a_speaker_unplugged_while_speaking_says_it_again_once_it_is_back(
     probe: MqttProbe,
     node_id: str,
 ) -> None:
-    speaker.plug_in()
-    daemon = daemon_on(speaker, make_daemon, broker)
-    daemon.start(wait_until="herald: ready")
+    daemon = ready_on(speaker, make_daemon, broker)
     say(probe, node_id, "long", LONG)
     events = probe.events_until(lambda es: any(e["event"] == "started" for e in es))
     time.sleep(1.0)  # well into the speech: the server plays it in real time
@@ -342,9 +350,7 @@ def test_a_speaker_unplugged_between_announcements_speaks_the_next_once_it_is_ba
     probe: MqttProbe,
     node_id: str,
 ) -> None:
-    speaker.plug_in()
-    daemon = daemon_on(speaker, make_daemon, broker)
-    daemon.start(wait_until="herald: ready")
+    daemon = ready_on(speaker, make_daemon, broker)
     say(probe, node_id, "before", "Spoken before the speaker is pulled out.")
     events = probe.events_until(settled(["before"]))
 
@@ -378,9 +384,7 @@ def test_an_announcement_the_device_keeps_failing_fails_with_the_reason(
 ) -> None:
     """A flapping speaker: the announcement is tried again a bounded number of times
     (speaker.DEVICE_FAULTS_MAX = 3), then fails with the device's error; the next is spoken."""
-    speaker.plug_in()
-    daemon = daemon_on(speaker, make_daemon, broker)
-    daemon.start(wait_until="herald: ready")
+    daemon = ready_on(speaker, make_daemon, broker)
     say(probe, node_id, "flapping", LONG)
     events: list[dict[str, Any]] = []
     for attempt in (1, 2, 3):
