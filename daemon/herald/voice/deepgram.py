@@ -9,7 +9,6 @@ Errors arrive as close codes, or as HTTP statuses during the handshake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from herald.config import DeepgramConfig
 from herald.voice.base import VoiceError
 from herald.voice.protocol import Failure, FailureKind, SlidingBudget, split_text
 from herald.voice.socket import LiveSocket, SocketKeeper, SocketSpec
-from herald.voice.streaming import Pcm16Stream, SocketFailed, cold_check, replaying
+from herald.voice.streaming import Pcm16Stream, SocketFailed, SocketVoice, cold_check
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +187,11 @@ NO_KEY = (
 )
 
 
-class DeepgramVoice:
+class DeepgramVoice(SocketVoice):
     """Aura over one warm socket: text in as Speak messages and one Flush, linear16 audio out."""
 
     name = "deepgram"
+    no_key = NO_KEY
 
     def __init__(
         self,
@@ -203,6 +203,7 @@ class DeepgramVoice:
     ) -> None:
         self._cfg = cfg
         self._clock = clock
+        self.connect_wait_s = cfg.connect_wait_s
         self._output_rate = output_rate
         self._socket_rate = request_rate(output_rate)
         # The server's limits are per minute; tests shorten the window on both sides.
@@ -222,37 +223,11 @@ class DeepgramVoice:
             goodbye=CLOSE,
         )
 
-    def describe(self) -> str:
-        return "deepgram: no API key" if self.keeper is None else self.keeper.describe()
-
-    async def run(self) -> None:
-        """Keep the socket warm until cancelled."""
-        if self.keeper is None:
-            log.error("%s", NO_KEY)
-            return
-        await self.keeper.run()
-
-    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
-        if self.keeper is None:
-            raise VoiceError(NO_KEY)
-        pieces = split_text(text, MAX_SPEAK_CHARS)
-        utterances = replaying(
-            self.keeper,
-            self._cfg.connect_wait_s,
-            lambda live: self._utterance(live, pieces),
-            self._interrupt,
-        )
-        async with contextlib.aclosing(utterances) as audio:
-            async for samples in audio:
-                yield samples
-
-    async def _utterance(
-        self, live: LiveSocket, pieces: list[str]
-    ) -> AsyncGenerator[Samples, None]:
+    async def _utterance(self, live: LiveSocket, text: str) -> AsyncGenerator[Samples, None]:
         connection = live.connection
         pcm = Pcm16Stream(self._socket_rate, self._output_rate)
         try:
-            for piece in pieces:
+            for piece in split_text(text, MAX_SPEAK_CHARS):
                 await self._within(self._chars, len(piece))
                 await connection.send(speak(piece))
             await self._within(self._flushes, 1)

@@ -24,14 +24,13 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from herald.audio.dsp import Samples
 from herald.config import GatewayConfig
 from herald.voice.protocol import Failure, FailureKind
 from herald.voice.socket import LiveSocket, SocketKeeper, SocketSpec
-from herald.voice.streaming import Pcm16Stream, SocketFailed, cold_check, replaying
+from herald.voice.streaming import Pcm16Stream, SocketFailed, SocketVoice, cold_check
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def classify_handshake(status: int, detail: str | None) -> Failure:
 STALL_TIMEOUT_S = 5.0  # no audio for this long in the middle of an utterance: the socket is dead
 
 
-class GatewayVoice:
+class GatewayVoice(SocketVoice):
     """The gateway over one warm socket: one `synthesize` per announcement, audio until `done`."""
 
     name = "gateway"
@@ -110,8 +109,9 @@ class GatewayVoice:
     ) -> None:
         self._cfg = cfg
         self._clock = clock
+        self.connect_wait_s = cfg.connect_wait_s
         self._output_rate = output_rate
-        self.keeper = SocketKeeper(
+        self.keeper: SocketKeeper = SocketKeeper(
             SocketSpec(
                 name=self.name,
                 url=cfg.url,
@@ -123,29 +123,8 @@ class GatewayVoice:
             clock,
         )
 
-    def describe(self) -> str:
-        return self.keeper.describe()
-
-    async def run(self) -> None:
-        """Keep the socket warm until cancelled."""
-        await self.keeper.run()
-
-    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
-        if not text.strip():
-            return
-        utterance = replaying(
-            self.keeper,
-            self._cfg.connect_wait_s,
-            lambda live: self._utterance(live.connection, text),
-            self._interrupt,
-        )
-        async with contextlib.aclosing(utterance) as audio:
-            async for samples in audio:
-                yield samples
-
-    async def _utterance(
-        self, connection: ClientConnection, text: str
-    ) -> AsyncGenerator[Samples, None]:
+    async def _utterance(self, live: LiveSocket, text: str) -> AsyncGenerator[Samples, None]:
+        connection = live.connection
         pcm = Pcm16Stream(self._cfg.sample_rate, self._output_rate)
         timeout = self._cfg.first_audio_timeout_s
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import time
@@ -31,7 +30,7 @@ from herald.config import SlngConfig
 from herald.voice.base import VoiceError
 from herald.voice.protocol import Failure, FailureKind, split_text
 from herald.voice.socket import LiveSocket, SessionRefused, SocketKeeper, SocketSpec
-from herald.voice.streaming import Pcm16Stream, SocketFailed, cold_check, replaying
+from herald.voice.streaming import Pcm16Stream, SocketFailed, SocketVoice, cold_check
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +185,12 @@ NO_KEY = (
 )
 
 
-class SlngVoice:
+class SlngVoice(SocketVoice):
     """SLNG over one warm socket: init/ready once per socket, then text and one flush per
     announcement; audio is resampled from `sample_rate` to the output rate."""
 
     name = "slng"
+    no_key = NO_KEY
 
     def __init__(
         self,
@@ -201,6 +201,7 @@ class SlngVoice:
     ) -> None:
         self._cfg = cfg
         self._clock = clock
+        self.connect_wait_s = cfg.connect_wait_s
         self._output_rate = output_rate
         # None: not known yet; an error answering one of them makes it False for good.
         self.cancel_supported: bool | None = None
@@ -225,30 +226,6 @@ class SlngVoice:
             reconnect_after_normal_close=True,
         )
 
-    def describe(self) -> str:
-        return "slng: no API key" if self.keeper is None else self.keeper.describe()
-
-    async def run(self) -> None:
-        """Keep the socket warm until cancelled."""
-        if self.keeper is None:
-            log.error("%s", NO_KEY)
-            return
-        await self.keeper.run()
-
-    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
-        if self.keeper is None:
-            raise VoiceError(NO_KEY)
-        pieces = split_text(text, MAX_TEXT_CHARS)
-        utterance = replaying(
-            self.keeper,
-            self._cfg.connect_wait_s,
-            lambda live: self._utterance(live.connection, pieces),
-            self._interrupt,
-        )
-        async with contextlib.aclosing(utterance) as audio:
-            async for samples in audio:
-                yield samples
-
     # --- on the socket ----------------------------------------------------------------------
 
     async def _start_session(self, connection: ClientConnection) -> None:
@@ -268,15 +245,12 @@ class SlngVoice:
             failure = Failure(FailureKind.TRANSIENT, f"no 'ready' within {wait:g} s of 'init'")
             raise SessionRefused(failure) from None
 
-    async def _utterance(
-        self, connection: ClientConnection, pieces: list[str]
-    ) -> AsyncGenerator[Samples, None]:
-        if not pieces:
-            return
+    async def _utterance(self, live: LiveSocket, words: str) -> AsyncGenerator[Samples, None]:
+        connection = live.connection
         pcm = Pcm16Stream(self._cfg.sample_rate, self._output_rate)
         heard = False
         try:
-            for piece in pieces:
+            for piece in split_text(words, MAX_TEXT_CHARS):
                 await connection.send(text(piece))
             await connection.send(FLUSH)
             while True:

@@ -1,5 +1,6 @@
-"""What every socket voice does the same way: one utterance over a leased socket, replayed once
-on a fresh socket when the first dies; the cold check for `herald check`; PCM frames as samples.
+"""What every socket voice does the same way: the SocketVoice base; one utterance over a leased
+socket, replayed once on a fresh socket when the first dies; the cold check for `herald check`;
+PCM frames as samples.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
@@ -28,6 +30,52 @@ class SocketFailed(Exception):
         super().__init__(str(failure))
         self.failure = failure
         self.replay = replay
+
+
+class SocketVoice(ABC):
+    """What a voice over one warm socket does alike: the socket is kept warm in the background,
+    described for the status line, and each text is one utterance on it, replayed once on a
+    fresh socket. A voice says how an utterance goes (`_utterance`) and how it is cut short
+    (`_interrupt`); `keeper` is None when the voice has no API key (`no_key` says so)."""
+
+    name: str
+    keeper: SocketKeeper | None
+    connect_wait_s: float  # how long an utterance waits for a socket that is not open yet
+    no_key = ""
+
+    def describe(self) -> str:
+        return f"{self.name}: no API key" if self.keeper is None else self.keeper.describe()
+
+    async def run(self) -> None:
+        """Keep the socket warm until cancelled."""
+        if self.keeper is None:
+            log.error("%s", self.no_key)
+            return
+        await self.keeper.run()
+
+    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
+        if self.keeper is None:
+            raise VoiceError(self.no_key)
+        if not text.strip():
+            return
+        utterance = replaying(
+            self.keeper,
+            self.connect_wait_s,
+            lambda live: self._utterance(live, text),
+            self._interrupt,
+        )
+        async with contextlib.aclosing(utterance) as audio:
+            async for samples in audio:
+                yield samples
+
+    @abstractmethod
+    def _utterance(self, live: LiveSocket, text: str) -> AsyncGenerator[Samples, None]:
+        """The whole text on this socket, as samples at the output rate; SocketFailed when the
+        socket cannot finish it."""
+
+    @abstractmethod
+    async def _interrupt(self, live: LiveSocket) -> None:
+        """Cut the utterance short, leaving no stale audio on the socket (or retire it)."""
 
 
 async def replaying(
