@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,45 @@ def test_the_journal_syncs_only_what_was_added(tmp_path: Path) -> None:
     journal.sync()
     # A crash now (no close): the line is there for the next start.
     assert QueueJournal(path).load() == [announcement]
+
+
+FULL_DISK_SCRIPT = """
+import json, logging, resource, signal, sys
+from pathlib import Path
+from herald.announcement import Announcement
+from herald.journal import QueueJournal
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+journal = QueueJournal(Path(sys.argv[1]))
+journal.load()
+journal.add(Announcement("before", "Written."))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG
+limit = Path(sys.argv[1]).stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+journal.add(Announcement("during1", "Not written."))
+journal.add(Announcement("during2", "Not written either."))
+journal.sync()
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+journal.add(Announcement("after", "Written, with all the rest."))
+"""
+
+
+def test_a_disk_that_refuses_writes_costs_the_safety_net_not_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """A full SD card: the journal says so once and carries on; once the disk takes writes
+    again, the next line writes a complete journal, the ones it missed included."""
+    path = tmp_path / "queue.journal"
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "cannot write" in errors[0] and str(path) in errors[0], errors
+    assert "writing" in done.stderr.splitlines()[-1] and "again" in done.stderr.splitlines()[-1]
+    restarted = QueueJournal(path)
+    assert [x.id for x in restarted.load()] == ["before", "during1", "during2", "after"]

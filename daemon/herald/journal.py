@@ -42,6 +42,7 @@ class QueueJournal:
         self._lines = 0
         self._file: IO[str] | None = None
         self._closed = False
+        self._failing = False  # the last write failed (said once, until one succeeds)
         self._unsynced = False  # additions written since the last sync
 
     def load(self) -> list[Announcement]:
@@ -81,7 +82,10 @@ class QueueJournal:
     def sync(self) -> None:
         """Make what was added durable (before the broker is acknowledged)."""
         if self._unsynced and self._file is not None:
-            os.fdatasync(self._file.fileno())
+            try:
+                os.fdatasync(self._file.fileno())
+            except OSError as exc:
+                self._failed(exc)
         self._unsynced = False
 
     def close(self) -> None:
@@ -112,12 +116,32 @@ class QueueJournal:
         if self._closed:
             log.debug("journal: closed; not written: %s", entry)
             return
-        if self._file is None or self._lines >= self._compact_at():
-            self._rewrite()
-        assert self._file is not None
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._file.flush()  # in the kernel's hands: a crash of Herald loses nothing
-        self._lines += 1
+        try:
+            if self._file is None or self._lines >= self._compact_at():
+                self._rewrite()
+            assert self._file is not None
+            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._file.flush()  # in the kernel's hands: a crash of Herald loses nothing
+            self._lines += 1
+        except OSError as exc:  # a full or failing disk: Herald speaks on, without a net
+            self._failed(exc)
+            return
+        if self._failing:
+            log.info("journal: writing %s again", self.path)
+            self._failing = False
+
+    def _failed(self, exc: OSError) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None  # the next line starts a fresh, complete file
+        if not self._failing:
+            log.error(
+                "journal: cannot write %s (%s): a crash now would lose the queue",
+                self.path,
+                exc.strerror or exc,
+            )
+        self._failing = True
 
     def _compact_at(self) -> int:
         """Rewrite once the file has many lines, and at least twice what it still holds (a
