@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import wave
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from herald.audio.chimes import load_chime
+from herald.events import Event
 from tests.support import Broker, Capture, contains_speech, espeak_reference, similarity
 
 
@@ -122,3 +124,31 @@ def test_version_works_on_every_command() -> None:
         result = herald(*args)
         assert result.returncode == 0
         assert result.stdout.startswith("herald 0.1.0")
+
+
+def follow(*events: Event) -> dict[str, Event]:
+    """What `herald say` waits for, given the events one node publishes."""
+    from herald.mqtt.remote import _follow
+
+    async def run() -> dict[str, Event]:
+        queue: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
+        for event in events:
+            queue.put_nowait(("kitchen", event))
+        return await _follow(queue, lambda *_: None, "herald node 'kitchen'", 5.0, single=True)
+
+    return asyncio.run(run())
+
+
+def test_say_stops_following_an_announcement_a_preemption_dropped() -> None:
+    """`on_preempt: drop`: `preempted` with requeued false is its fate; `say` must not wait
+    for a `finished` that never comes."""
+    dropped = Event("preempted", "a", details={"by": "alarm", "requeued": False})
+    assert follow(Event("queued", "a"), Event("started", "a"), dropped) == {"kitchen": dropped}
+
+
+def test_say_follows_a_requeued_announcement_to_its_end() -> None:
+    requeued = Event("preempted", "a", details={"by": "alarm", "requeued": True})
+    finished = Event("finished", "a")
+    assert follow(Event("queued", "a"), requeued, finished) == {"kitchen": finished}
+    rejected = Event("rejected", "a", details={"reason": "queue full"})
+    assert follow(rejected) == {"kitchen": rejected}

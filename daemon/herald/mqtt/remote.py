@@ -11,7 +11,6 @@ from herald.events import Event
 from herald.mqtt.client import MqttBridge
 from herald.mqtt.topics import Topics
 
-FINAL_EVENTS = frozenset({"finished", "rejected", "failed", "expired", "dropped"})
 CONNECT_TIMEOUT_S = 5.0
 ANSWER_TIMEOUT_S = 5.0  # a running daemon answers `queued` (or `rejected`) at once
 OTHERS_ANSWER_S = 1.0  # with `all` or a group: how long after the first the others may answer
@@ -95,7 +94,7 @@ async def _follow(
                 answers_until = loop.time() + OTHERS_ANSWER_S
             answered.add(node)
         on_event(node, event)
-        if event.kind in FINAL_EVENTS:
+        if event.settles or event.kind == "rejected":  # its fate, or it was never accepted
             finals[node] = event
 
 
