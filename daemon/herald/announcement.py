@@ -64,6 +64,10 @@ class Announcement:
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
 
+    def seconds_left(self, now: float) -> float:
+        """How long until it goes stale (infinite without an expiry)."""
+        return float("inf") if self.expires_at is None else self.expires_at - now
+
 
 def level_of(priority: int) -> str:
     """`low` below 50, `normal` below 80, `high` below 100, else `critical`."""

@@ -145,7 +145,7 @@ class Speaker:
                     log.info("announcement %s: the audio device works again", announcement.id)
                 self._delivery.device_problem(None)  # (it may have come back meanwhile)
                 return True
-            left = _seconds_left(announcement)
+            left = announcement.seconds_left(time.time())  # expiry: wall-clock time
             if left <= 0:
                 return False
             if not waited:
@@ -337,13 +337,6 @@ class Speaker:
 
     def _event(self, kind: EventKind, announcement: Announcement, **details: object) -> None:
         self._emit(Event(kind, announcement.id, details=details))
-
-
-def _seconds_left(announcement: Announcement) -> float:
-    """How long until the announcement goes stale (its expiry is wall-clock time)."""
-    if announcement.expires_at is None:
-        return float("inf")
-    return announcement.expires_at - time.time()
 
 
 class _Kept:
