@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,8 @@ def test_mono_is_copied_to_every_device_channel(capture: Capture) -> None:
     assert np.array_equal(frames[:, 0], frames[:, 1])
 
 
-def test_a_missing_device_is_named_in_the_error() -> None:
+def open_missing_device() -> None:
+    """Open (and close) a PCM that alsa-lib does not know: raises its AudioError."""
     output = AlsaOutput(AudioConfig(device="no_such_pcm"))
 
     async def open_it() -> None:
@@ -59,8 +62,27 @@ def test_a_missing_device_is_named_in_the_error() -> None:
         finally:
             await output.close()
 
+    asyncio.run(open_it())
+
+
+def test_a_missing_device_is_named_in_the_error() -> None:
     with pytest.raises(AudioError, match=r"^cannot open ALSA device 'no_such_pcm': "):
-        asyncio.run(open_it())
+        open_missing_device()
+
+
+def test_alsa_lib_errors_go_to_the_debug_log_not_to_stderr(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.DEBUG, logger="herald.audio.alsa"),
+        pytest.raises(AudioError, match="cannot open ALSA device 'no_such_pcm'"),
+    ):
+        open_missing_device()
+    assert "ALSA lib" not in capfd.readouterr().err
+    routed = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(
+        re.match(r"alsa-lib pcm\.c:\d+ \(snd_pcm_open_noupdate\) Unknown PCM", m) for m in routed
+    ), routed
 
 
 def test_the_test_pcms_are_listed_as_playback_devices() -> None:
