@@ -18,6 +18,19 @@ def finished(ident: str) -> str:
     return json.dumps({"event": "finished", "id": ident, "ts": 1.0})
 
 
+def opened(path: Path) -> QueueJournal:
+    """A journal as Herald starts it: loaded from its file (if any)."""
+    journal = QueueJournal(path)
+    journal.load()
+    return journal
+
+
+def after_restart(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """What the next start finds: the ids offered again, and the events sent again."""
+    journal = QueueJournal(path)
+    return [announcement.id for announcement in journal.load()], journal.unreported()
+
+
 def test_an_announcement_stays_until_its_final_event_is_acknowledged(tmp_path: Path) -> None:
     path = tmp_path / "queue.journal"
     journal = QueueJournal(path)
@@ -26,26 +39,20 @@ def test_an_announcement_stays_until_its_final_event_is_acknowledged(tmp_path: P
     journal.add(Announcement("b", "Waiting."))
     assert journal.settle("a", finished("a"))
     # A crash now (no close): "a" is not spoken again, but its event is sent again.
-    after_crash = QueueJournal(path)
-    assert [x.id for x in after_crash.load()] == ["b"]
-    assert after_crash.unreported() == [("a", finished("a"))]
-    after_crash.reported("a")
-    again = QueueJournal(path)
-    assert [x.id for x in again.load()] == ["b"]
-    assert again.unreported() == []
+    assert after_restart(path) == (["b"], [("a", finished("a"))])
+    opened(path).reported("a")  # the broker acknowledged the event sent again
+    assert after_restart(path) == (["b"], [])
 
 
 def test_what_was_never_queued_is_not_settled(tmp_path: Path) -> None:
-    journal = QueueJournal(tmp_path / "queue.journal")
-    journal.load()
+    journal = opened(tmp_path / "queue.journal")
     assert not journal.settle("stranger", finished("stranger"))
     assert journal.unreported() == []
 
 
 def test_an_id_used_again_survives_compaction_under_its_new_words(tmp_path: Path) -> None:
     path = tmp_path / "queue.journal"
-    journal = QueueJournal(path)
-    journal.load()
+    journal = opened(path)
     journal.add(Announcement("door", "The door is open."))
     journal.settle("door", finished("door"))
     journal.add(Announcement("door", "The door is still open."))
@@ -59,22 +66,17 @@ def test_a_journal_from_before_fates_were_kept_loads(tmp_path: Path) -> None:
     path = tmp_path / "queue.journal"
     added = {"add": {"id": "old", "text": "Old.", "priority": 50}}
     path.write_text(json.dumps(added) + "\n" + json.dumps({"done": "old"}) + "\n")
-    journal = QueueJournal(path)
-    assert journal.load() == []
-    assert journal.unreported() == []
+    assert after_restart(path) == ([], [])
 
 
 def test_a_closed_journal_writes_nothing_more(tmp_path: Path) -> None:
     path = tmp_path / "queue.journal"
-    journal = QueueJournal(path)
-    journal.load()
+    journal = opened(path)
     journal.add(Announcement("a", "Spoken."))
     journal.settle("a", finished("a"))
     journal.close()
     journal.reported("a")  # a late acknowledgement, after the end of the run
-    restarted = QueueJournal(path)
-    assert restarted.load() == []
-    assert restarted.unreported() == [("a", finished("a"))]
+    assert after_restart(path) == ([], [("a", finished("a"))])
 
 
 def test_a_journal_holding_thousands_is_not_rewritten_at_every_line(
@@ -88,8 +90,7 @@ def test_a_journal_holding_thousands_is_not_rewritten_at_every_line(
         rewrites += 1
         real_fsync(fd)
 
-    journal = QueueJournal(tmp_path / "queue.journal")
-    journal.load()
+    journal = opened(tmp_path / "queue.journal")
     monkeypatch.setattr(os, "fsync", counting_fsync)
     held = 3 * COMPACT_AFTER_LINES
     for n in range(held):
@@ -100,9 +101,7 @@ def test_a_journal_holding_thousands_is_not_rewritten_at_every_line(
         journal.reported(f"a{n}")
     assert rewrites <= 10, rewrites  # 9,000 lines: each rewrite at least doubles the room
     monkeypatch.undo()
-    restarted = QueueJournal(tmp_path / "queue.journal")
-    assert restarted.load() == []
-    assert restarted.unreported() == []
+    assert after_restart(tmp_path / "queue.journal") == ([], [])
 
 
 def test_the_journal_syncs_only_what_was_added(tmp_path: Path) -> None:
@@ -155,5 +154,4 @@ def test_a_disk_that_refuses_writes_costs_the_safety_net_not_the_daemon(
     errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and "cannot write" in errors[0] and str(path) in errors[0], errors
     assert "writing" in done.stderr.splitlines()[-1] and "again" in done.stderr.splitlines()[-1]
-    restarted = QueueJournal(path)
-    assert [x.id for x in restarted.load()] == ["before", "during1", "during2", "after"]
+    assert after_restart(path) == (["before", "during1", "during2", "after"], [])

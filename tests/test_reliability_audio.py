@@ -150,6 +150,15 @@ def cpu_seconds(daemon: DaemonProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def watched(
+    daemon: DaemonProcess, probe: MqttProbe, seconds: float
+) -> tuple[list[dict[str, Any]], float]:
+    """The events of the next `seconds`, and the CPU time the daemon used meanwhile."""
+    cpu_before = cpu_seconds(daemon)
+    events = events_during(probe, seconds)
+    return events, cpu_seconds(daemon) - cpu_before
+
+
 def error_lines(daemon: DaemonProcess) -> list[str]:
     return [line for line in daemon.log_lines if line.startswith("ERROR") and DEVICE in line]
 
@@ -214,9 +223,7 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     say(probe, node_id, "kept1", "The speaker is back.")
     say(probe, node_id, "stale", "Nor this.", ttl=3)
     say(probe, node_id, "kept2", "And this is spoken second.")
-    cpu_before = cpu_seconds(daemon)
-    waiting = events_during(probe, 6.0)
-    cpu_used = cpu_seconds(daemon) - cpu_before
+    waiting, cpu_used = watched(daemon, probe, 6.0)
 
     queued = [e["id"] for e in waiting if e["event"] == "queued"]
     assert queued == ["short-lived", "kept1", "stale", "kept2"]
@@ -319,9 +326,7 @@ def test_a_speaker_unplugged_while_speaking_says_it_again_once_it_is_back(
 
     speaker.unplug()
     say(probe, node_id, "later", "Published while the speaker is unplugged.")
-    cpu_before = cpu_seconds(daemon)
-    unplugged = events_during(probe, 6.0)
-    cpu_used = cpu_seconds(daemon) - cpu_before
+    unplugged, cpu_used = watched(daemon, probe, 6.0)
     events += unplugged
 
     assert daemon.alive
@@ -356,9 +361,7 @@ def test_a_speaker_unplugged_between_announcements_speaks_the_next_once_it_is_ba
 
     speaker.unplug()  # the device is open but idle: the daemon finds out when it next writes
     say(probe, node_id, "after", "Spoken once the speaker is back.")
-    cpu_before = cpu_seconds(daemon)
-    unplugged = events_during(probe, 4.0)
-    cpu_used = cpu_seconds(daemon) - cpu_before
+    unplugged, cpu_used = watched(daemon, probe, 4.0)
     events += unplugged
 
     assert daemon.alive
