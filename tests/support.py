@@ -200,6 +200,56 @@ def finished_or_failed(ident: str) -> Callable[[Events], bool]:
     return settled([ident])
 
 
+# --- systemd ---------------------------------------------------------------------------------
+
+
+class NotifyListener:
+    """Stands in for systemd's notification socket ($NOTIFY_SOCKET): a thread receives what the
+    daemon tells it and stamps each message with time.monotonic() as it arrives (so a gap in
+    the watchdog pings shows even while the sender's event loop is blocked)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.1)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._arrived = threading.Condition()
+        self._open = True
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while self._open:
+            try:
+                data = self._sock.recv(65536)
+            except (TimeoutError, OSError):
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            with self._arrived:
+                self.messages.append((time.monotonic(), fields))
+                self._arrived.notify_all()
+
+    def fields(self) -> list[dict[str, str]]:
+        """Every message received so far, as its fields."""
+        return [fields for _, fields in list(self.messages)]
+
+    def times_of(self, key: str) -> list[float]:
+        return [at for at, fields in list(self.messages) if key in fields]
+
+    def until(self, key: str, timeout: float) -> dict[str, str]:
+        """The first message with this field, waiting (bounded) for it."""
+        with self._arrived:
+            if self._arrived.wait_for(lambda: bool(self.times_of(key)), timeout):
+                return next(fields for fields in self.fields() if key in fields)
+        raise AssertionError(f"no {key} in {self.messages}")
+
+    def close(self) -> None:
+        self._open = False
+        self._thread.join(5)
+        self._sock.close()
+
+
 # --- ALSA ---------------------------------------------------------------------------------------
 
 ASOUNDRC = """

@@ -21,7 +21,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from tests.support import (
     Broker,
     DaemonProcess,
     MqttProbe,
+    NotifyListener,
     PulseServer,
     contains_speech,
     daemon_env,
@@ -163,28 +163,6 @@ def error_lines(daemon: DaemonProcess) -> list[str]:
     return [line for line in daemon.log_lines if line.startswith("ERROR") and DEVICE in line]
 
 
-class NotifySocket:
-    """Stands in for systemd's notification socket: what the daemon tells it, as fields."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.setblocking(False)
-        self.messages: list[dict[str, str]] = []
-
-    def read(self) -> list[dict[str, str]]:
-        """Everything received so far."""
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                data = self._sock.recv(65536).decode()
-                self.messages.append(dict(line.split("=", 1) for line in data.splitlines()))
-        return self.messages
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 def assert_fresh_announcement_is_heard(
     daemon: DaemonProcess, probe: MqttProbe, node_id: str, speaker: UnpluggableSpeaker
 ) -> None:
@@ -209,7 +187,7 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     probe: MqttProbe,
     node_id: str,
 ) -> None:
-    notify = NotifySocket(speaker.home / "notify")
+    notify = NotifyListener(speaker.home / "notify")
     daemon = daemon_on(speaker, make_daemon, broker)
     daemon.env["NOTIFY_SOCKET"] = str(notify.path)
     daemon.start()
@@ -235,7 +213,7 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     assert cpu_used < 0.25 * 6.0, f"the daemon spins while it waits: {cpu_used:.2f} s of CPU"
     # Not ready, and systemd's status line says why.
     assert not any("herald: ready" in line for line in daemon.log_lines)
-    told = notify.read()
+    told = notify.fields()
     assert not [fields for fields in told if "READY" in fields]
     assert any(f"cannot open ALSA device '{DEVICE}'" in f.get("STATUS", "") for f in told), told
     # So does the status Home Assistant reads.
@@ -255,7 +233,7 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     }
     assert [e["id"] for e in events if e["event"] == "started"] == ["kept1", "kept2"]
     assert contains_speech(speaker.samples())
-    assert any(fields.get("READY") == "1" for fields in notify.read())
+    assert notify.until("READY", timeout=5)["READY"] == "1"
     notify.close()
     # One clear line about the missing device, not one per attempt.
     assert len(error_lines(daemon)) == 1, error_lines(daemon)

@@ -21,7 +21,6 @@ import logging
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from tests.support import (
     Broker,
     DaemonProcess,
     MqttProbe,
+    NotifyListener,
     PulseServer,
     daemon_env,
     got,
@@ -241,37 +241,6 @@ def test_closing_does_not_wait_for_a_thread_stuck_on_the_device(
 # --- the daemon: the watchdog, and the log without systemd ---------------------------------------
 
 
-class Notifications:
-    """Stands in for systemd's notification socket; stamps each message as it arrives."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.1)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-        self._open = True
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        while self._open:
-            try:
-                data = self._sock.recv(65536)
-            except (TimeoutError, OSError):
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-            self.messages.append((time.monotonic(), fields))
-
-    def times_of(self, key: str) -> list[float]:
-        return [at for at, fields in list(self.messages) if key in fields]
-
-    def close(self) -> None:
-        self._open = False
-        self._thread.join(5)
-        self._sock.close()
-
-
 def daemon_on(
     speaker: HangingSpeaker, make_daemon: DaemonFactory, broker: Broker, **env: str
 ) -> DaemonProcess:
@@ -300,7 +269,7 @@ def test_a_sound_server_that_hangs_mid_announcement_stops_the_watchdog(
     node_id: str,
 ) -> None:
     speaker.server.start()
-    notify = Notifications(speaker.home / "notify")
+    notify = NotifyListener(speaker.home / "notify")
     daemon = daemon_on(
         speaker,
         make_daemon,
