@@ -87,12 +87,17 @@ def make_daemon(
 ) -> Iterator[DaemonFactory]:
     started: list[DaemonProcess] = []
 
-    def make(broker: Broker, extra: str = "", device: str | None = None) -> DaemonProcess:
+    def make(
+        broker: Broker, extra: str = "", device: str | None = None, mqtt: str = ""
+    ) -> DaemonProcess:
+        """A daemon for this test's node; `mqtt`: more lines for its [mqtt] section."""
         config = write_config(
             tmp_path / f"herald-{len(started)}.toml",
             f'node_id = "{node_id}"\nstate_dir = "{tmp_path / "state"}"\n'
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_max_s = 1\n'
-            f'[audio]\ndevice = "{device or capture.device}"\n' + extra,
+            + mqtt
+            + f'[audio]\ndevice = "{device or capture.device}"\n'
+            + extra,
         )
         daemon = DaemonProcess(config, daemon_env(alsa_config_home))
         started.append(daemon)

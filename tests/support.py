@@ -433,6 +433,17 @@ class DaemonProcess:
         return self.process.wait(timeout)
 
 
+# [mqtt] lines that let one publisher flood the queue (the per-topic limit would refuse most).
+NO_RATE_LIMIT = "rate_per_minute = 100000\nrate_burst = 100000\n"
+
+
+def rss_kib(daemon: DaemonProcess) -> int:
+    """The daemon's resident memory now, in KiB."""
+    assert daemon.process is not None
+    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
 def daemon_env(config_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["XDG_CONFIG_HOME"] = str(config_home)

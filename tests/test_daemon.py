@@ -199,12 +199,7 @@ def test_say_command_waits_for_the_daemon_and_prints_the_timeline(
 def test_say_all_and_group_follow_every_node_that_speaks_it(
     broker: Broker, make_daemon: DaemonFactory, node_id: str, tmp_path: Path
 ) -> None:
-    downstairs = make_daemon(broker)
-    downstairs.config_path.write_text(
-        downstairs.config_path.read_text().replace(
-            "reconnect_max_s = 1\n", 'reconnect_max_s = 1\ngroups = ["downstairs"]\n'
-        )
-    )
+    downstairs = make_daemon(broker, mqtt='groups = ["downstairs"]\n')
     upstairs = make_daemon(broker)
     upstairs.config_path.write_text(
         upstairs.config_path.read_text()

@@ -15,12 +15,13 @@ import pytest
 
 from tests.conftest import DaemonFactory
 from tests.support import (
+    NO_RATE_LIMIT,
     Broker,
-    DaemonProcess,
     MqttProbe,
     fates,
     finished_or_failed,
     is_final,
+    rss_kib,
     wait_for,
 )
 
@@ -243,23 +244,11 @@ def random_payload(rng: random.Random, n: int) -> bytes:
     ).encode()
 
 
-def rss_kib(daemon: DaemonProcess) -> int:
-    assert daemon.process is not None
-    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
-
-
 @pytest.mark.timeout(900)
 def test_ten_thousand_random_payloads_each_get_a_fate_and_memory_stays_bounded(
     broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str
 ) -> None:
-    daemon = make_daemon(broker)
-    daemon.config_path.write_text(
-        daemon.config_path.read_text().replace(
-            "reconnect_max_s = 1\n",
-            "reconnect_max_s = 1\nrate_per_minute = 100000\nrate_burst = 100000\n",
-        )
-    )
+    daemon = make_daemon(broker, mqtt=NO_RATE_LIMIT)
     daemon.start(wait_until="herald: ready")
     before = rss_kib(daemon)
     rng = random.Random(20261121)
@@ -301,13 +290,10 @@ def test_tls_and_a_password_from_a_file(
     broker.start()
     (tmp_path / "mqtt_password").write_text("s3cret\n")
     try:
-        daemon = make_daemon(broker)
-        daemon.config_path.write_text(
-            daemon.config_path.read_text().replace(
-                "reconnect_max_s = 1\n",
-                f'reconnect_max_s = 1\ntls = true\nca_file = "{tmp_path / "ca.pem"}"\n'
-                f'username = "herald"\npassword_file = "{tmp_path / "mqtt_password"}"\n',
-            )
+        daemon = make_daemon(
+            broker,
+            mqtt=f'tls = true\nca_file = "{tmp_path / "ca.pem"}"\n'
+            f'username = "herald"\npassword_file = "{tmp_path / "mqtt_password"}"\n',
         )
         daemon.start(wait_until="herald: ready")
         assert not any("s3cret" in line for line in daemon.log_lines)

@@ -252,14 +252,18 @@ def test_key_install_writes_the_credentials_drop_in(staged_with_key: Path, tmp_p
     assert verify_unit(unit, tmp_path, {"credentials.conf": dropin}) == ""
 
 
-def test_key_install_creates_a_config_with_deepgram_first(staged_with_key: Path) -> None:
-    config = staged_with_key / "etc/herald/herald.toml"
-    assert engines(config) == ["deepgram", "espeak"]
+def assert_only_the_engines_changed(config: Path, first: str) -> None:
+    """The written config is the shipped one but for `engines`, which puts `first` first."""
+    assert engines(config) == [first, "espeak"]
     shipped = (REPO / "config/herald.toml").read_text().splitlines()
     written = config.read_text().splitlines()
     changed = [(a, b) for a, b in zip(shipped, written, strict=True) if a != b]
     assert len(changed) == 1, changed
-    assert changed[0][1].startswith('engines = ["deepgram", "espeak"]  # ')
+    assert changed[0][1].startswith(f'engines = ["{first}", "espeak"]  # ')
+
+
+def test_key_install_creates_a_config_with_deepgram_first(staged_with_key: Path) -> None:
+    assert_only_the_engines_changed(staged_with_key / "etc/herald/herald.toml", "deepgram")
 
 
 def test_reinstall_rotates_the_key_and_adds_the_mqtt_password(
@@ -377,13 +381,7 @@ def test_slng_install_writes_the_drop_in(staged_with_slng: Path, tmp_path: Path)
 
 
 def test_slng_install_creates_a_config_with_slng_first(staged_with_slng: Path) -> None:
-    config = staged_with_slng / "etc/herald/herald.toml"
-    assert engines(config) == ["slng", "espeak"]
-    shipped = (REPO / "config/herald.toml").read_text().splitlines()
-    written = config.read_text().splitlines()
-    changed = [(a, b) for a, b in zip(shipped, written, strict=True) if a != b]
-    assert len(changed) == 1, changed
-    assert changed[0][1].startswith('engines = ["slng", "espeak"]  # ')
+    assert_only_the_engines_changed(staged_with_slng / "etc/herald/herald.toml", "slng")
 
 
 def test_both_keys_put_deepgram_first_then_slng(

@@ -23,6 +23,7 @@ from herald.announcement import Announcement
 from herald.journal import QueueJournal
 from tests.conftest import DaemonFactory
 from tests.support import (
+    NO_RATE_LIMIT,
     Broker,
     Capture,
     DaemonProcess,
@@ -32,6 +33,7 @@ from tests.support import (
     contains_speech,
     fates,
     got,
+    rss_kib,
     settled,
     wait_for,
 )
@@ -74,22 +76,9 @@ def say(probe: MqttProbe, node_id: str, ident: str, text: str, **fields: Any) ->
     probe.publish(f"herald/{node_id}/say", json.dumps(payload))
 
 
-def without_rate_limit(daemon: DaemonProcess) -> None:
-    """Let one publisher flood the queue (the per-topic limit would refuse most of it)."""
-    text = daemon.config_path.read_text()
-    unlimited = "reconnect_max_s = 1\nrate_per_minute = 100000\nrate_burst = 100000\n"
-    daemon.config_path.write_text(text.replace("reconnect_max_s = 1\n", unlimited))
-
-
 def subscribed(daemon: DaemonProcess, times: int) -> Callable[[], bool]:
     """The daemon has (re)subscribed this many times since it started."""
     return lambda: sum("subscribed to" in line for line in daemon.log_lines) >= times
-
-
-def rss_kib(daemon: DaemonProcess) -> int:
-    assert daemon.process is not None
-    status = Path(f"/proc/{daemon.process.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
 
 
 # --- the broker restarts, five times --------------------------------------------------------------
@@ -151,8 +140,9 @@ def test_sigkill_with_a_full_queue_loses_nothing(
 ) -> None:
     """Killed mid-sentence with the queue full and overflowing: after the restart the one cut
     short is spoken again, the queue follows in priority order, the overflow was reported."""
-    paced = make_daemon(broker, f"[queue]\nmax_length = {QUEUE_LENGTH}\n", device="herald_paced")
-    without_rate_limit(paced)
+    paced = make_daemon(
+        broker, f"[queue]\nmax_length = {QUEUE_LENGTH}\n", device="herald_paced", mqtt=NO_RATE_LIMIT
+    )
     paced.start(wait_until="herald: ready")
     long_text = "This one is cut short by a crash and must be spoken again from its start."
     say(probe, node_id, "speaking", long_text, priority="critical")
@@ -284,9 +274,8 @@ def test_a_burst_of_five_thousand_keeps_memory_bounded_and_a_critical_one_cuts_i
 ) -> None:
     """A runaway automation floods the speaker; the smoke alarm after it still cuts in. With the
     shipped rate limit most of the flood is turned away at once; without, the queue takes it."""
-    daemon = make_daemon(broker, device="herald_paced")
-    if limits == "no rate limit":
-        without_rate_limit(daemon)
+    mqtt = NO_RATE_LIMIT if limits == "no rate limit" else ""
+    daemon = make_daemon(broker, device="herald_paced", mqtt=mqtt)
     daemon.start(wait_until="herald: ready")
     before = rss_kib(daemon)
     rng = random.Random(5000)
