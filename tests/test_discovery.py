@@ -332,7 +332,8 @@ def test_controls_and_sensors_follow_home_assistants_rules() -> None:
     assert (quiet["payload_on"], quiet["payload_off"]) == ("ON", "OFF")
     assert (quiet["state_on"], quiet["state_off"]) == ("ON", "OFF")
     state = found["sensor", "state"]
-    assert state["device_class"] == "enum" and state["options"] == ["idle", "speaking"]
+    assert state["device_class"] == "enum"
+    assert state["options"] == ["idle", "speaking", "waiting_for_audio"]
     for (component, _), config in found.items():
         if component == "sensor":
             # sensor.mqtt: `options` needs device_class enum and excludes state_class and unit
@@ -424,7 +425,7 @@ def test_the_delimiter_check_catches_what_it_should() -> None:
 
 def test_every_template_is_one_balanced_expression() -> None:
     found = [t for config in configs().values() for t in templates(config).values()]
-    assert len(found) == 8
+    assert len(found) == 9
     for template in found:
         assert _delimiters_balance(template), template
         assert template.startswith("{{ ") and template.endswith(" }}")
@@ -440,6 +441,7 @@ STATUS_IDLE: dict[str, Any] = {
     "volume": 0.8,
     "quiet": False,
     "last": None,
+    "audio": None,
 }
 STATUS_SIREN: dict[str, Any] = {
     **STATUS_IDLE,
@@ -489,6 +491,16 @@ def test_the_templates_render_the_status_as_home_assistant_expects() -> None:
     attributes = json.loads(render(last, "json_attributes_template", STATUS_SIREN))
     assert attributes == {"id": "laundry", "event": "finished", "ts": 1.5}
     assert found[last]["json_attributes_template"] == LAST_ATTRIBUTES_TEMPLATE
+    assert json.loads(render(state, "json_attributes_template", STATUS_IDLE)) == {
+        "current": None,
+        "audio_problem": None,
+    }
+    unplugged = {**STATUS_SIREN, "state": "waiting_for_audio", "audio": "no such device"}
+    assert render(state, "value_template", unplugged) == "waiting_for_audio"
+    assert json.loads(render(state, "json_attributes_template", unplugged)) == {
+        "current": SIREN_ID,
+        "audio_problem": "no such device",
+    }
 
 
 def test_a_long_last_announcement_is_cut_to_home_assistants_state_limit() -> None:

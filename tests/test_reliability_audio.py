@@ -218,7 +218,7 @@ def test_a_device_missing_at_start_speaks_what_waited_once_it_is_plugged_in(
     assert any(f"cannot open ALSA device '{DEVICE}'" in f.get("STATUS", "") for f in told), told
     # So does the status Home Assistant reads.
     status = retained_status(broker, node_id)
-    assert status["state"] == "waiting for audio", status
+    assert status["state"] == "waiting_for_audio", status
     assert f"cannot open ALSA device '{DEVICE}'" in status["audio"], status
 
     speaker.plug_in()

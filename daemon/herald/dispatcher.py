@@ -21,7 +21,7 @@ from herald.announcement import (
     PayloadRejected,
     parse_payload,
 )
-from herald.events import Event, EventSink, event_for
+from herald.events import Event, EventSink, about, event_for
 from herald.journal import QueueJournal
 from herald.scheduler import (
     Outcome,
@@ -63,10 +63,10 @@ class Dispatcher:
         self._speaking: asyncio.Task[bool] | None = None
         self._preempted_by: str | None = None
         self._closing = False
-        # Called when the current announcement has ended and nothing took its place yet (an
-        # event goes out before that moment, so a status built from the event alone would
-        # still say "speaking").
-        self.when_idle: Callable[[], None] = lambda: None
+        # Called when an announcement starts (it may wait for the audio device before any
+        # event says so) and when one has ended and nothing took its place yet (its event goes
+        # out before that moment): the status follows what events alone do not tell.
+        self.when_changed: Callable[[], None] = lambda: None
 
     @property
     def queue_length(self) -> int:
@@ -198,7 +198,7 @@ class Dispatcher:
             self._fail(announcement, "herald shut down before speaking it")
 
     def _fail(self, announcement: Announcement, reason: str) -> None:
-        self._emit(Event("failed", announcement.id, details={"reason": reason}))
+        self._emit(about(announcement, "failed", {"reason": reason}))
 
     # --- the queue loop -----------------------------------------------------------------------
 
@@ -210,6 +210,7 @@ class Dispatcher:
             if announcement is None:
                 await self._wait_for_change()
                 continue
+            self.when_changed()
             await self._speak(announcement)
 
     async def _wait_for_change(self, speaking: asyncio.Task[bool] | None = None) -> None:
@@ -246,7 +247,7 @@ class Dispatcher:
         preempted_by, self._preempted_by = self._preempted_by, None
         if not task.cancelled():
             self._scheduler.finish()  # spoken, or failed: its event settled it in the journal
-            self.when_idle()
+            self.when_changed()
         elif preempted_by is not None:
             resume = unspoken_part(announcement.text, self._speaker.speech_seconds)
             self._publish(self._scheduler.preempted(preempted_by, resume))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from herald.announcement import Announcement
 from herald.scheduler import Dropped, Evicted, Expired, Outcome, Preempted, Queued, Rejected
 
 EventKind = Literal[
@@ -27,6 +28,9 @@ class Event:
     announcement_id: str | None
     ts: float = field(default_factory=time.time)
     details: dict[str, object] = field(default_factory=dict)
+    # The announcement's words, for the status's "last announcement"; never published in the
+    # event itself (the events topic carries ids, not what was said).
+    text: str = field(default="", compare=False, repr=False)
 
     @property
     def settles(self) -> bool:
@@ -55,31 +59,25 @@ def event_for(outcome: Outcome) -> Event | None:
     """The event that tells the world about a Scheduler outcome (None for instructions)."""
     if isinstance(outcome, Queued):
         a = outcome.announcement
-        return Event(
-            "queued",
-            a.id,
-            details={"priority": a.priority_name, "queue_length": outcome.queue_length},
+        return about(
+            a, "queued", {"priority": a.priority_name, "queue_length": outcome.queue_length}
         )
     if isinstance(outcome, Rejected):
-        return Event("rejected", outcome.announcement.id, details={"reason": outcome.reason})
+        return about(outcome.announcement, "rejected", {"reason": outcome.reason})
     if isinstance(outcome, Expired):
-        return Event(
-            "expired",
-            outcome.announcement.id,
-            details={"reason": "its time to live ran out before it was spoken"},
-        )
+        reason = "its time to live ran out before it was spoken"
+        return about(outcome.announcement, "expired", {"reason": reason})
     if isinstance(outcome, Evicted):
-        return Event(
-            "dropped",
-            outcome.announcement.id,
-            details={"reason": f"queue full: evicted for {outcome.by}"},
-        )
+        reason = f"queue full: evicted for {outcome.by}"
+        return about(outcome.announcement, "dropped", {"reason": reason})
     if isinstance(outcome, Dropped):
-        return Event("dropped", outcome.announcement.id, details={"reason": outcome.reason})
+        return about(outcome.announcement, "dropped", {"reason": outcome.reason})
     if isinstance(outcome, Preempted):
-        return Event(
-            "preempted",
-            outcome.announcement.id,
-            details={"by": outcome.by, "requeued": outcome.requeued},
-        )
+        details = {"by": outcome.by, "requeued": outcome.requeued}
+        return about(outcome.announcement, "preempted", details)
     return None
+
+
+def about(announcement: Announcement, kind: EventKind, details: dict[str, object]) -> Event:
+    """An event of this announcement's (carrying its words for the status)."""
+    return Event(kind, announcement.id, details=details, text=announcement.text)

@@ -61,7 +61,13 @@ class Node:
 
     def attach(self, bridge: MqttBridge, dispatcher: Dispatcher, voices: Sequence[Voice]) -> None:
         self.bridge, self.dispatcher = bridge, dispatcher
-        self.status = StatusBoard(dispatcher, voices, self.controls, self._publish_status)
+        self.status = StatusBoard(
+            dispatcher,
+            voices,
+            self.controls,
+            self._publish_status,
+            last_path=self.config.state_dir / "last.json",
+        )
 
     # --- out ----------------------------------------------------------------------------------
 

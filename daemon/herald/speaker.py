@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from herald.announcement import Announcement
 from herald.audio import AudioError, AudioSink
 from herald.audio.dsp import Samples, apply_gain, ms_to_frames, silence
-from herald.events import Event, EventKind, EventSink
+from herald.events import EventKind, EventSink, about
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import CacheKey, PhraseCache, concatenate
 
@@ -336,7 +336,7 @@ class Speaker:
         return {"cached": True} if self._from_cache else {}
 
     def _event(self, kind: EventKind, announcement: Announcement, **details: object) -> None:
-        self._emit(Event(kind, announcement.id, details=details))
+        self._emit(about(announcement, kind, details))
 
 
 class _Kept:

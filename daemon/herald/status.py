@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from herald.controls import Controls
-from herald.dispatcher import Dispatcher
-from herald.events import Event
-from herald.voice.base import Voice
+if TYPE_CHECKING:
+    from herald.controls import Controls
+    from herald.dispatcher import Dispatcher
+    from herald.events import Event
+    from herald.voice.base import Voice
+
+log = logging.getLogger(__name__)
+
+IDLE = "idle"
+SPEAKING = "speaking"
+WAITING_FOR_AUDIO = "waiting_for_audio"  # an announcement is due, the audio device is missing
+STATES = (IDLE, SPEAKING, WAITING_FOR_AUDIO)
+"""Every `state` the status can have: Home Assistant's State sensor offers exactly these."""
 
 
 class StatusBoard:
@@ -25,23 +36,23 @@ class StatusBoard:
         voices: Sequence[Voice],
         controls: Controls,
         publish: Callable[[str], None],
+        last_path: Path | None = None,
     ) -> None:
+        """last_path: where the last announcement is kept, so a restart still shows it."""
         self._dispatcher = dispatcher
-        dispatcher.when_idle = self.changed
+        dispatcher.when_changed = self.changed
         self._voices = voices
         self._controls = controls
         self._publish = publish
         self._voice = voices[0].name
         self._degraded = False
-        self._texts: dict[str, str] = {}
-        self._last: dict[str, Any] | None = None
+        self._last_path = last_path
+        self._last: dict[str, Any] | None = load_last(last_path)
         self._audio_problem: str | None = None  # why the audio device cannot be used
         self._scheduled = False
 
     def note(self, event: Event) -> None:
-        current = self._dispatcher.current
-        if event.kind == "started" and current is not None:
-            self._texts = {current.id: current.text}
+        if event.kind == "started":
             self._voice = str(event.details.get("voice", self._voice))
             self._degraded = bool(event.details.get("degraded", False))
         if event.settles and event.announcement_id is not None:
@@ -49,8 +60,9 @@ class StatusBoard:
                 "id": event.announcement_id,
                 "event": event.kind,
                 "ts": event.ts,
-                "text": self._texts.get(event.announcement_id, ""),
+                "text": event.text,
             }
+            save_last(self._last_path, self._last)
         self.changed()
 
     def audio(self, problem: str | None) -> None:
@@ -67,9 +79,9 @@ class StatusBoard:
     def snapshot(self) -> dict[str, Any]:
         current = self._dispatcher.current
         if current is None:
-            state = "idle"
+            state = IDLE
         else:
-            state = "speaking" if self._audio_problem is None else "waiting for audio"
+            state = SPEAKING if self._audio_problem is None else WAITING_FOR_AUDIO
         return {
             "state": state,
             "current": None
@@ -88,3 +100,32 @@ class StatusBoard:
     def _send(self) -> None:
         self._scheduled = False
         self._publish(json.dumps(self.snapshot(), ensure_ascii=False, separators=(",", ":")))
+
+
+def load_last(path: Path | None) -> dict[str, Any] | None:
+    """The last announcement a previous run kept; None when there is none (or it is unusable)."""
+    if path is None:
+        return None
+    try:
+        last = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("status: ignoring %s: %s", path, exc)
+        return None
+    if not isinstance(last, dict) or set(last) != {"id", "event", "ts", "text"}:
+        log.warning("status: ignoring %s: not a last announcement", path)
+        return None
+    return last
+
+
+def save_last(path: Path | None, last: dict[str, Any]) -> None:
+    """Keep the last announcement for the next run (replaced whole: a crash leaves the old one)."""
+    if path is None:
+        return
+    try:
+        fresh = path.with_suffix(".tmp")
+        fresh.write_text(json.dumps(last, ensure_ascii=False), encoding="utf-8")
+        fresh.replace(path)
+    except OSError as exc:
+        log.warning("status: cannot keep the last announcement in %s: %s", path, exc)

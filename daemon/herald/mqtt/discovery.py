@@ -52,7 +52,9 @@ All share one device block, the origin block and availability on `<base>/<node>/
 - number "Volume" -> `volume/set`, 0-1 in steps of 0.05 (slider), state `status`.volume. Home
   Assistant sends a whole value without a fraction (`0`, `1`), others as they are (`0.35`).
 - switch "Quiet mode" -> `quiet/set`, `ON` / `OFF`; state from `status`.quiet.
-- sensors from `status`: "State" (enum: idle, speaking), "Queue length" (measurement),
+- sensors from `status`: "State" (enum: idle, speaking, waiting_for_audio; the current
+  announcement's id and why the audio device cannot be used as attributes), "Queue length"
+  (measurement),
   "Last announcement" (the text, cut to Home Assistant's 255-character state limit; its id,
   event and ts as attributes) and "Voice" (`voice_status`, diagnostic).
 
@@ -82,6 +84,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from herald.mqtt.topics import Topics
+from herald.status import STATES
 
 DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 DISCOVERY_QOS = 1
@@ -100,11 +103,14 @@ SIREN_ID = "siren"
 SIREN_TONES = ("alarm", "alert", "bell")
 """Tones the siren offers; each is one of Herald's built-in chimes."""
 
-STATES = ("idle", "speaking")
 MAX_STATE_LENGTH = 255
 """Home Assistant refuses a state longer than this (homeassistant.const.MAX_LENGTH_STATE_STATE)."""
 
 STATE_TEMPLATE = "{{ value_json.state }}"
+STATE_ATTRIBUTES_TEMPLATE = (
+    "{{ {'current': value_json.current.id if value_json.current else none,"
+    " 'audio_problem': value_json.audio} | tojson }}"
+)
 QUEUE_LENGTH_TEMPLATE = "{{ value_json.queue_length }}"
 VOLUME_TEMPLATE = "{{ value_json.volume }}"
 VOICE_TEMPLATE = "{{ value_json.voice_status }}"
@@ -279,6 +285,8 @@ def _entities(node: NodeInfo) -> list[_Entity]:
             {
                 "state_topic": status,
                 "value_template": STATE_TEMPLATE,
+                "json_attributes_topic": status,
+                "json_attributes_template": STATE_ATTRIBUTES_TEMPLATE,
                 "device_class": "enum",
                 "options": list(STATES),
                 "qos": ENTITY_QOS,
