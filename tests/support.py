@@ -60,6 +60,7 @@ class Broker:
     process: subprocess.Popen[bytes] | None = None
     persistent: bool = False  # keep sessions and queued messages across a restart
     listener_options: str = "allow_anonymous true\n"  # e.g. TLS files, a password file
+    global_options: str = ""  # before everything else, e.g. per_listener_settings
 
     def start(self) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -74,7 +75,8 @@ class Broker:
         conf.write_text(
             # Started by root, mosquitto would drop to its own user and could not read the
             # test's files; for anyone else `user` changes nothing.
-            f"user {getpass.getuser()}\nmax_queued_messages 1000000\nper_listener_settings true\n"
+            f"{self.global_options}"
+            f"user {getpass.getuser()}\nmax_queued_messages 1000000\n"
             f"listener {self.port} 127.0.0.1\n{self.listener_options}{persistence}"
         )
         log = (self.workdir / f"mosquitto-{self.port}.log").open("ab")

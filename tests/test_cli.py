@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import wave
@@ -12,7 +13,16 @@ import numpy as np
 
 from herald.audio.chimes import load_chime
 from herald.events import Event
-from tests.support import Broker, Capture, contains_speech, espeak_reference, similarity
+from tests.conftest import DaemonFactory
+from tests.support import (
+    Broker,
+    Capture,
+    MqttProbe,
+    contains_speech,
+    espeak_reference,
+    got,
+    similarity,
+)
 
 
 def herald(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -90,9 +100,50 @@ def test_check_passes_when_everything_works(
     assert [line.split(":")[0] for line in lines] == [
         "✔ config",
         f"✔ broker {broker.host}",
+        "✔ broker keeps messages for Herald while it is away",
         f"✔ audio device '{capture.device.split(':')[0]}",
         "✔ voice espeak",
     ]
+
+
+def test_check_tells_whether_the_broker_keeps_messages_for_herald_while_it_is_away(
+    tmp_path: Path, make_daemon: DaemonFactory, node_id: str
+) -> None:
+    """mosquitto 2.0.12 and later lose them with `per_listener_settings true` (eclipse/mosquitto
+    issue 2618; Debian 12 has 2.0.11, Debian 13 2.0.21). Whatever this broker does, `herald
+    check` says what the daemon itself finds: a message sent while it was down, spoken or not."""
+    (tmp_path / "broker").mkdir()
+    broker = Broker(tmp_path / "broker", global_options="per_listener_settings true\n")
+    broker.start()
+    try:
+        daemon = make_daemon(broker)
+        daemon.start(wait_until="herald: ready")  # its session now exists at the broker
+        daemon.stop()
+        probe = MqttProbe(broker, f"herald/{node_id}/events")
+        try:
+            away = json.dumps({"text": "While away.", "id": "away"})
+            probe.publish(f"herald/{node_id}/say", away)
+            daemon.start(wait_until="herald: ready")
+            try:
+                kept = bool(probe.events_until(got("finished", "away"), timeout=10))
+            except AssertionError:
+                kept = False
+        finally:
+            probe.close()
+        daemon.stop()
+        config = write(
+            tmp_path / "h.toml", f'[mqtt]\nport = {broker.port}\nhost = "{broker.host}"\n'
+        )
+        result = herald("check", config=config)
+    finally:
+        broker.stop()
+    verdict = next(line for line in result.stdout.splitlines() if "keeps messages" in line)
+    if kept:
+        assert verdict.startswith("✔"), result.stdout
+    else:
+        assert verdict.startswith("✘"), result.stdout
+        assert "per_listener_settings" in result.stdout  # the fix names the setting
+        assert result.returncode == 1
 
 
 def test_check_names_each_failure_with_a_fix(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from herald.mqtt.client import MqttBridge
 from herald.voice import VoiceError, build_voices
 
 BROKER_TIMEOUT_S = 5.0
+KEPT_MESSAGE_WAIT_S = 3.0  # how long a message kept for an absent session may take to arrive
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,10 @@ async def run_checks(config: Config, source: Path | None) -> list[CheckResult]:
     where = str(source) if source else "built-in defaults (no config file)"
     results = [CheckResult("config", True, where)]
     results.extend(check_secrets(config))
-    results.append(await check_broker(config))
+    broker = await check_broker(config)
+    results.append(broker)
+    if broker.ok:
+        results.append(await check_broker_keeps_messages(config))
     results.append(await check_audio(config))
     results.extend(await check_voices(config))
     return results
@@ -86,6 +93,48 @@ async def check_broker(config: Config) -> CheckResult:
         bridge.last_error or f"no connection within {BROKER_TIMEOUT_S:.0f} s",
         "is the broker running? (install.sh --with-broker installs one); check mqtt.host, "
         "mqtt.port, mqtt.username and the password",
+    )
+
+
+async def check_broker_keeps_messages(config: Config) -> CheckResult:
+    """What is sent to Herald while it is away (a restart, an update) waits for it at the broker.
+
+    Herald's session is persistent, so the broker should keep its QoS 1 messages while it is
+    disconnected. Not every broker does: mosquitto 2.0.12 and later with `per_listener_settings
+    true` drop them (eclipse/mosquitto issue 2618). Tried for real: a session of its own
+    subscribes, goes away, a message is sent to it, and it comes back to look for the message.
+    """
+    name = "broker keeps messages for Herald while it is away"
+    session = f"herald-check-session-{uuid.uuid4().hex[:12]}"
+    topic = f"{config.mqtt.base_topic}/{config.node_id}/check/{uuid.uuid4().hex[:12]}"
+    arrived = asyncio.Event()
+
+    def absent_session() -> MqttBridge:
+        return MqttBridge(config.mqtt, session, [topic], lambda *_: arrived.set(), persistent=True)
+
+    try:
+        async with absent_session() as away:
+            if not await away.wait_connected(BROKER_TIMEOUT_S):
+                return CheckResult(name, False, away.last_error or "could not subscribe")
+        async with MqttBridge(config.mqtt, f"{session}-sender", [], _ignore) as sender:
+            await sender.wait_connected(BROKER_TIMEOUT_S)
+            sender.publish(topic, "sent while you were away", qos=1)
+        async with absent_session() as back:
+            await back.wait_connected(BROKER_TIMEOUT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), KEPT_MESSAGE_WAIT_S)
+    finally:
+        async with MqttBridge(config.mqtt, session, [], _ignore) as forget:  # ends the session
+            await forget.wait_connected(BROKER_TIMEOUT_S)
+    if arrived.is_set():
+        return CheckResult(name, True, "a QoS 1 message sent while away was kept")
+    return CheckResult(
+        name,
+        False,
+        "a QoS 1 message sent while the session was away was lost: announcements sent while "
+        "Herald restarts would be lost too",
+        "mosquitto 2.0.12 and later lose them with `per_listener_settings true`: remove that "
+        "line from mosquitto.conf (or set it false) and restart the broker",
     )
 
 
