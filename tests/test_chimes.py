@@ -237,14 +237,39 @@ def test_an_empty_file_is_not_a_wav_file(tmp_path: Path) -> None:
     )
 
 
-def test_an_extensible_header_is_explained(tmp_path: Path) -> None:
-    fmt = struct.pack("<HHLLHH", 0xFFFE, 1, 48000, 96000, 2, 16) + bytes(24)
-    body = b"WAVE" + b"fmt " + struct.pack("<L", len(fmt)) + fmt + b"data" + bytes(4)
-    path = tmp_path / "ext.wav"
-    path.write_bytes(b"RIFF" + struct.pack("<L", len(body)) + body)
+def extensible(plain: Path, subformat: bytes) -> bytes:
+    """The plain PCM file `plain` with a WAVE_FORMAT_EXTENSIBLE header, as editors write it."""
+    data = plain.read_bytes()
+    assert data[12:16] == b"fmt " and struct.unpack_from("<L", data, 16)[0] == 16
+    tag, channels, rate, per_second, align, bits = struct.unpack_from("<HHLLHH", data, 20)
+    assert tag == 1
+    fmt = struct.pack("<HHLLHH", 0xFFFE, channels, rate, per_second, align, bits)
+    fmt += struct.pack("<HHL", 22, bits, 0b11) + subformat  # cbSize, valid bits, channel mask
+    body = b"WAVE" + b"fmt " + struct.pack("<L", len(fmt)) + fmt + data[36:]
+    return b"RIFF" + struct.pack("<L", len(body)) + body
+
+
+PCM_GUID = bytes.fromhex("0100000000001000800000aa00389b71")
+FLOAT_GUID = bytes.fromhex("0300000000001000800000aa00389b71")
+
+
+def test_an_extensible_header_over_pcm_reads_as_the_plain_file(tmp_path: Path) -> None:
+    """What Audacity and others write for 24-bit or multichannel files: every Python reads
+    it the same way (3.11's `wave` refuses the header, 3.12's reads it)."""
+    stereo = np.stack([sine(0.1, 48000), sine(0.1, 48000, hz=660)], axis=1)
+    plain = write_wav(tmp_path / "plain.wav", to_width(stereo, 3), 3, 48000)
+    ext = tmp_path / "ext.wav"
+    ext.write_bytes(extensible(plain, PCM_GUID))
+    assert np.array_equal(load_chime(str(ext), 48000), load_chime(str(plain), 48000))
+
+
+def test_an_extensible_header_over_floats_is_explained(tmp_path: Path) -> None:
+    plain = write_wav(tmp_path / "plain.wav", sine(0.1, 48000), 2, 48000)
+    path = tmp_path / "float.wav"
+    path.write_bytes(extensible(plain, FLOAT_GUID))
     assert chime_error(str(path)) == (
-        f"chime '{path}': not a PCM WAV file "
-        "(WAVE_FORMAT_EXTENSIBLE header; save it as plain 16-bit PCM)"
+        f"chime '{path}': not a PCM WAV file (WAVE_FORMAT_EXTENSIBLE over samples that are "
+        "not integer PCM; save it as 16-bit PCM)"
     )
 
 

@@ -9,8 +9,10 @@ Every returned array is read-only because it is shared between announcements.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import stat
+import struct
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,10 +198,12 @@ class _Unusable(Exception):
     """A WAV file that cannot be a chime; the message is the reason without the chime's name."""
 
 
-_FORMAT_REASONS = {
-    "unknown format: 3": "floating-point samples; save it as integer PCM",
-    "unknown format: 65534": "WAVE_FORMAT_EXTENSIBLE header; save it as plain 16-bit PCM",
-}
+_FORMAT_REASONS = {"unknown format: 3": "floating-point samples; save it as integer PCM"}
+WAVE_FORMAT_PCM = 0x0001
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+# KSDATAFORMAT_SUBTYPE_PCM, the sub-format GUID of an extensible header over integer samples.
+PCM_SUBFORMAT = bytes.fromhex("0100000000001000800000aa00389b71")
+MAX_FILE_BYTES = 64 * 1024 * 1024  # 10 s of 8 channels of 32-bit samples at 192 kHz fit
 
 
 def _stat_wav(spec: str) -> tuple[Path, os.stat_result]:
@@ -235,7 +239,7 @@ def _wav(path: str, mtime_ns: int, size: int, rate: int) -> Samples:
 def _read_wav(path: str) -> tuple[Floats, int]:
     """The file's samples mixed down to mono in int16 units, and its frame rate."""
     try:
-        with wave.open(path, "rb") as wav:
+        with wave.open(io.BytesIO(_plain_pcm_header(_read_bytes(path))), "rb") as wav:
             channels, width, file_rate, frames = (
                 wav.getnchannels(),
                 wav.getsampwidth(),
@@ -252,6 +256,40 @@ def _read_wav(path: str) -> tuple[Floats, int]:
     except OSError as exc:
         raise _Unusable(f"not a PCM WAV file ({exc.strerror or exc})") from None
     return _mono(raw, width, channels), file_rate
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as file:
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise _Unusable(f"larger than {MAX_FILE_BYTES // 2**20} MB; chimes are short sounds")
+    return data
+
+
+def _plain_pcm_header(data: bytes) -> bytes:
+    """The file with an extensible header over integer PCM rewritten as a plain PCM header.
+
+    Audio editors write WAVE_FORMAT_EXTENSIBLE for 24-bit and multichannel files. The `wave`
+    module of Python 3.11 refuses that header and 3.12 reads it; rewriting the format tag (the
+    rest of the chunk is skipped) gives the same samples on every Python. An extensible header
+    over anything but integer PCM (floating point, compressed) is refused, naming it.
+    """
+    at = 12  # after "RIFF", its size, "WAVE"
+    while at + 10 <= len(data):
+        chunk, size = data[at : at + 4], struct.unpack_from("<L", data, at + 4)[0]
+        if chunk == b"fmt ":
+            if struct.unpack_from("<H", data, at + 8)[0] != WAVE_FORMAT_EXTENSIBLE:
+                return data
+            subformat = data[at + 32 : at + 48]
+            if size < 40 or subformat != PCM_SUBFORMAT:
+                raise _Unusable(
+                    "not a PCM WAV file (WAVE_FORMAT_EXTENSIBLE over samples that are not "
+                    "integer PCM; save it as 16-bit PCM)"
+                )
+            tag = struct.pack("<H", WAVE_FORMAT_PCM)
+            return data[: at + 8] + tag + data[at + 10 :]
+        at += 8 + size + (size & 1)
+    return data
 
 
 def _check_format(width: int, file_rate: int, frames: int) -> None:
