@@ -71,7 +71,7 @@ class Summary:
         if data.size == 0:
             return None
         p50, p95 = np.percentile(data, [50, 95])
-        return cls(int(data.size), float(p50), float(p95), float(data.max()), float(data.min()))
+        return cls(int(data.size), float(p50), float(p95), float(np.max(data)), float(np.min(data)))
 
 
 # --- the workspace: files, the ALSA config, the broker -----------------------------------------

@@ -260,9 +260,9 @@ def _analyse(result: PreemptResult, recorder: MonitorRecorder, ahead_s: float) -
 def _onset(levels: npt.NDArray[np.float64], after: int) -> int | None:
     """The first grid point after `after` where the level reaches half its peak after it."""
     tail = levels[after:]
-    if tail.size == 0 or tail.max() < 1000:
+    if tail.size == 0 or (peak := float(np.max(tail))) < 1000:
         return None
-    return after + int(np.argmax(tail >= tail.max() / 2))
+    return after + int(np.argmax(tail >= peak / 2))
 
 
 def _attach_log(result: PreemptResult, lines: list[str]) -> None:

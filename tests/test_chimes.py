@@ -52,7 +52,7 @@ def splatter_db(x: np.ndarray, rate: int, above: float) -> float:
     """
     power = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
     freqs = np.fft.rfftfreq(len(x), 1 / rate)
-    return float(10 * np.log10(power[freqs > above + 1000].sum() / power.sum()))
+    return float(10 * np.log10(float(power[freqs > above + 1000].sum()) / float(power.sum())))
 
 
 def sine(seconds: float, rate: int, hz: float = 1000.0, level: float = 0.5) -> np.ndarray:
