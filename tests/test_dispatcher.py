@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 
-from herald.announcement import NO_DEFAULTS
+from herald.announcement import NO_DEFAULTS, parse_payload
 from herald.config import EspeakConfig
 from herald.dispatcher import Dispatcher
 from herald.events import Event
@@ -41,3 +43,39 @@ def test_a_message_refused_during_shutdown_keeps_its_id() -> None:
         ("rejected", None),
     ]
     assert {e.details["reason"] for e in events} == {"herald is shutting down"}
+
+
+def test_a_redelivery_of_what_the_journal_restored_is_not_spoken_again() -> None:
+    """After a crash the journal restores an announcement, which expires at once; then the
+    broker sends the same message again (DUP: Herald was killed before acknowledging it). That
+    copy is the announcement that already expired; the same words sent anew are a new one."""
+    payload = json.dumps({"id": "stale", "text": "Gone stale.", "ttl": 1}).encode()
+
+    async def scenario() -> list[Event]:
+        events: list[Event] = []
+        voices = [EspeakVoice(EspeakConfig(), RATE)]
+        speaker = Speaker(voices, RecordingSink(), events.append, Delivery(RATE))
+        dispatcher = Dispatcher(speaker, Scheduler(), events.append, NO_DEFAULTS, 16384)
+        arrived_before_the_crash = parse_payload(payload, 16384, time.time() - 10, NO_DEFAULTS)
+        dispatcher.replay([arrived_before_the_crash])
+        speaking = asyncio.create_task(dispatcher.speak_queue())
+        await until(lambda: any(e.kind == "expired" for e in events))
+        assert dispatcher.accept(payload, "t", redelivered=True) is None
+        assert dispatcher.accept(payload, "t") is not None  # sent again on purpose
+        await until(lambda: any(e.kind == "finished" for e in events))
+        speaking.cancel()
+        return events
+
+    events = asyncio.run(scenario())
+    assert [e.kind for e in events if e.announcement_id == "stale"] == [
+        "expired",  # restored: its "queued" went out in the run before the crash
+        "queued",
+        "started",
+        "finished",
+    ]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)

@@ -43,7 +43,7 @@ async def receive(
     received: list[bytes] = []
     enough = asyncio.Event()
 
-    def handle(_topic: str, payload: bytes) -> None:
+    def handle(_topic: str, payload: bytes, _redelivered: bool) -> None:
         received.append(payload)
         if len(received) >= count:
             enough.set()

@@ -176,5 +176,5 @@ async def check_voices(config: Config) -> list[CheckResult]:
     return results
 
 
-def _ignore(_topic: str, _payload: bytes) -> None:
+def _ignore(_topic: str, _payload: bytes, _redelivered: bool) -> None:
     """`herald check` subscribes to nothing."""

@@ -59,6 +59,10 @@ class Dispatcher:
         self._journal = journal
         self._rate = rate  # (per minute, burst) per source
         self._budgets: dict[str, SlidingBudget] = {}
+        # What the journal gave back at start: (text, priority) by id. The broker sends again
+        # what it had not heard acknowledged when Herald stopped, and that may be one of these,
+        # already spoken or expired by the time it arrives.
+        self._restored: dict[str, tuple[str, int]] = {}
         self._changed = asyncio.Event()
         self._speaking: asyncio.Task[bool] | None = None
         self._preempted_by: str | None = None
@@ -81,17 +85,20 @@ class Dispatcher:
 
     # --- commands, called in the event loop -----------------------------------------------------
 
-    def accept(self, payload: bytes, source: str = "say") -> Announcement | None:
+    def accept(
+        self, payload: bytes, source: str = "say", redelivered: bool = False
+    ) -> Announcement | None:
         """Parse and offer one payload; publish what happened to it (and to any it displaced).
 
-        `source` (the topic it came in on) is what the rate limit counts per.
+        `source` (the topic it came in on) is what the rate limit counts per; `redelivered`:
+        the broker marked it as sent before (MQTT's DUP flag).
         """
         if self._closing:
             reason = "herald is shutting down"
             self._emit(Event("rejected", self._id_of(payload), details={"reason": reason}))
             return None
         try:
-            return self._admit(payload, source)
+            return self._admit(payload, source, redelivered)
         except Exception as exc:  # a bug must cost one message (with an event), not the daemon
             log.exception("could not take a payload")
             self._emit(Event("rejected", None, details={"reason": f"internal error: {exc!r}"}))
@@ -104,7 +111,7 @@ class Dispatcher:
         except PayloadRejected as exc:
             return exc.announcement_id
 
-    def _admit(self, payload: bytes, source: str) -> Announcement | None:
+    def _admit(self, payload: bytes, source: str, redelivered: bool) -> Announcement | None:
         now = self._clock()
         try:
             announcement = parse_payload(payload, self._max_payload_bytes, now, self._defaults)
@@ -112,11 +119,11 @@ class Dispatcher:
             log.warning("rejected announcement %s: %s", exc.announcement_id or "(no id)", exc)
             self._emit(Event("rejected", exc.announcement_id, details={"reason": exc.reason}))
             return None
-        if self._already_have(announcement):
+        if self._already_have(announcement) or (redelivered and self._restored_one(announcement)):
             # MQTT delivers at least once: after a crash between the journal and the ack, the
             # broker sends again what the journal already restored. Same id, same words: the
-            # same announcement, which has its events already.
-            log.info("%s arrived again (a redelivery): it is already queued", announcement.id)
+            # same announcement, which has its events already (queued, or spoken by now).
+            log.info("%s arrived again (a redelivery): the journal had it", announcement.id)
             return None
         if self._over_rate(announcement, source, now):
             reason = (
@@ -134,6 +141,9 @@ class Dispatcher:
             announcement.priority,
         )
 
+    def _restored_one(self, announcement: Announcement) -> bool:
+        return self._restored.get(announcement.id) == (announcement.text, announcement.priority)
+
     def _over_rate(self, announcement: Announcement, source: str, now: float) -> bool:
         """A flooding publisher cannot starve the others; critical ones always get through."""
         if self._rate is None or announcement.priority >= PRIORITY_LEVELS["critical"]:
@@ -149,6 +159,7 @@ class Dispatcher:
         """Offer again what the journal kept from the last run (expired ones get their event)."""
         for announcement in announcements:
             log.info("replaying %s from the journal", announcement.id)
+            self._restored[announcement.id] = (announcement.text, announcement.priority)
             self._offer(announcement, restoring=True)
 
     def _offer(self, announcement: Announcement, restoring: bool = False) -> None:

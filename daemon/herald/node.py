@@ -157,12 +157,12 @@ class Node:
 
     # --- in -----------------------------------------------------------------------------------
 
-    def route(self, topic: str, payload: bytes) -> None:
+    def route(self, topic: str, payload: bytes, redelivered: bool = False) -> None:
         dispatcher, topics = self.dispatcher, self.topics
         if dispatcher is None:
             return
         if topics.is_say(topic):
-            dispatcher.accept(payload, source=topic)
+            dispatcher.accept(payload, source=topic, redelivered=redelivered)
         elif topic == topics.stop:
             dispatcher.stop_current()
         elif topic == topics.clear:

@@ -30,7 +30,9 @@ from herald.config import ConfigError, MqttConfig, read_secret
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes], None]
+MessageHandler = Callable[[str, bytes, bool], None]
+"""Called with the topic, the payload, and whether the broker marked it a redelivery (DUP: sent
+before, and not acknowledged then, e.g. when Herald was killed before its acknowledgement)."""
 # Bounds memory while the broker is away (about 300 bytes an event: 6 MB at most), yet holds
 # every event of a burst of thousands of announcements while the broker acknowledges them.
 MAX_QUEUED_PUBLISHES = 20_000
@@ -246,11 +248,11 @@ class MqttBridge:
             log.warning("mqtt: lost the connection to %s (%s); reconnecting", self.where, reason)
 
     def _handle_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._in_loop(self._deliver, msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        self._in_loop(self._deliver, msg.topic, bytes(msg.payload), msg.mid, msg.qos, msg.dup)
 
-    def _deliver(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+    def _deliver(self, topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None:
         try:
-            self._on_message(topic, payload)
+            self._on_message(topic, payload, bool(dup))
         finally:
             if self._persistent and qos > 0:
                 if not self._acks_due:  # after the others already waiting in the loop

@@ -38,7 +38,7 @@ async def announce_via_daemon(
     topics = Topics(config.mqtt.base_topic, config.node_id)
     events: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
 
-    def on_message(topic: str, message: bytes) -> None:
+    def on_message(topic: str, message: bytes, _redelivered: bool) -> None:
         event = _parse_event(message)
         if event is not None and event.announcement_id == announcement_id:
             events.put_nowait((topic.split("/")[-2], event))  # <base>/<node>/events
