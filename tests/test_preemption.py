@@ -106,11 +106,19 @@ def test_critical_cuts_in_and_the_low_one_is_heard_again_from_its_start(
 
 
 def find(haystack: np.ndarray, needle: np.ndarray, start: int = 0) -> int:
-    """Where `needle` first appears in `haystack` at or after `start` (exact samples)."""
-    window = np.lib.stride_tricks.sliding_window_view(haystack[start:], len(needle))
-    matches = np.flatnonzero((window == needle).all(axis=1))
-    assert len(matches), "not found"
-    return start + int(matches[0])
+    """Where `needle` first appears in `haystack` at or after `start` (exact samples).
+
+    Only the positions where the needle's loudest sample lines up are compared whole (silence
+    would match everywhere): comparing every position at once built an array of
+    len(haystack) x len(needle) booleans, gigabytes for a chime in a recording.
+    """
+    region, length = haystack[start:], len(needle)
+    anchor = int(np.argmax(np.abs(needle.astype(np.int64))))
+    lined_up = region[anchor : len(region) - length + 1 + anchor] == needle[anchor]
+    for at in np.flatnonzero(lined_up):
+        if np.array_equal(region[at : at + length], needle):
+            return start + int(at)
+    raise AssertionError("not found")
 
 
 def test_drop_on_preempt_and_equal_priority_does_not_interrupt(
