@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install Herald on Debian 12 / Raspberry Pi OS bookworm, or set up a developer checkout.
+# Install Herald on Debian 12 or 13 / Raspberry Pi OS bookworm or trixie, or set up a developer
+# checkout.
 # Safe to run again: it installs what is missing, upgrades the package, and never
 # overwrites /etc/herald/herald.toml.  Run `install.sh --help` for the options.
 #
@@ -18,8 +19,9 @@ BASE_PACKAGES=(python3-venv python3-dev gcc libasound2-dev espeak-ng alsa-utils
 BROKER_PACKAGES=(mosquitto mosquitto-clients)
 DEV_PACKAGES=("${BASE_PACKAGES[@]}" "${BROKER_PACKAGES[@]}"
     pulseaudio pulseaudio-utils libasound2-plugins sox shellcheck
-    openssl # certificates for the TLS test
-    systemd) # systemd-analyze, for tests/test_unit_file.py
+    openssl   # certificates for the TLS test
+    systemd   # systemd-analyze, for tests/test_unit_file.py
+    debootstrap) # the Debian 13 root of the tests, with Home Assistant (tests/debian13/env.sh)
 
 SERVICE_USER=herald
 SYSTEM_CONFIG=/etc/herald/herald.toml
@@ -56,8 +58,8 @@ usage() {
     cat <<'EOF'
 Usage: install.sh [OPTIONS]
 
-Install Herald (spoken MQTT announcements through ALSA) on Debian 12 or
-Raspberry Pi OS bookworm.  Safe to run again to upgrade.
+Install Herald (spoken MQTT announcements through ALSA) on Debian 12 or 13,
+Raspberry Pi OS bookworm or trixie.  Safe to run again to upgrade.
 
 With no options: install the apt packages Herald needs, create the system user
 `herald`, create the venv /opt/herald with Herald in it, link
@@ -69,7 +71,9 @@ Options:
                  localhost only) and start it
   --dev          set up this checkout for development instead: apt packages
                  for the tests, ./.venv with Herald installed editable plus its
-                 dev tools; touches neither /etc nor /opt
+                 dev tools, and the tests' Debian 13 root with Home Assistant
+                 (/var/cache/herald-tests/debian13, or $HERALD_DEBIAN13);
+                 touches neither /etc nor /opt
   --uninstall    stop and remove the service, /opt/herald and the
                  /usr/local/bin/herald link; keeps /etc/herald and the user
   --purge        with --uninstall: also remove /etc/herald, /var/lib/herald
@@ -717,8 +721,19 @@ install_dev() {
     .venv/bin/pip install --quiet -e ".[dev]"
     version="$(.venv/bin/herald --version)" || die "$SRC/.venv/bin/herald does not run"
     did "installed $version editable into $SRC/.venv"
+    install_test_root
     summary
     say "run the tests with: .venv/bin/pytest"
+}
+
+# The tests run Home Assistant (it needs Python 3.13) from a Debian 13 root kept outside the
+# checkout; env.sh makes it once and brings it up to date when the pinned version changes.
+install_test_root() {
+    local script="$SRC/tests/debian13/env.sh"
+    say "the tests' Debian 13 root with Home Assistant: $script build"
+    as_root env ${HERALD_DEBIAN13:+"HERALD_DEBIAN13=$HERALD_DEBIAN13"} \
+        ${HERALD_DEBIAN_MIRROR:+"HERALD_DEBIAN_MIRROR=$HERALD_DEBIAN_MIRROR"} "$script" build ||
+        die "could not make the tests' Debian 13 root (see above)"
 }
 
 main() {
