@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 
 from herald.announcement import NO_DEFAULTS, parse_payload
 from herald.config import EspeakConfig
@@ -52,19 +51,20 @@ def test_a_redelivery_of_what_the_journal_restored_is_not_spoken_again() -> None
     payload = json.dumps({"id": "stale", "text": "Gone stale.", "ttl": 1}).encode()
 
     async def scenario() -> list[Event]:
-        events: list[Event] = []
+        events = Recorder()
         voices = [EspeakVoice(EspeakConfig(), RATE)]
         speaker = Speaker(voices, RecordingSink(), events.append, Delivery(RATE))
         dispatcher = Dispatcher(speaker, Scheduler(), events.append, NO_DEFAULTS, 16384)
         arrived_before_the_crash = parse_payload(payload, 16384, time.time() - 10, NO_DEFAULTS)
         dispatcher.replay([arrived_before_the_crash])
         speaking = asyncio.create_task(dispatcher.speak_queue())
-        await until(lambda: any(e.kind == "expired" for e in events))
-        assert dispatcher.accept(payload, "t", redelivered=True) is None
-        assert dispatcher.accept(payload, "t") is not None  # sent again on purpose
-        await until(lambda: any(e.kind == "finished" for e in events))
+        async with asyncio.timeout(20):
+            await events.until("expired")
+            assert dispatcher.accept(payload, "t", redelivered=True) is None
+            assert dispatcher.accept(payload, "t") is not None  # sent again on purpose
+            await events.until("finished")
         speaking.cancel()
-        return events
+        return events.seen
 
     events = asyncio.run(scenario())
     assert [e.kind for e in events if e.announcement_id == "stale"] == [
@@ -75,7 +75,18 @@ def test_a_redelivery_of_what_the_journal_restored_is_not_spoken_again() -> None
     ]
 
 
-async def until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
+class Recorder:
+    """An event sink that can be waited on."""
+
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+        self._arrived = asyncio.Event()
+
+    def append(self, event: Event) -> None:
+        self.seen.append(event)
+        self._arrived.set()
+
+    async def until(self, kind: str) -> None:
+        while not any(e.kind == kind for e in self.seen):
+            self._arrived.clear()
+            await self._arrived.wait()

@@ -58,7 +58,9 @@ make_root() {
     rm -rf -- "$partial"
     mkdir -p -- "$(dirname "$ROOT")"
     say "making a Debian 13 root in $ROOT (debootstrap, about 300 MB; once)"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    # gcc and the headers: a few of Home Assistant's requirements have no wheel for every
+    # Python and machine (lru-dict for 3.13 on amd64), and pip builds them.
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,gcc,ca-certificates \
         "$SUITE" "$partial" "$mirror" >"$partial.log" 2>&1 ||
         die "debootstrap failed; its log: $partial.log"
     rm -f -- "$partial.log"
