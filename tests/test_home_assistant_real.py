@@ -61,6 +61,24 @@ def status_of(broker: Broker, node_id: str) -> dict[str, Any]:
         probe.close()
 
 
+def announce(ha: HomeAssistant, ids: dict[str, str], text: str, **fields: Any) -> None:
+    """notify.send_message to Herald's Announce entity: the text, or Herald's JSON payload
+    when there are more fields (an id, a chime...)."""
+    message = json.dumps({"text": text, **fields}) if fields else text
+    ha.call("notify", "send_message", entity_id=ids["announce"], message=message)
+
+
+def herald_seen_idle(
+    ha: HomeAssistant, make_daemon: DaemonFactory, broker: Broker, node_id: str, **device: str
+) -> dict[str, str]:
+    """Start a Herald (on `device=...`, if given) and wait until Home Assistant shows it idle;
+    its entity ids."""
+    make_daemon(broker, **device).start(wait_until="herald: ready")
+    ids = entity_ids(node_id)
+    ha.wait_state(ids["state"], "idle")
+    return ids
+
+
 def test_discovery_brings_every_entity_with_its_state(
     home_assistant: HomeAssistant, broker: Broker, make_daemon: DaemonFactory, node_id: str
 ) -> None:
@@ -93,22 +111,15 @@ def test_notify_send_message_is_spoken_and_becomes_the_last_announcement(
     probe: MqttProbe,
     node_id: str,
 ) -> None:
-    make_daemon(broker).start(wait_until="herald: ready")
-    ids = entity_ids(node_id)
-    home_assistant.wait_state(ids["state"], "idle")
+    ids = herald_seen_idle(home_assistant, make_daemon, broker, node_id)
 
-    home_assistant.call(
-        "notify", "send_message", entity_id=ids["announce"], message="The washing is done."
-    )
+    announce(home_assistant, ids, "The washing is done.")
     events = probe.events_until(lambda ev: any(e["event"] == "finished" for e in ev))
     assert [e["event"] for e in events] == ["queued", "started", "finished"]
     home_assistant.wait_state(ids["last"], "The washing is done.", event="finished")
 
     # Herald's JSON payload through the same action: its fields are honoured.
-    payload = {"text": "Dinner is ready.", "id": "dinner", "priority": "high"}
-    home_assistant.call(
-        "notify", "send_message", entity_id=ids["announce"], message=json.dumps(payload)
-    )
+    announce(home_assistant, ids, "Dinner is ready.", id="dinner", priority="high")
     events = probe.events_until(got("finished", "dinner"))
     assert next(e for e in events if e["event"] == "queued")["priority"] == "high"
     home_assistant.wait_state(ids["last"], "Dinner is ready.", id="dinner", event="finished")
@@ -122,12 +133,9 @@ def test_the_state_follows_speaking_and_stop_silences_it(
     node_id: str,
     pulse: PulseServer,
 ) -> None:
-    make_daemon(broker, device=PACED).start(wait_until="herald: ready")
-    ids = entity_ids(node_id)
-    home_assistant.wait_state(ids["state"], "idle")
+    ids = herald_seen_idle(home_assistant, make_daemon, broker, node_id, device=PACED)
 
-    message = json.dumps({"text": LONG_TEXT, "id": "long"})
-    home_assistant.call("notify", "send_message", entity_id=ids["announce"], message=message)
+    announce(home_assistant, ids, LONG_TEXT, id="long")
     probe.events_until(got("started", "long"))
     home_assistant.wait_state(ids["state"], "speaking", current="long")
 
@@ -150,12 +158,9 @@ def test_an_announcement_stopped_during_its_chime_is_still_the_last_one(
 ) -> None:
     chime = tmp_path / "long-chime.wav"
     write_tone(chime, seconds=6.0)
-    make_daemon(broker, device=PACED).start(wait_until="herald: ready")
-    ids = entity_ids(node_id)
-    home_assistant.wait_state(ids["state"], "idle")
+    ids = herald_seen_idle(home_assistant, make_daemon, broker, node_id, device=PACED)
 
-    message = json.dumps({"text": "Cut short.", "id": "chimed", "chime": str(chime)})
-    home_assistant.call("notify", "send_message", entity_id=ids["announce"], message=message)
+    announce(home_assistant, ids, "Cut short.", id="chimed", chime=str(chime))
     home_assistant.wait_state(ids["state"], "speaking", current="chimed")
     home_assistant.call("button", "press", entity_id=ids["stop"])
     events = probe.events_until(settled(["chimed"]))
@@ -211,8 +216,7 @@ def test_the_siren_speaks_the_alert_with_the_tone_and_volume_home_assistant_send
 def test_volume_and_quiet_mode_are_set_through_home_assistant(
     home_assistant: HomeAssistant, broker: Broker, make_daemon: DaemonFactory, node_id: str
 ) -> None:
-    make_daemon(broker).start(wait_until="herald: ready")
-    ids = entity_ids(node_id)
+    ids = herald_seen_idle(home_assistant, make_daemon, broker, node_id)
     home_assistant.wait_state(ids["volume"], "1.0")
 
     home_assistant.call("number", "set_value", entity_id=ids["volume"], value=0.35)
@@ -243,8 +247,7 @@ def test_waiting_for_a_missing_speaker_shows_in_home_assistant(
     idle = home_assistant.wait_state(ids["state"], "idle")
     assert UNPLUGGED in (idle["attributes"]["audio_problem"] or ""), idle
 
-    message = json.dumps({"text": "Is anybody there?", "id": "unheard"})
-    home_assistant.call("notify", "send_message", entity_id=ids["announce"], message=message)
+    announce(home_assistant, ids, "Is anybody there?", id="unheard")
     probe.events_until(got("queued", "unheard"))
     waiting = home_assistant.wait_state(ids["state"], "waiting_for_audio", current="unheard")
     assert UNPLUGGED in waiting["attributes"]["audio_problem"], waiting
@@ -262,8 +265,7 @@ def test_herald_killed_is_unavailable_and_comes_back_with_its_last_announcement(
     daemon.start(wait_until="herald: ready")
     ids = entity_ids(node_id)
     home_assistant.wait_state(ids["state"], "idle")
-    message = json.dumps({"text": "Remember me.", "id": "remembered"})
-    home_assistant.call("notify", "send_message", entity_id=ids["announce"], message=message)
+    announce(home_assistant, ids, "Remember me.", id="remembered")
     probe.events_until(got("finished", "remembered"))
     home_assistant.wait_state(ids["last"], "Remember me.", id="remembered")
 
