@@ -57,7 +57,7 @@ make_root() {
     mirror="$(debian_mirror)"
     rm -rf -- "$partial"
     mkdir -p -- "$(dirname "$ROOT")"
-    say "making a Debian 13 root in $ROOT (debootstrap, about 300 MB; once)"
+    say "making a Debian 13 root in $ROOT (debootstrap, about 1.5 GB with Home Assistant; once)"
     # gcc and the headers: a few of Home Assistant's requirements have no wheel for every
     # Python and machine (lru-dict for 3.13 on amd64), and pip builds them.
     debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,gcc,ca-certificates \
@@ -76,8 +76,16 @@ enter() {
         exec "$@"
     fi
     [[ -x "$ROOT/usr/bin/python3" ]] || die "no Debian 13 root in $ROOT: run ./install.sh --dev"
-    local unshare=(unshare --mount --propagation private)
+    local unshare=(unshare --mount)
     ((EUID == 0)) || unshare+=(--map-root-user)
+    # Mounts made inside stay inside (private).  Inside a chroot, / is no mount point and cannot
+    # be made private: there they are made as the enclosing namespace propagates them, so enter
+    # such a chroot through a mount namespace of its own (`unshare --mount chroot DIR`).
+    if "${unshare[@]}" --propagation private true 2>/dev/null; then
+        unshare+=(--propagation private)
+    else
+        unshare+=(--propagation unchanged)
+    fi
     # shellcheck disable=SC2016 # expanded by that sh
     exec "${unshare[@]}" sh -c '
         root=$1
