@@ -28,6 +28,42 @@ from tests.support import (
 settings.register_profile("herald", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("herald")
 
+# Every test is in one tier, by its file: `pytest -m unit` runs the pure logic in seconds;
+# CI runs every tier. (Registered in pyproject.toml.)
+UNIT_FILES = {
+    "test_announcement.py",
+    "test_chimes.py",
+    "test_config.py",
+    "test_deepgram_protocol.py",
+    "test_discovery.py",
+    "test_scheduler.py",
+    "test_text.py",
+}
+END_TO_END_FILES = {
+    "test_bench_smoke.py",
+    "test_cli.py",
+    "test_daemon.py",
+    "test_daemon_deepgram.py",
+    "test_home_assistant.py",
+    "test_home_assistant_real.py",
+    "test_install.py",
+    "test_preemption.py",
+    "test_systemd.py",
+}
+
+
+def tier_of(filename: str) -> str:
+    if filename in UNIT_FILES:
+        return "unit"
+    if filename.startswith("test_reliability"):
+        return "reliability"
+    return "end_to_end" if filename in END_TO_END_FILES else "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(tier_of(item.path.name))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def alsa_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
