@@ -24,6 +24,8 @@ from tests.conftest import DaemonFactory
 from tests.home_assistant import HomeAssistant, entity_ids
 from tests.support import Broker, MqttProbe, PulseServer, got, settled, wait_for
 
+pytestmark = pytest.mark.xdist_group("home_assistant")  # one Home Assistant for the module
+
 PACED = "herald_paced"  # real time: an announcement lasts as long as it is heard
 UNPLUGGED = "herald_unplugged"  # no such PCM: the speaker is not there
 LONG_TEXT = "This announcement goes on for a while, so that it can be seen speaking. " * 2

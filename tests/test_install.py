@@ -39,7 +39,12 @@ SLNG_CREDENTIAL = "LoadCredential=slng_api_key:/etc/herald/credentials/slng_api_
 PROMPT = "Deepgram API key (leave empty for the local espeak-ng voice only):"
 
 # The default per-test timeout (pyproject) is too short for the module fixture's install.
-pytestmark = pytest.mark.timeout(2 * TIMEOUT_S)
+pytestmark = [
+    pytest.mark.timeout(2 * TIMEOUT_S),
+    # One worker for the module: its staged installs are module fixtures, made once, not once
+    # per worker.
+    pytest.mark.xdist_group("install"),
+]
 
 
 def run_install(*args: str) -> subprocess.CompletedProcess[str]:
