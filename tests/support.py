@@ -325,7 +325,10 @@ class PulseServer:
                 stdout=sink,
             )  # fmt: skip
             try:
-                time.sleep(0.3)  # parec needs a moment before its stream records
+                # The monitor delivers nothing for about 2 s after parec connects, more under
+                # load: what plays before then is not recorded. (A fixed 0.3 s wait made the
+                # preemption test depend on the daemon taking long enough to start speaking.)
+                wait_for(lambda: into.stat().st_size > 0, 20, "parec to record")
                 yield into
             finally:
                 recorder.terminate()
