@@ -71,14 +71,14 @@ class HomeAssistant:
 
     def start(self) -> None:
         env = {**os.environ, "HERALD_DEBIAN13_BIND": str(self.config_dir)}
-        output = (self.config_dir / "hass.out").open("ab")
         config = str(self.config_dir) if IN_THE_ROOT else CONFIG_INSIDE
-        self._process = subprocess.Popen(
-            [str(ENV_SCRIPT), "run", HASS, "-c", config, "--skip-pip"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+        with (self.config_dir / "hass.out").open("ab") as output:  # the process has its own copy
+            self._process = subprocess.Popen(
+                [str(ENV_SCRIPT), "run", HASS, "-c", config, "--skip-pip"],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         wait_for(self._serving, START_TIMEOUT_S, f"Home Assistant {HA_VERSION} to serve")
         if self.token is None:
             self._onboard()
