@@ -282,6 +282,7 @@ install_venv() {
     say "installing Herald from $SRC into $VENV (this can take a few minutes)"
     as_root "$VENV/bin/pip" install --quiet --upgrade "$STAGE" || die "pip install into $VENV failed"
     as_root install -D -m 0644 "$SRC/README.md" "$VENV/share/doc/herald/README.md"
+    as_root install -D -m 0644 -t "$VENV/share/doc/herald/docs" "$SRC"/docs/*.md
     version="$("$VENV/bin/herald" --version)" || die "$VENV/bin/herald does not run"
     did "installed $version into $VENV"
     link_command
