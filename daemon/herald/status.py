@@ -27,7 +27,8 @@ STATES = (IDLE, SPEAKING, WAITING_FOR_AUDIO)
 class StatusBoard:
     """Follows the events and the controls; publishes a fresh snapshot after each change.
 
-    Several changes in one turn of the event loop give one publication, not several.
+    Several changes in one turn of the event loop give one publication, not several, and at
+    most one write of the last announcement to the disk (an SD card).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class StatusBoard:
         self._degraded = False
         self._last_path = last_path
         self._last: dict[str, Any] | None = load_last(last_path)
+        self._last_unsaved = False
         self._audio_problem: str | None = None  # why the audio device cannot be used
         self._scheduled = False
 
@@ -62,7 +64,7 @@ class StatusBoard:
                 "ts": event.ts,
                 "text": event.text,
             }
-            save_last(self._last_path, self._last)
+            self._last_unsaved = True
         self.changed()
 
     def audio(self, problem: str | None) -> None:
@@ -100,6 +102,9 @@ class StatusBoard:
     def _send(self) -> None:
         self._scheduled = False
         self._publish(json.dumps(self.snapshot(), ensure_ascii=False, separators=(",", ":")))
+        if self._last_unsaved and self._last is not None:  # one write for a burst of fates
+            save_last(self._last_path, self._last)
+            self._last_unsaved = False
 
 
 def load_last(path: Path | None) -> dict[str, Any] | None:
