@@ -331,6 +331,15 @@ stored_but_unused() {
     done
 }
 
+# Where announcements may name WAV chimes (audio.chimes_dir): readable by the service, written
+# only by root, so a publisher can choose among these sounds and no other file.
+install_chimes_dir() {
+    local chimes="$CONFIG_DIR/chimes"
+    [[ -d "$chimes" ]] && return
+    as_root install -d -m 0755 "$chimes"
+    did "created $chimes (WAV files an announcement may name as its chime)"
+}
+
 voice_label() {
     case "$1" in
     deepgram) echo Deepgram ;;
@@ -598,6 +607,7 @@ install_system() {
     install_venv
     install_credentials
     install_config
+    install_chimes_dir
     install_unit
     install_credentials_dropin
     if ((WITH_BROKER)); then

@@ -1,13 +1,22 @@
-"""Chimes: built-in tones as sound (length, level, clicks, notes), WAV files, DSP helpers."""
+"""Chimes: built-in tones as sound (length, level, clicks, notes), WAV files, which files a
+payload may name and how they are loaded (in a thread, by size first), DSP helpers."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import math
 import re
 import struct
+import subprocess
+import sys
+import threading
 import time
 import wave
-from pathlib import Path
+from collections.abc import AsyncGenerator
+from pathlib import Path, PurePath
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -15,8 +24,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from herald.audio.chimes import BUILTIN_CHIMES, ChimeError, load_chime, validate_chime_spec
+from herald.announcement import Announcement, Defaults, PayloadRejected, parse_payload
+from herald.app import announcement_defaults, build_delivery, chime_resolver
+from herald.audio import chimes
+from herald.audio.chimes import MAX_FILE_BYTES, ChimeError, load_chime
 from herald.audio.dsp import Samples, apply_gain, fade_out, ms_to_frames
+from herald.audio.wav import WavFileOutput
+from herald.chime_names import BUILTIN_CHIMES, payload_chime, validate_chime_spec
+from herald.config import AudioConfig, Config, LevelConfig, PrioritiesConfig
+from herald.logsafe import shown
+from herald.speaker import Speaker
 
 FULL = 32767
 RATES = (16000, 44100, 48000)
@@ -212,7 +229,10 @@ def test_a_ten_second_file_is_allowed(tmp_path: Path) -> None:
 
 def test_a_file_over_ten_seconds_is_refused(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "long.wav", np.zeros(98400, dtype=np.int64), 1, 8000)
-    assert chime_error(str(path)) == f"chime '{path}': 12.3 s long; chimes may be at most 10 s"
+    assert (
+        chime_error(str(path))
+        == f"chime '{shown(str(path))}': 12.3 s long; chimes may be at most 10 s"
+    )
 
 
 @pytest.mark.parametrize("spec", ["x.wav", "sounds/x.wav", "~/x.wav", "DING.WAV"])
@@ -225,7 +245,7 @@ def test_a_text_file_is_not_a_wav_file(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_text("ding dong\n")
     assert chime_error(str(path)) == (
-        f"chime '{path}': not a PCM WAV file (file does not start with RIFF id)"
+        f"chime '{shown(str(path))}': not a PCM WAV file (file does not start with RIFF id)"
     )
 
 
@@ -233,7 +253,7 @@ def test_an_empty_file_is_not_a_wav_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.wav"
     path.write_bytes(b"")
     assert chime_error(str(path)) == (
-        f"chime '{path}': not a PCM WAV file (the file ends inside its header)"
+        f"chime '{shown(str(path))}': not a PCM WAV file (the file ends inside its header)"
     )
 
 
@@ -268,8 +288,8 @@ def test_an_extensible_header_over_floats_is_explained(tmp_path: Path) -> None:
     path = tmp_path / "float.wav"
     path.write_bytes(extensible(plain, FLOAT_GUID))
     assert chime_error(str(path)) == (
-        f"chime '{path}': not a PCM WAV file (WAVE_FORMAT_EXTENSIBLE over samples that are "
-        "not integer PCM; save it as 16-bit PCM)"
+        f"chime '{shown(str(path))}': not a PCM WAV file (WAVE_FORMAT_EXTENSIBLE over samples "
+        "that are not integer PCM; save it as 16-bit PCM)"
     )
 
 
@@ -280,8 +300,8 @@ def test_an_unknown_name_is_refused(spec: str) -> None:
 
 def test_a_missing_file_or_a_directory_is_refused(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.wav")
-    assert chime_error(missing) == f"chime '{missing}': {UNKNOWN}"
-    assert chime_error(str(tmp_path)) == f"chime '{tmp_path}': {UNKNOWN}"
+    assert chime_error(missing) == f"chime '{shown(missing)}': {UNKNOWN}"
+    assert chime_error(str(tmp_path)) == f"chime '{shown(str(tmp_path))}': {UNKNOWN}"
 
 
 # --- validate_chime_spec -----------------------------------------------------------------------
@@ -311,6 +331,365 @@ def test_validation_rejects_everything_else(spec: str, reason: str) -> None:
 
 def test_validation_does_not_open_the_file(tmp_path: Path) -> None:
     assert validate_chime_spec(str(tmp_path / "not-there-yet.wav")).endswith(".wav")
+
+
+# --- what a payload may name ------------------------------------------------------------------
+
+CHIMES_DIR = PurePath("/etc/herald/chimes")
+IN_CHIMES_DIR = (
+    "a payload may name only a WAV file in /etc/herald/chimes (by its file name or its "
+    "absolute path)"
+)
+LIMIT = 16384
+
+
+def chime_payload(chime: object) -> bytes:
+    return json.dumps({"text": "Someone is at the door.", "chime": chime}).encode()
+
+
+def rejection(chime: object, defaults: Defaults) -> str:
+    with pytest.raises(PayloadRejected) as caught:
+        parse_payload(chime_payload(chime), LIMIT, 0.0, defaults)
+    return caught.value.reason
+
+
+WITH_DIR = Defaults({"low": 60, "normal": 60, "high": 60, "critical": 60}, CHIMES_DIR)
+
+
+@pytest.mark.parametrize(
+    ("spec", "resolved"),
+    [
+        ("bell", "bell"),
+        ("doorbell.wav", "/etc/herald/chimes/doorbell.wav"),
+        ("Door Bell.WAV", "/etc/herald/chimes/Door Bell.WAV"),
+        ("/etc/herald/chimes/doorbell.wav", "/etc/herald/chimes/doorbell.wav"),
+        ("/etc/herald/chimes/./doorbell.wav", "/etc/herald/chimes/doorbell.wav"),
+    ],
+)
+def test_a_payload_may_name_a_builtin_or_a_wav_file_in_the_chimes_directory(
+    spec: str, resolved: str
+) -> None:
+    assert payload_chime(spec, CHIMES_DIR) == resolved
+    assert parse_payload(chime_payload(spec), LIMIT, 0.0, WITH_DIR).chime == spec  # as given
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "/etc/passwd.wav",
+        "/usr/share/sounds/alsa/Front_Center.wav",
+        "/etc/herald/chimes/../herald.wav",
+        "/etc/herald/chimes/sub/doorbell.wav",
+        "/etc/herald/chimes.wav",
+        "/etc/herald/x.wav",
+        "sub/doorbell.wav",
+        "./doorbell.wav",
+        "../doorbell.wav",
+        "~/doorbell.wav",
+    ],
+)
+def test_a_payload_naming_a_wav_file_elsewhere_is_rejected_naming_the_field(spec: str) -> None:
+    assert rejection(spec, WITH_DIR) == f"chime: chime '{spec}': {IN_CHIMES_DIR}"
+
+
+@pytest.mark.parametrize("spec", ["/etc/shadow", "/etc/herald/chimes/x.mp3", "gong", ""])
+def test_a_payload_naming_no_wav_file_is_rejected(spec: str) -> None:
+    assert rejection(spec, WITH_DIR) == f"chime: chime '{spec}': {UNKNOWN}"
+
+
+def test_without_a_chimes_directory_a_payload_may_name_builtins_only() -> None:
+    assert parse_payload(chime_payload("alert"), LIMIT).chime == "alert"
+    assert rejection("doorbell.wav", Defaults(WITH_DIR.ttl_s)) == (
+        "chime: chime 'doorbell.wav': not a built-in chime (soft, bell, alert, alarm), and no "
+        "chimes directory is set for WAV files"
+    )
+
+
+def test_a_rejected_chime_is_shown_escaped_and_cut_short() -> None:
+    reason = rejection("/srv/x\nWARNING forged line\x1b[31m.wav", WITH_DIR)
+    assert reason == f"chime: chime '/srv/x\\nWARNING forged line\\x1b[31m.wav': {IN_CHIMES_DIR}"
+    long = rejection("/srv/" + "x" * 5000 + ".wav", WITH_DIR)
+    assert long == f"chime: chime '/srv/{'x' * 75}…': {IN_CHIMES_DIR}"
+
+
+def test_the_daemon_tells_the_parser_its_chimes_directory(tmp_path: Path) -> None:
+    config = Config(audio=AudioConfig(chimes_dir=tmp_path))
+    assert announcement_defaults(config).chimes_dir == tmp_path
+    assert Config().audio.chimes_dir == Path("/etc/herald/chimes")
+
+
+def test_parsing_a_payload_imports_no_audio_code() -> None:
+    code = (
+        "import sys, herald.announcement\n"
+        "loaded = {'numpy', 'soxr', 'herald.audio.chimes'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- loading the chime an announcement asks for ------------------------------------------------
+
+RATE = 16000
+
+
+class SilentVoice:
+    """A voice that says every text as 0.1 s of silence."""
+
+    name = "silent"
+
+    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
+        yield np.zeros(RATE // 10, dtype=np.int16)
+
+    async def run(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.name
+
+    async def check(self) -> str:
+        return self.name
+
+    async def aclose(self) -> None:
+        pass
+
+
+def daemon_config(chimes_dir: Path, normal_chime: str | bool = "soft") -> Config:
+    normal = LevelConfig(ttl_s=900, chime=normal_chime)
+    return Config(
+        audio=AudioConfig(sample_rate=RATE, chimes_dir=chimes_dir),
+        priorities=PrioritiesConfig(normal=normal),
+    )
+
+
+def resolve(config: Config, announcement: Announcement) -> Samples | None:
+    async def chime() -> Samples | None:
+        return await chime_resolver(config)(announcement)
+
+    return asyncio.run(chime())
+
+
+def announced(config: Config, chime: object) -> Announcement:
+    return parse_payload(chime_payload(chime), LIMIT, 0.0, announcement_defaults(config))
+
+
+def played(config: Config, announcement: Announcement, out: Path) -> np.ndarray:
+    """What the daemon's Speaker plays for the announcement, through a WAV file."""
+    output = WavFileOutput(out, config.audio)
+
+    async def run() -> None:
+        speaker = Speaker([SilentVoice()], output, lambda _: None, build_delivery(config))
+        assert await speaker.speak(announcement)
+        await output.close()
+
+    asyncio.run(run())
+    with wave.open(str(out)) as wav:
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+
+
+@pytest.fixture
+def chimes_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "chimes"
+    folder.mkdir()
+    return folder
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("by", ["file name", "absolute path"])
+def test_a_wav_file_in_the_chimes_directory_plays_before_the_words(
+    chimes_dir: Path, tmp_path: Path, by: str
+) -> None:
+    tone = sine(0.25, RATE, hz=880)
+    path = write_wav(chimes_dir / "doorbell.wav", tone, 2, RATE)
+    config = daemon_config(chimes_dir)
+    announcement = announced(config, "doorbell.wav" if by == "file name" else str(path))
+
+    heard = played(config, announcement, tmp_path / "out.wav")
+
+    assert np.array_equal(heard[: len(tone)], tone)
+    assert len(heard) == len(tone) + RATE // 10 and not heard[len(tone) :].any()
+
+
+def test_a_symbolic_link_out_of_the_chimes_directory_is_refused_when_loaded(
+    chimes_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = write_wav(tmp_path / "private.wav", sine(0.1, RATE), 2, RATE)
+    (chimes_dir / "doorbell.wav").symlink_to(outside)
+    config = daemon_config(chimes_dir)
+    announcement = announced(config, "doorbell.wav")  # the name alone is fine
+
+    with caplog.at_level(logging.WARNING):
+        assert resolve(config, announcement) is None
+
+    assert warnings_of(caplog) == [
+        f"chime 'doorbell.wav': leads out of the chimes directory {shown(str(chimes_dir))} "
+        "(a symbolic link or '..'); speaking without it"
+    ]
+
+
+def test_links_that_stay_in_the_chimes_directory_are_followed(tmp_path: Path) -> None:
+    real_dir = tmp_path / "sounds"
+    (real_dir / "v2").mkdir(parents=True)
+    tone = sine(0.1, RATE, hz=660)
+    write_wav(real_dir / "v2" / "ding.wav", tone, 2, RATE)
+    (real_dir / "doorbell.wav").symlink_to(real_dir / "v2" / "ding.wav")
+    (tmp_path / "chimes").symlink_to(real_dir)  # the directory itself may be a link
+    config = daemon_config(tmp_path / "chimes")
+
+    chime = resolve(config, announced(config, "doorbell.wav"))
+
+    assert chime is not None and np.array_equal(chime, tone)
+
+
+def test_dot_dot_out_of_the_chimes_directory_is_refused_by_the_loader_too(
+    chimes_dir: Path, tmp_path: Path
+) -> None:
+    write_wav(tmp_path / "private.wav", sine(0.1, RATE), 2, RATE)
+    spec = f"{chimes_dir}/../private.wav"
+    with pytest.raises(ChimeError, match="a payload may name only a WAV file in"):
+        load_chime(spec, RATE, within=chimes_dir)
+    assert len(load_chime(spec, RATE)) == RATE // 10  # the config's chimes may be anywhere
+
+
+def test_a_journaled_chime_outside_the_chimes_directory_is_refused(
+    chimes_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An announcement from the journal was parsed under an older configuration."""
+    outside = write_wav(tmp_path / "private.wav", sine(0.1, RATE), 2, RATE)
+    config = daemon_config(chimes_dir)
+    with caplog.at_level(logging.WARNING):
+        assert resolve(config, Announcement("j1", "From the journal.", chime=str(outside))) is None
+    assert warnings_of(caplog) == [
+        f"chime '{shown(str(outside))}': a payload may name only a WAV file in "
+        f"{shown(str(chimes_dir))} (by its file name or its absolute path); speaking without it"
+    ]
+
+
+def test_a_priority_chime_may_be_any_wav_file(chimes_dir: Path, tmp_path: Path) -> None:
+    tone = sine(0.1, RATE, hz=550)
+    outside = write_wav(tmp_path / "elsewhere.wav", tone, 2, RATE)
+    config = daemon_config(chimes_dir, normal_chime=str(outside))
+    chime = resolve(config, Announcement("a", "Hello."))  # chime True: the priority's
+    assert chime is not None and np.array_equal(chime, tone)
+    assert resolve(config, Announcement("b", "Hello.", chime=False)) is None
+    assert resolve(daemon_config(chimes_dir, False), Announcement("c", "Hello.")) is None
+
+
+@pytest.mark.parametrize("source", ["payload", "config"])
+def test_a_chime_with_a_newline_is_logged_escaped(
+    chimes_dir: Path, source: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = "x\nERROR herald: forged line.wav"
+    if source == "payload":
+        config = daemon_config(chimes_dir)
+        spec, announcement = name, announced(config, name)
+    else:
+        spec = f"/nonexistent/{name}"  # the config is trusted, and still escaped
+        config = daemon_config(chimes_dir, normal_chime=spec)
+        announcement = Announcement("a", "Hello.")
+
+    with caplog.at_level(logging.WARNING):
+        assert resolve(config, announcement) is None
+
+    (message,) = warnings_of(caplog)
+    assert "\n" not in message
+    assert message == f"chime '{shown(spec)}': {UNKNOWN}; speaking without it"
+    assert "x\\nERROR herald: forged line.wav'" in message
+
+
+def test_an_oversize_file_is_refused_by_its_size_without_being_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "huge.wav"
+    with path.open("wb") as file:
+        file.truncate(300 * 2**20)  # sparse: 300 MB that take no room
+    opened: list[str] = []
+    monkeypatch.setattr(chimes, "_read_bytes", opened.append)
+
+    started = time.perf_counter()
+    message = chime_error(str(path))
+
+    assert time.perf_counter() - started < 0.5
+    assert message == f"chime '{shown(str(path))}': larger than 4 MiB; chimes are short sounds"
+    assert opened == []
+    assert MAX_FILE_BYTES == 4 * 2**20
+
+
+class CountingFile:
+    """A file opened for reading that counts the bytes read from it."""
+
+    counts: ClassVar[list[int]] = []
+
+    def __init__(self, path: str, mode: str) -> None:
+        assert mode == "rb"
+        self._file = open(path, "rb")  # noqa: SIM115 (closed by __exit__)
+
+    def __enter__(self) -> CountingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        CountingFile.counts.append(len(data))
+        return data
+
+
+def test_a_file_that_grew_after_its_stat_is_read_only_up_to_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = write_wav(tmp_path / "small.wav", sine(0.1, RATE), 2, RATE)
+    path = tmp_path / "grown.wav"
+    with path.open("wb") as file:
+        file.truncate(300 * 2**20)
+    counted: list[int] = []
+    monkeypatch.setattr(CountingFile, "counts", counted)
+    monkeypatch.setattr(chimes, "_stat_wav", lambda real, spec: small.stat())  # the old size
+    monkeypatch.setattr(chimes, "open", CountingFile, raising=False)
+
+    message = chime_error(str(path))
+
+    assert message == f"chime '{shown(str(path))}': larger than 4 MiB; chimes are short sounds"
+    assert sum(counted) == MAX_FILE_BYTES + 1
+
+
+def test_a_wav_chime_is_read_in_a_worker_thread_while_the_loop_goes_on(
+    chimes_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_wav(chimes_dir / "slow.wav", sine(0.1, RATE), 2, RATE)
+    config = daemon_config(chimes_dir)
+    readers: list[threading.Thread] = []
+    read_wav = chimes._read_wav
+
+    def slow_read(path: str) -> Any:
+        readers.append(threading.current_thread())
+        time.sleep(0.3)  # a slow SD card
+        return read_wav(path)
+
+    monkeypatch.setattr(chimes, "_read_wav", slow_read)
+
+    async def main() -> tuple[Samples | None, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        chime = await chime_resolver(config)(announced(config, "slow.wav"))
+        ticker.cancel()
+        return chime, ticks
+
+    chime, ticks = asyncio.run(main())
+
+    assert chime is not None and len(chime) == RATE // 10
+    assert len(readers) == 1 and readers[0] is not threading.main_thread()
+    assert ticks >= 10  # the loop turned all the while the file was being read
 
 
 # --- dsp helpers -------------------------------------------------------------------------------

@@ -78,6 +78,50 @@ def test_an_engine_listed_twice_is_an_error(tmp_path: Path) -> None:
     assert line.endswith("voice.engines: an engine is listed twice")
 
 
+def test_the_chimes_directory_defaults_next_to_the_config_file(tmp_path: Path) -> None:
+    assert Config().audio.chimes_dir == Path("/etc/herald/chimes")
+    path = tmp_path / "herald.toml"
+    path.write_text(f'[audio]\nchimes_dir = "{tmp_path / "sounds"}"\n')
+    assert load_config(str(path))[0].audio.chimes_dir == tmp_path / "sounds"
+
+
+@pytest.mark.parametrize("value", ["chimes", "./chimes", "/etc/herald/../chimes", ""])
+def test_the_chimes_directory_is_an_absolute_path_without_dot_dot(
+    tmp_path: Path, value: str
+) -> None:
+    (line,) = errors_for(tmp_path, f'[audio]\nchimes_dir = "{value}"\n')
+    assert line == (
+        f"config error: {tmp_path / 'herald.toml'}: audio.chimes_dir: "
+        "give an absolute path without '..'"
+    )
+
+
+def test_a_priority_chime_may_be_any_absolute_wav_path(tmp_path: Path) -> None:
+    path = tmp_path / "herald.toml"
+    path.write_text('[priorities.high]\nttl_s = 300\nchime = "/usr/share/sounds/ding.wav"\n')
+    config, _ = load_config(str(path))
+    assert config.priorities.high.chime == "/usr/share/sounds/ding.wav"
+    assert config.audio.chimes_dir == Path("/etc/herald/chimes")  # not confined to it
+
+
+@pytest.mark.parametrize(
+    ("chime", "reason"),
+    [
+        ("ding.wav", "chime 'ding.wav': give an absolute path"),
+        (
+            "/usr/share/sounds/ding.mp3",
+            "chime '/usr/share/sounds/ding.mp3': not a built-in "
+            "chime (soft, bell, alert, alarm) nor a WAV file",
+        ),
+    ],
+)
+def test_a_priority_chime_that_is_no_absolute_wav_path_is_named(
+    tmp_path: Path, chime: str, reason: str
+) -> None:
+    (line,) = errors_for(tmp_path, f'[priorities.high]\nttl_s = 300\nchime = "{chime}"\n')
+    assert line == f"config error: {tmp_path / 'herald.toml'}: priorities.high.chime: {reason}"
+
+
 def test_toml_syntax_error(tmp_path: Path) -> None:
     (line,) = errors_for(tmp_path, "[mqtt\nport = 1\n")
     assert line.startswith(f"config error: {tmp_path / 'herald.toml'}: TOML syntax: ")

@@ -1,20 +1,25 @@
 """What may be announced: the Announcement model and the parsing of MQTT payloads into it.
 
 A payload is plain UTF-8 text, or a JSON object when it starts with `{`. Every way a payload can
-be wrong raises PayloadRejected with a one-line reason that names what was wrong.
+be wrong raises PayloadRejected with a one-line reason that names what was wrong. The text is
+cleaned (herald.text.clean_text) before anything else sees it, and refused only for control
+characters or for being empty; every time and number is finite and bounded.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import PurePath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from herald.audio.chimes import validate_chime_spec
+from herald.chime_names import payload_chime
+from herald.payload_json import InvalidJson, load_json
+from herald.text import clean_text, first_control_character
 
 PRIORITY_LEVELS: dict[str, int] = {"low": 20, "normal": 50, "high": 80, "critical": 100}
 DEFAULT_PRIORITY = PRIORITY_LEVELS["normal"]
@@ -94,11 +99,11 @@ def parse_priority(value: object) -> int:
 
 
 def parse_time(value: object) -> float:
-    """Unix seconds, or an ISO 8601 date-time with a time zone, as Unix seconds."""
+    """Unix seconds, or an ISO 8601 date-time with a time zone, as finite Unix seconds."""
     if isinstance(value, bool):
         raise ValueError("must be Unix seconds or an ISO 8601 time with a zone")
     if isinstance(value, int | float):
-        return float(value)
+        return _finite_seconds(value)
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
@@ -110,11 +115,25 @@ def parse_time(value: object) -> float:
     raise ValueError("must be Unix seconds or an ISO 8601 time with a zone")
 
 
+def _finite_seconds(value: float) -> float:
+    # NaN never compares as expired (and would unsettle the queue's order); infinity never
+    # expires; an integer past float's range cannot even be converted.
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError("must be a finite number of Unix seconds")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Defaults:
-    """What a payload leaves out: the time to live of each priority level."""
+    """What a payload leaves out: the time to live of each priority level; and where the WAV
+    files it may name as its chime are (None: it may name built-in chimes only)."""
 
     ttl_s: dict[str, float]
+    chimes_dir: PurePath | None = None
 
     def ttl_for(self, priority: int) -> float:
         return self.ttl_s[level_of(priority)]
@@ -129,27 +148,24 @@ class _JsonPayload(BaseModel):
     text: str
     id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
     priority: Any = DEFAULT_PRIORITY
-    ttl: float | None = Field(None, gt=0, le=MAX_TTL_S)
+    ttl: float | None = Field(None, gt=0, le=MAX_TTL_S, allow_inf_nan=False)
     expires_at: Any = None
     interrupt: bool | None = None
     on_preempt: OnPreempt = "restart"
-    volume: float | None = Field(None, ge=0.0, le=1.0)
+    volume: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     chime: str | bool = True
     repeat: int = Field(1, ge=1, le=5)
     cache: bool = True
 
     @field_validator("text")
     @classmethod
-    def _text_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("is empty")
-        if _has_control_characters(value):
-            raise ValueError("contains control characters")
-        return value.strip()
+    def _text_speakable(cls, value: str) -> str:
+        return speakable_text(value)
 
     @field_validator("id")
     @classmethod
     def _id_printable(cls, value: str | None) -> str | None:
+        # Ids are logged and sent in events: letters of any script, but nothing invisible.
         if value is not None and not value.isprintable():
             raise ValueError("must be printable text")
         return value
@@ -166,14 +182,24 @@ class _JsonPayload(BaseModel):
 
     @field_validator("chime")
     @classmethod
-    def _chime_known(cls, value: str | bool) -> str | bool:
-        return value if isinstance(value, bool) else validate_chime_spec(value)
+    def _chime_known(cls, value: str | bool, info: ValidationInfo) -> str | bool:
+        """A built-in name or a WAV file in the chimes directory, kept as the payload gave it
+        (`parse_payload` passes its Defaults as the context: {"defaults": ...})."""
+        if isinstance(value, bool):
+            return value
+        context = info.context if isinstance(info.context, dict) else {}
+        defaults = context.get("defaults", NO_DEFAULTS)
+        payload_chime(value, defaults.chimes_dir)
+        return value
 
     @field_validator("ttl", "volume", mode="before")
     @classmethod
     def _numbers_are_numbers(cls, value: object) -> object:
         if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)  # strict mode would refuse 30 where 30.0 is meant
+            try:
+                return float(value)  # strict mode would refuse 30 where 30.0 is meant
+            except OverflowError:
+                raise ValueError("is out of range") from None
         return value
 
 
@@ -184,15 +210,18 @@ def parse_payload(
     if len(payload) > max_bytes:
         raise PayloadRejected(f"payload is {len(payload)} bytes, over the {max_bytes}-byte limit")
     try:
-        text = payload.decode("utf-8").strip()
+        # A byte order mark is no part of the text (some Windows tools write one first).
+        decoded = payload.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise PayloadRejected(f"payload is not UTF-8 (bad byte at offset {exc.start})") from None
-    if not text:
+    if not decoded.strip():
         raise PayloadRejected("empty payload")
-    if text.startswith("{"):
-        return _parse_json(text, now, defaults)
-    if _has_control_characters(text):
-        raise PayloadRejected("text contains control characters")
+    if decoded.lstrip().startswith("{"):
+        return _parse_json(decoded.strip(), now, defaults)
+    try:
+        text = speakable_text(decoded)
+    except ValueError as exc:
+        raise PayloadRejected(f"text {exc}") from None
     return Announcement(
         id=new_id(),
         text=text,
@@ -200,27 +229,38 @@ def parse_payload(
     )
 
 
-def _has_control_characters(text: str) -> bool:
-    return any(not (ch.isprintable() or ch in "\n\r\t") for ch in text)
+def speakable_text(raw: str) -> str:
+    """The cleaned text (herald.text.clean_text), or ValueError if it is empty or has control
+    characters. Plain-text payloads and JSON `text` both come through here."""
+    text = clean_text(raw)
+    control = first_control_character(text)
+    if control is not None:
+        raise ValueError(f"contains control characters (U+{ord(control):04X})")
+    if not text:
+        raise ValueError("is empty")
+    return text
 
 
 def _parse_json(text: str, now: float, defaults: Defaults) -> Announcement:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PayloadRejected(
-            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        data = load_json(text)
+    except InvalidJson as exc:
+        raise PayloadRejected(str(exc)) from None
     if not isinstance(data, dict):
         raise PayloadRejected("invalid JSON: expected an object")
-    raw_id = data.get("id")
-    given_id = raw_id if isinstance(raw_id, str) and raw_id else None
+    given_id = _usable_id(data.get("id"))
     try:
-        parsed = _JsonPayload.model_validate(data)
+        parsed = _JsonPayload.model_validate(data, context={"defaults": defaults})
     except ValidationError as exc:
         raise PayloadRejected(_first_error(exc), given_id) from None
     if parsed.ttl is not None and parsed.expires_at is not None:
         raise PayloadRejected("give ttl or expires_at, not both", given_id)
+    if parsed.expires_at is not None and parsed.expires_at > now + MAX_TTL_S:
+        # An expiry in the past is taken: the scheduler reports it expired, with an event.
+        raise PayloadRejected(
+            f"expires_at: is more than {MAX_TTL_S // 86400} days ahead (the longest ttl)",
+            given_id,
+        )
     ttl = parsed.ttl if parsed.ttl is not None else defaults.ttl_for(parsed.priority)
     interrupt = parsed.interrupt
     if interrupt is None:
@@ -239,13 +279,26 @@ def _parse_json(text: str, now: float, defaults: Defaults) -> Announcement:
     )
 
 
+def _usable_id(value: object) -> str | None:
+    """The payload's id if it is a valid one, for the event of a refused payload."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable():
+        return value
+    return None  # an invisible or huge id must not reach the log or the events
+
+
 def _first_error(exc: ValidationError) -> str:
     # An unknown field is named first: it is usually a typo that also explains a missing one.
     err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    field = ".".join(str(part) for part in err["loc"]) or "payload"
+    field = _shown(".".join(str(part) for part in err["loc"]) or "payload")
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"unknown field '{field}'"
     if kind == "missing":
         return f"{field}: is required"
-    return f"{field}: {str(err['msg']).removeprefix('Value error, ')}"
+    return f"{field}: {_shown(str(err['msg']).removeprefix('Value error, '), 200)}"
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """Text from a payload made fit for a one-line reason: escaped where not printable, short."""
+    escaped = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "\u2026"

@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument(
         "--chime",
         metavar="NAME",
-        help="soft, bell, alert, alarm, a WAV file's absolute path, or none "
-        "(default: the priority's chime)",
+        help="soft, bell, alert, alarm, a WAV file in audio.chimes_dir (its name or absolute "
+        "path), or none (default: the priority's chime)",
     )
     target = say.add_mutually_exclusive_group()
     target.add_argument("--node", metavar="NAME", help="speak on another node (its node_id)")

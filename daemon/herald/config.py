@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from herald.chime_names import validate_chime_spec
+
 DEFAULT_CONFIG_PATH = Path("/etc/herald/herald.toml")
 CONFIG_ENV = "HERALD_CONFIG"
 
@@ -313,13 +315,13 @@ class LevelConfig(_Frozen):
     ttl_s: float = Field(
         gt=0, le=7 * 24 * 3600, description="unspoken after this long, it expires instead"
     )
-    chime: str | Literal[False] = Field(description="a built-in chime, a WAV path, or false")
+    chime: str | Literal[False] = Field(
+        description="a built-in chime, the absolute path of any WAV file, or false"
+    )
 
     @field_validator("chime")
     @classmethod
     def _chime_known(cls, value: str | bool) -> str | bool:
-        from herald.audio.chimes import validate_chime_spec
-
         return value if value is False else validate_chime_spec(str(value))
 
 
@@ -383,6 +385,18 @@ class AudioConfig(_Frozen):
     idle_after_s: float = Field(
         5.0, ge=0, le=3600, description="the output counts as idle after this long without sound"
     )
+    chimes_dir: Path = Field(
+        Path("/etc/herald/chimes"),
+        description="the WAV files a payload may name as its chime, by file name or absolute "
+        "path; priorities.<level>.chime may name any WAV file",
+    )
+
+    @field_validator("chimes_dir")
+    @classmethod
+    def _chimes_dir_absolute(cls, value: Path) -> Path:
+        if not value.is_absolute() or ".." in value.parts:
+            raise ValueError("give an absolute path without '..'")
+        return value
 
     @property
     def period_frames(self) -> int:

@@ -4,10 +4,17 @@ A chime is mono int16 at the output rate, like every other sound in Herald. Buil
 are computed (no binary assets) and cached per rate; WAV files are decoded with the stdlib
 `wave` module, mixed down to mono, resampled with soxr and cached until the file changes.
 Every returned array is read-only because it is shared between announcements.
+
+Which names may be given is decided in `herald.chime_names`, without opening anything; here
+a WAV file a payload named must also lie in the chimes directory once symbolic links and `..`
+are resolved, and must be small enough to be a chime before it is read. The daemon loads
+chimes with `load_chime_async`, which stats and decodes in a worker thread: a file on a slow
+card or a large one never holds up the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import os
@@ -22,6 +29,14 @@ import numpy.typing as npt
 import soxr
 
 from herald.audio.dsp import Samples
+from herald.chime_names import (
+    BUILTIN_CHIMES,
+    looks_like_path,
+    payload_chime,
+    relative_chime,
+    unknown_chime,
+)
+from herald.logsafe import shown
 
 Floats = npt.NDArray[np.float64]
 
@@ -94,51 +109,49 @@ _DESIGNS: dict[str, _Design] = {
     ),
 }
 
-BUILTIN_CHIMES: tuple[str, ...] = tuple(_DESIGNS)
+assert tuple(_DESIGNS) == BUILTIN_CHIMES, "herald.chime_names lists the chimes designed here"
 
 
-def load_chime(spec: str, rate: int) -> Samples:
-    """The chime named by `spec` (a built-in name or an absolute WAV path) at `rate`.
+def load_chime(spec: str, rate: int, within: Path | None = None) -> Samples:
+    """The chime named by `spec` at `rate`.
 
-    Results are cached and read-only. Raises ChimeError naming the chime and the problem.
+    Without `within` (a chime from the config), `spec` is a built-in name or the absolute path
+    of any WAV file. With `within` (a chime a payload named), it is a built-in name or a WAV
+    file in that directory, by its file name or absolute path (`payload_chime`), and the file
+    must still be inside the directory once symbolic links and `..` are resolved. Results are
+    cached and read-only. Blocks on the file: the daemon calls `load_chime_async`. Raises
+    ChimeError naming the chime as given (escaped, on one line) and the problem.
     """
     if spec in _DESIGNS:
         return _builtin(spec, rate)
-    path, info = _stat_wav(spec)
     try:
-        return _wav(os.path.realpath(path), info.st_mtime_ns, info.st_size, rate)
+        path = spec if within is None else payload_chime(spec, within)
+    except ValueError as exc:
+        raise ChimeError(str(exc)) from None
+    real = _real_path(path, spec)
+    if within is not None and not Path(real).is_relative_to(os.path.realpath(within)):
+        raise ChimeError(
+            f"chime '{shown(spec)}': leads out of the chimes directory {shown(str(within))} "
+            "(a symbolic link or '..')"
+        )
+    info = _stat_wav(real, spec)
+    if info.st_size > MAX_FILE_BYTES:  # refused by its size, before a byte of it is read
+        raise ChimeError(f"chime '{shown(spec)}': {_too_large()}")
+    try:
+        return _wav(real, info.st_mtime_ns, info.st_size, rate)
     except _Unusable as exc:
-        raise ChimeError(f"chime '{spec}': {exc}") from None
+        raise ChimeError(f"chime '{shown(spec)}': {exc}") from None
 
 
-def validate_chime_spec(spec: str) -> str:
-    """Return `spec` if it names a built-in chime or an absolute .wav path; else ValueError.
+async def load_chime_async(spec: str, rate: int, within: Path | None = None) -> Samples:
+    """`load_chime` with a WAV file's stat and decoding in a worker thread, off the event loop.
 
-    Cheap enough for config and payload validation: the file is not opened.
+    A built-in chime is synthesized on the loop (a few milliseconds, once per rate; then a
+    cache hit), so the usual chime costs no thread hop before the first sound.
     """
     if spec in _DESIGNS:
-        return spec
-    if _looks_like_path(spec) and not Path(spec).is_absolute():
-        raise ValueError(_relative(spec))
-    if not (Path(spec).is_absolute() and spec.lower().endswith(".wav")):
-        raise ValueError(_unknown(spec))
-    return spec
-
-
-def _unknown(spec: str) -> str:
-    """The message for a chime that is neither a built-in name nor a file."""
-    names = ", ".join(BUILTIN_CHIMES)
-    return f"chime '{spec}': not a built-in chime ({names}) nor a WAV file"
-
-
-def _relative(spec: str) -> str:
-    """The message for a chime given as a relative path."""
-    return f"chime '{spec}': give an absolute path"
-
-
-def _looks_like_path(spec: str) -> bool:
-    """Whether `spec` was meant as a file rather than a chime name."""
-    return "/" in spec or os.sep in spec or spec.lower().endswith(".wav")
+        return _builtin(spec, rate)
+    return await asyncio.to_thread(load_chime, spec, rate, within)
 
 
 def _read_only(samples: Samples) -> Samples:
@@ -203,25 +216,39 @@ WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 # KSDATAFORMAT_SUBTYPE_PCM, the sub-format GUID of an extensible header over integer samples.
 PCM_SUBFORMAT = bytes.fromhex("0100000000001000800000aa00389b71")
-MAX_FILE_BYTES = 64 * 1024 * 1024  # 10 s of 8 channels of 32-bit samples at 192 kHz fit
+# A chime lasts at most MAX_SECONDS: 10 s of 48 kHz stereo 32-bit PCM is 3.84 MB (24-bit:
+# 2.88 MB; 16-bit: 1.92 MB), so 4 MiB holds any of them with ~350 KB to spare for metadata
+# chunks. A 10 s file at 96 kHz or more, or with more channels, must be converted first.
+# Decoding takes about ten times the file's size in memory: 40 MB at most, even on a Pi Zero.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
-def _stat_wav(spec: str) -> tuple[Path, os.stat_result]:
-    """The absolute path `spec` names and its stat, or ChimeError if it is no usable file."""
-    if _looks_like_path(spec) and not Path(spec).is_absolute():
-        raise ChimeError(_relative(spec))
-    path = Path(spec)
-    if not path.is_absolute():
-        raise ChimeError(_unknown(spec))
+def _real_path(path: str, spec: str) -> str:
+    """`path` with every symbolic link and `..` resolved, or ChimeError (naming `spec`) if it
+    is no absolute path."""
+    if not Path(path).is_absolute():
+        raise ChimeError(relative_chime(spec) if looks_like_path(spec) else unknown_chime(spec))
     try:
-        info = path.stat()
+        return os.path.realpath(path)
+    except ValueError:  # a NUL byte
+        raise ChimeError(unknown_chime(spec)) from None
+
+
+def _stat_wav(real: str, spec: str) -> os.stat_result:
+    """The stat of the file at `real`, or ChimeError (naming `spec`) if it is no usable file."""
+    try:
+        info = os.stat(real)
     except (FileNotFoundError, NotADirectoryError, ValueError):
-        raise ChimeError(_unknown(spec)) from None
+        raise ChimeError(unknown_chime(spec)) from None
     except OSError as exc:
-        raise ChimeError(f"chime '{spec}': not a PCM WAV file ({exc.strerror})") from None
+        raise ChimeError(f"chime '{shown(spec)}': not a PCM WAV file ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ChimeError(_unknown(spec))
-    return path, info
+        raise ChimeError(unknown_chime(spec))
+    return info
+
+
+def _too_large() -> str:
+    return f"larger than {MAX_FILE_BYTES // 2**20} MiB; chimes are short sounds"
 
 
 @functools.lru_cache(maxsize=16)
@@ -259,10 +286,11 @@ def _read_wav(path: str) -> tuple[Floats, int]:
 
 
 def _read_bytes(path: str) -> bytes:
+    """At most MAX_FILE_BYTES of the file: one that grew since its stat is still refused."""
     with open(path, "rb") as file:
         data = file.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
-        raise _Unusable(f"larger than {MAX_FILE_BYTES // 2**20} MB; chimes are short sounds")
+        raise _Unusable(_too_large())
     return data
 
 
