@@ -130,8 +130,21 @@ class MqttProbe:
     def connected(self) -> bool:
         return bool(self._client.is_connected())
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
-        self._client.publish(topic, payload, qos=qos).wait_for_publish(10)
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        self._client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+
+    def publish_many(self, messages: Iterable[tuple[str, bytes | str]]) -> None:
+        """Publish at QoS 1 as fast as paho takes them; return once the broker has them all."""
+        sent = [self._client.publish(topic, payload, qos=1) for topic, payload in messages]
+        for info in sent:
+            info.wait_for_publish(60)
+
+    def seen_on(self, topic: str) -> list[bytes]:
+        """Every payload received on `topic` so far, in order (taking what has arrived)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.seen.append(self.messages.get_nowait())
+        return [payload for seen_topic, payload in self.seen if seen_topic == topic]
 
     def next_json(self, timeout: float = 30) -> dict[str, Any]:
         topic, payload = self.messages.get(timeout=timeout)

@@ -10,11 +10,11 @@ import jinja2
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from herald.commands import SIREN_TONES
 from herald.mqtt.discovery import (
     LAST_ATTRIBUTES_TEMPLATE,
     MAX_STATE_LENGTH,
     SIREN_ID,
-    SIREN_TONES,
     NodeInfo,
     availability_topic,
     discovery_messages,

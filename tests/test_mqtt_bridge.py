@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from functools import partial
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from herald.config import MqttConfig
-from herald.mqtt.client import MqttBridge
-from tests.support import Broker
+from herald.mqtt.client import Inbound, MqttBridge
+from tests.support import Broker, MqttProbe, wait_for
 
 BURST = 500
 
@@ -43,8 +44,8 @@ async def receive(
     received: list[bytes] = []
     enough = asyncio.Event()
 
-    def handle(_topic: str, payload: bytes, _redelivered: bool) -> None:
-        received.append(payload)
+    def handle(message: Inbound) -> None:
+        received.append(message.payload)
         if len(received) >= count:
             enough.set()
 
@@ -82,3 +83,39 @@ def test_a_burst_is_acknowledged_in_batches_after_a_sync_and_never_sent_again(
 
     # Every message was acknowledged: the broker has nothing to send again.
     assert asyncio.run(receive(broker, client_id, topic, 0, [])) == []
+
+
+def test_a_flood_of_publishes_waits_its_turn_in_order_and_none_is_lost(broker: Broker) -> None:
+    # 40,000 critical announcements once overflowed paho's queue: thousands of final events were
+    # dropped ("Message queue full"), and paho's bookkeeping of a long queue starved the loop.
+    topic, status = f"flood/{uuid.uuid4().hex}", f"status/{uuid.uuid4().hex}"
+    heard = MqttProbe(broker, topic, status)
+    count = 30_000
+
+    async def flood() -> tuple[list[int], int]:
+        acknowledged: list[int] = []
+        config = MqttConfig(host=broker.host, port=broker.port)
+        async with MqttBridge(config, f"flood-{uuid.uuid4()}", [], lambda _: None) as bridge:
+            assert await bridge.wait_connected(10)
+            for n in range(count):
+                bridge.publish(topic, str(n), on_acknowledged=partial(acknowledged.append, n))
+            for n in range(500):  # a retained status, changing while the events wait
+                bridge.publish(status, str(n), retain=True)
+            backlog = bridge.backlog
+            for _ in range(1200):
+                if len(acknowledged) == count:
+                    break
+                await asyncio.sleep(0.1)
+        return acknowledged, backlog
+
+    try:
+        acknowledged, backlog = asyncio.run(flood())
+        assert backlog > 0  # the flood did wait here, not in paho
+        assert acknowledged == list(range(count))
+        wait_for(lambda: len(heard.seen_on(topic)) >= count, 30, "every event at the subscriber")
+        events, statuses = heard.seen_on(topic), heard.seen_on(status)
+        assert [int(p) for p in events] == list(range(count))  # each once, in order
+        assert statuses[-1] == b"499" and len(statuses) < 500  # only the latest status waited
+    finally:
+        heard.publish(status, "", retain=True)
+        heard.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
 from herald.config import Config, ConfigError, find_secret
-from herald.mqtt.client import MqttBridge
+from herald.mqtt.client import Inbound, MqttBridge
 from herald.voice import VoiceError, build_voices
 
 BROKER_TIMEOUT_S = 5.0
@@ -110,7 +110,7 @@ async def check_broker_keeps_messages(config: Config) -> CheckResult:
     arrived = asyncio.Event()
 
     def absent_session() -> MqttBridge:
-        return MqttBridge(config.mqtt, session, [topic], lambda *_: arrived.set(), persistent=True)
+        return MqttBridge(config.mqtt, session, [topic], lambda _: arrived.set(), persistent=True)
 
     try:
         async with absent_session() as away:
@@ -176,5 +176,5 @@ async def check_voices(config: Config) -> list[CheckResult]:
     return results
 
 
-def _ignore(_topic: str, _payload: bytes, _redelivered: bool) -> None:
+def _ignore(_message: Inbound) -> None:
     """`herald check` subscribes to nothing."""

@@ -1,13 +1,22 @@
-"""What can be changed while Herald runs (volume, quiet mode), remembered across restarts."""
+"""What can be changed while Herald runs (volume, quiet mode), remembered across restarts.
+
+A slider in Home Assistant sends a value for every step it passes, and anyone on the broker can
+send thousands: the file is written at most once every SAVE_INTERVAL_S (an SD card wears, and
+each write blocks the event loop), always with the latest values, and once more at the end.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+SAVE_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -25,6 +34,9 @@ class Controls:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("controls: ignoring %s: %s", path, exc)
             return cls(default_volume)
+        except OSError as exc:
+            log.warning("controls: cannot read %s: %s", path, exc.strerror or exc)
+            return cls(default_volume)
 
     def save(self, path: Path) -> None:
         try:
@@ -33,24 +45,35 @@ class Controls:
             fresh.write_text(json.dumps(asdict(self)), encoding="utf-8")
             fresh.replace(path)
         except OSError as exc:
-            log.warning("controls: cannot save %s: %s", path, exc)
+            log.warning("controls: cannot save %s: %s", path, exc.strerror or exc)
 
 
-def parse_volume(payload: bytes) -> float:
-    """A `volume/set` payload: a number 0.0-1.0 (a percentage 0-100 also works)."""
-    value = float(payload.decode("utf-8").strip())
-    if 1.0 < value <= 100.0:
-        value /= 100.0
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"volume {value} is outside 0.0-1.0")
-    return value
+class ControlsFile:
+    """Saves the controls at most once every SAVE_INTERVAL_S, the latest values last."""
 
+    def __init__(self, controls: Controls, path: Path) -> None:
+        self._controls = controls
+        self._path = path
+        self._saved_at = float("-inf")
+        self._due: asyncio.TimerHandle | None = None
 
-def parse_switch(payload: bytes) -> bool:
-    """`ON`/`OFF` (also true/false, 1/0)."""
-    word = payload.decode("utf-8").strip().lower()
-    if word in ("on", "true", "1"):
-        return True
-    if word in ("off", "false", "0"):
-        return False
-    raise ValueError(f"expected ON or OFF, got {word!r}")
+    def changed(self) -> None:
+        """The controls changed: save now, or at the end of the interval if one just went."""
+        if self._due is not None:
+            return  # a save is due already, and will write the latest values
+        wait = self._saved_at + SAVE_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self._save()
+        else:
+            self._due = asyncio.get_running_loop().call_later(wait, self._save)
+
+    def flush(self) -> None:
+        """Write a save that is due, now (at the end of the run)."""
+        if self._due is not None:
+            self._due.cancel()
+            self._save()
+
+    def _save(self) -> None:
+        self._due = None
+        self._saved_at = time.monotonic()
+        self._controls.save(self._path)

@@ -23,6 +23,7 @@ from herald.announcement import (
 )
 from herald.events import Event, EventSink, about, event_for
 from herald.journal import QueueJournal
+from herald.logsafe import shown
 from herald.scheduler import (
     Outcome,
     Preempt,
@@ -116,7 +117,8 @@ class Dispatcher:
         try:
             announcement = parse_payload(payload, self._max_payload_bytes, now, self._defaults)
         except PayloadRejected as exc:
-            log.warning("rejected announcement %s: %s", exc.announcement_id or "(no id)", exc)
+            ident = shown(exc.announcement_id) if exc.announcement_id else "(no id)"
+            log.warning("rejected announcement %s: %s", ident, shown(exc.reason, 200))
             self._emit(Event("rejected", exc.announcement_id, details={"reason": exc.reason}))
             return None
         if self._already_have(announcement) or (redelivered and self._restored_one(announcement)):

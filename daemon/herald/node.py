@@ -16,13 +16,15 @@ from typing import Any
 
 from herald import __version__
 from herald.announcement import PRIORITY_LEVELS
+from herald.commands import SirenCommand, parse_siren, parse_switch, parse_volume
 from herald.config import Config
-from herald.controls import Controls, parse_switch, parse_volume
+from herald.controls import Controls, ControlsFile
 from herald.dispatcher import Dispatcher
 from herald.events import Event
 from herald.journal import QueueJournal
+from herald.logsafe import shown
 from herald.mqtt import hermes
-from herald.mqtt.client import MqttBridge
+from herald.mqtt.client import Inbound, MqttBridge
 from herald.mqtt.discovery import SIREN_ID, NodeInfo, discovery_messages
 from herald.mqtt.hermes import HermesBridge
 from herald.mqtt.topics import Topics
@@ -43,6 +45,7 @@ class Node:
         self.config = config
         self.topics = topics
         self.controls = controls
+        self.controls_file = ControlsFile(controls, config.state_dir / "controls.json")
         self.journal = journal
         self.hermes = HermesBridge(config.hermes.site_id or config.node_id)
         self.bridge: MqttBridge | None = None
@@ -85,8 +88,11 @@ class Node:
         fields = {"ANNOUNCEMENT_ID": event.announcement_id or "", "HERALD_EVENT": event.kind}
         if "voice" in event.details:
             fields["VOICE"] = str(event.details["voice"])
-        details = "".join(f" {key}={value}" for key, value in event.details.items())
-        log.info("%s %s%s", event.kind, event.announcement_id or "(no id)", details, extra=fields)
+        details = "".join(
+            f" {key}={shown(str(value), 200)}" for key, value in event.details.items()
+        )
+        ident = shown(event.announcement_id) if event.announcement_id else "(no id)"
+        log.info("%s %s%s", event.kind, ident, details, extra=fields)
         payload = event.to_json()
         self._send(self.topics.events, payload, on_acknowledged=self._settle(event, payload))
         if (finished := self.hermes.finished(event)) is not None:
@@ -157,12 +163,36 @@ class Node:
 
     # --- in -----------------------------------------------------------------------------------
 
-    def route(self, topic: str, payload: bytes, redelivered: bool = False) -> None:
-        dispatcher, topics = self.dispatcher, self.topics
-        if dispatcher is None:
+    def route(self, message: Inbound) -> None:
+        """Act on one message; one that cannot be acted on costs a log line, never the daemon."""
+        if self.dispatcher is None:
             return
+        if message.retained and message.topic != self.ha_status_topic:
+            self._ignore_retained(message)
+            return
+        try:
+            self._route(message)
+        except Exception as exc:  # a bug must cost one message, not the daemon or the others
+            log.error(
+                "could not handle a message on %s: %s", shown(message.topic), shown(repr(exc))
+            )
+            log.debug("the message's handling failed here", exc_info=True)
+
+    def _ignore_retained(self, message: Inbound) -> None:
+        """A retained command would act again at every restart and reconnection: not a command.
+        (Home Assistant users delete one by publishing an empty retained message.)"""
+        log.warning(
+            "ignored a retained message on %s: commands are not retained; delete it with an "
+            "empty retained message to that topic (mosquitto_pub -r -n -t TOPIC)",
+            shown(message.topic),
+        )
+
+    def _route(self, message: Inbound) -> None:
+        dispatcher, topics = self.dispatcher, self.topics
+        assert dispatcher is not None
+        topic, payload = message.topic, message.payload
         if topics.is_say(topic):
-            dispatcher.accept(payload, source=topic, redelivered=redelivered)
+            dispatcher.accept(payload, source=topic, redelivered=message.redelivered)
         elif topic == topics.stop:
             dispatcher.stop_current()
         elif topic == topics.clear:
@@ -186,10 +216,10 @@ class Node:
             else:
                 self.controls.quiet = parse_switch(payload)
                 self.dispatcher.set_quiet(self.controls.quiet)
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("ignored %s: %s", topic, exc)
+        except ValueError as exc:
+            log.warning("ignored %s: %s", topic, shown(str(exc)))
             return
-        self.controls.save(self.config.state_dir / "controls.json")
+        self.controls_file.changed()
         log.info("volume %.2f, quiet mode %s", self.controls.volume, self.controls.quiet)
         if self.status is not None:
             self.status.changed()
@@ -198,22 +228,30 @@ class Node:
         """Home Assistant's siren: ON speaks the alert at critical priority; OFF stops it."""
         assert self.dispatcher is not None
         try:
-            command: dict[str, Any] = json.loads(payload)
-            state = str(command.get("state", "ON")).upper()
-        except (ValueError, AttributeError):
-            state, command = payload.decode("utf-8", "replace").strip().upper(), {}
-        if state == "OFF":
+            command = parse_siren(payload)
+        except ValueError as exc:
+            log.warning("ignored %s: %s", self.topics.siren_set, shown(str(exc)))
+            return
+        if not command.on:
             current = self.dispatcher.current
             if current is not None and current.id == SIREN_ID:
                 self.dispatcher.stop_current()
+            log.info("siren off")
             return
+        self.dispatcher.accept(self._siren_announcement(command), source=self.topics.siren_set)
+
+    def _siren_announcement(self, command: SirenCommand) -> bytes:
         say: dict[str, Any] = {
             "text": self.config.home_assistant.siren_text,
             "id": SIREN_ID,
             "priority": PRIORITY_LEVELS["critical"],
             "repeat": 3,
-            "chime": command.get("tone") or "alarm",
+            "chime": command.tone or "alarm",
         }
-        if isinstance(command.get("volume_level"), int | float):
-            say["volume"] = max(0.0, min(float(command["volume_level"]), 1.0))
-        self.dispatcher.accept(json.dumps(say).encode(), source=self.topics.siren_set)
+        if command.volume is not None:
+            say["volume"] = command.volume
+        return json.dumps(say).encode()
+
+    def close(self) -> None:
+        """At the end of a run: a control change still waiting to be saved is saved now."""
+        self.controls_file.flush()

@@ -10,6 +10,19 @@ are acknowledged by hand, after the handler has run (and journaled them), so a m
 broker counts as delivered is one Herald has on disk. The acknowledgements of the messages that
 arrived together go out together, after one `before_ack` (the journal's sync to the disk): a
 burst costs one disk flush per turn of the event loop, not one per message.
+
+Flow control, both ways, so that no flood costs an event or starves the event loop:
+- Outgoing: at most MAX_IN_FLIGHT publishes are in paho's hands at once; the rest wait here, in
+  order (a retained message waits as its latest value only), and are handed over as the broker
+  acknowledges. paho's own queue therefore never overflows ("Message queue full" dropped
+  events) and never grows long (its bookkeeping scans that queue at every acknowledgement,
+  holding a lock the event loop needs).
+- Incoming: while more than BACKLOG_HIGH publishes wait, the acknowledgements of the messages
+  handled are held back. The broker sends a client only so many unacknowledged messages (its
+  in-flight window, 20 by default in mosquitto), so a flood waits at the broker, not here.
+- From paho's thread, messages reach the loop through one inbox: one wake-up of the loop per
+  batch, not one per message. (Each wake-up is a byte in the loop's self-pipe, which also
+  carries signals in asyncio's design; a pipe full of them is how a SIGTERM got lost.)
 """
 
 from __future__ import annotations
@@ -17,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,14 +45,38 @@ from herald.config import ConfigError, MqttConfig, read_secret
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes, bool], None]
-"""Called with the topic, the payload, and whether the broker marked it a redelivery (DUP: sent
-before, and not acknowledged then, e.g. when Herald was killed before its acknowledgement)."""
-# Bounds memory while the broker is away (about 300 bytes an event: 6 MB at most), yet holds
-# every event of a burst of thousands of announcements while the broker acknowledges them.
-MAX_QUEUED_PUBLISHES = 20_000
-MAX_IN_FLIGHT = 100  # unacknowledged QoS 1 publishes on the wire at once
+
+class Inbound(NamedTuple):
+    """One message from the broker."""
+
+    topic: str
+    payload: bytes
+    redelivered: bool = False  # DUP: sent before and not acknowledged then (Herald was killed)
+    retained: bool = False  # a retained message, replayed because Herald (re)subscribed
+
+
+MessageHandler = Callable[[Inbound], None]
+
+MAX_IN_FLIGHT = 100  # unacknowledged QoS 1 publishes handed to paho (and on the wire) at once
+# Unacknowledged QoS 1 messages the broker may send Herald at once (MQTT 5's Receive Maximum;
+# without it a broker may send 65,535). Holding acknowledgements back holds the broker back.
+RECEIVE_MAXIMUM = 50
+# paho's own limit, never reached: Herald hands it at most MAX_IN_FLIGHT plus a few QoS 0 ones.
+MAX_QUEUED_PUBLISHES = 10 * MAX_IN_FLIGHT
+# Publishes waiting here beyond which incoming messages are not acknowledged (so the broker
+# stops sending), and below which they are again. Every message a flood brings gives an event
+# or two; the broker's in-flight window bounds what arrives meanwhile.
+BACKLOG_HIGH = 1_000
+BACKLOG_LOW = 200
 FLUSH_TIMEOUT_S = 2.0  # how long a disconnect waits for the broker to acknowledge the last events
+
+
+class _Publish(NamedTuple):
+    topic: str
+    payload: bytes | str
+    qos: int
+    retain: bool
+    on_acknowledged: Callable[[], None] | None
 
 
 class MqttBridge:
@@ -57,6 +96,13 @@ class MqttBridge:
         self._cfg = cfg
         self._before_ack = before_ack
         self._acks_due: list[tuple[int, int]] = []  # (mid, qos) handled, not yet acknowledged
+        self._acks_held: list[tuple[int, int]] = []  # handled, held back while publishes wait
+        self._waiting: deque[_Publish] = deque()  # publishes not yet handed to paho, in order
+        self._waiting_retained: OrderedDict[str, _Publish] = OrderedDict()  # latest by topic
+        self._inbox: deque[tuple[Inbound, int, int]] = deque()  # (message, mid, qos), to the loop
+        self._inbox_lock = threading.Lock()
+        self._inbox_scheduled = False
+        self._receiving = True
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
@@ -113,6 +159,7 @@ class MqttBridge:
         self._loop = asyncio.get_running_loop()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._cfg.session_expiry_s if self._persistent else 0
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
         self._client.connect_async(
             self._cfg.host,
             self._cfg.port,
@@ -127,6 +174,7 @@ class MqttBridge:
         # Disconnect only once the broker has acknowledged what was published: closing a socket
         # with an unread acknowledgement in it sends a TCP reset, and the broker may then lose
         # the last messages (the final events of a shutdown) that it has not read yet.
+        self.stop_receiving()
         if self.connected:
             if self._availability is not None:
                 self.publish(self._availability, "offline", retain=True)
@@ -135,14 +183,25 @@ class MqttBridge:
         # loop_stop joins paho's thread, which finishes its last socket work first.
         await asyncio.to_thread(self._client.loop_stop)
 
+    def stop_receiving(self) -> None:
+        """From now on, messages are neither handled nor acknowledged: the broker keeps them for
+        the next session (Herald's is persistent) and sends them again then. For a shutdown: a
+        message taken now could only be refused. Acknowledgements held back are sent: those
+        messages were handled."""
+        self._receiving = False
+        self._release_held_acks()
+
     async def _acknowledged(self, within_s: float) -> None:
-        if not self._unacknowledged:
+        if not self._unacknowledged and not self.backlog:
             return
         self._all_acknowledged.clear()
         try:
             await asyncio.wait_for(self._all_acknowledged.wait(), within_s)
         except TimeoutError:
-            log.warning("mqtt: %d messages unacknowledged at disconnect", len(self._unacknowledged))
+            log.warning(
+                "mqtt: %d messages unacknowledged at disconnect",
+                len(self._unacknowledged) + self.backlog,
+            )
 
     @property
     def connected(self) -> bool:
@@ -163,11 +222,29 @@ class MqttBridge:
         retain: bool = False,
         on_acknowledged: Callable[[], None] | None = None,
     ) -> None:
-        """Send, or queue until the broker is back (at most MAX_QUEUED_PUBLISHES).
+        """Send now, or once the broker has acknowledged enough of what went before (in order;
+        a retained message still waiting is replaced by a newer one to the same topic).
 
         `on_acknowledged` is called in the event loop once the broker has the message (QoS 1);
         never, if it is lost with this client.
         """
+        message = _Publish(topic, payload, qos, retain, on_acknowledged)
+        if qos > 0 and (self.backlog or len(self._unacknowledged) >= MAX_IN_FLIGHT):
+            if retain and on_acknowledged is None:
+                self._waiting_retained.pop(topic, None)
+                self._waiting_retained[topic] = message
+            else:
+                self._waiting.append(message)
+            return
+        self._hand_to_paho(message)
+
+    @property
+    def backlog(self) -> int:
+        """Publishes waiting for room in paho's hands."""
+        return len(self._waiting) + len(self._waiting_retained)
+
+    def _hand_to_paho(self, message: _Publish) -> None:
+        topic, payload, qos, retain, on_acknowledged = message
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             log.warning("mqtt: could not publish to %s: %s", topic, paho.error_string(info.rc))
@@ -181,10 +258,20 @@ class MqttBridge:
 
     def _acknowledge(self, mid: int) -> None:
         on_acknowledged = self._unacknowledged.pop(mid, None)
-        if not self._unacknowledged:
+        self._hand_over_waiting()
+        if not self._unacknowledged and not self.backlog:
             self._all_acknowledged.set()
         if on_acknowledged is not None:
             on_acknowledged()
+
+    def _hand_over_waiting(self) -> None:
+        while self.backlog and len(self._unacknowledged) < MAX_IN_FLIGHT:
+            if self._waiting:
+                self._hand_to_paho(self._waiting.popleft())
+            else:
+                self._hand_to_paho(self._waiting_retained.popitem(last=False)[1])
+        if self._acks_held and self.backlog <= BACKLOG_LOW:
+            self._release_held_acks()
 
     # --- paho's thread -------------------------------------------------------------------------
 
@@ -248,11 +335,30 @@ class MqttBridge:
             log.warning("mqtt: lost the connection to %s (%s); reconnecting", self.where, reason)
 
     def _handle_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._in_loop(self._deliver, msg.topic, bytes(msg.payload), msg.mid, msg.qos, msg.dup)
+        # Only what Herald uses: paho's message object is ten times the size (its properties),
+        # and thousands of QoS 0 messages may wait here while the loop is busy.
+        inbound = Inbound(msg.topic, bytes(msg.payload), bool(msg.dup), bool(msg.retain))
+        with self._inbox_lock:
+            self._inbox.append((inbound, msg.mid, msg.qos))
+            if self._inbox_scheduled:
+                return  # the loop has yet to take the batch this one joins
+            self._inbox_scheduled = True
+        self._in_loop(self._take_inbox)
 
-    def _deliver(self, topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None:
+    # --- the event loop ------------------------------------------------------------------------
+
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            batch, self._inbox = self._inbox, deque()
+            self._inbox_scheduled = False
+        for inbound, mid, qos in batch:
+            self._deliver(inbound, mid, qos)
+
+    def _deliver(self, inbound: Inbound, mid: int, qos: int) -> None:
+        if not self._receiving:
+            return  # not acknowledged either: the broker sends it again next session
         try:
-            self._on_message(topic, payload, bool(dup))
+            self._on_message(inbound)
         finally:
             if self._persistent and qos > 0:
                 if not self._acks_due:  # after the others already waiting in the loop
@@ -260,9 +366,24 @@ class MqttBridge:
                 self._acks_due.append((mid, qos))
 
     def _acknowledge_handled(self) -> None:
-        """Only now does the broker hear these messages arrived: they are on the disk."""
+        """Only now does the broker hear these messages arrived: they are on the disk. While
+        many publishes wait, not yet: the broker holds back what comes next."""
         due, self._acks_due = self._acks_due, []
         if self._before_ack is not None:
             self._before_ack()
+        if self.backlog > BACKLOG_HIGH:
+            if not self._acks_held:
+                log.warning(
+                    "mqtt: %d events wait for the broker; taking no more messages until it "
+                    "has acknowledged most of them",
+                    self.backlog,
+                )
+            self._acks_held.extend(due)
+            return
         for mid, qos in due:
+            self._client.ack(mid, qos)
+
+    def _release_held_acks(self) -> None:
+        held, self._acks_held = self._acks_held, []
+        for mid, qos in held:
             self._client.ack(mid, qos)

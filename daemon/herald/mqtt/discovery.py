@@ -83,6 +83,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from herald.commands import SIREN_TONES
 from herald.mqtt.topics import Topics
 from herald.status import STATES
 
@@ -100,8 +101,6 @@ ORIGIN_NAME = "Herald"
 
 SIREN_ID = "siren"
 """The id of the announcement the siren starts; the siren is ON while it speaks."""
-SIREN_TONES = ("alarm", "alert", "bell")
-"""Tones the siren offers; each is one of Herald's built-in chimes."""
 
 MAX_STATE_LENGTH = 255
 """Home Assistant refuses a state longer than this (homeassistant.const.MAX_LENGTH_STATE_STATE)."""

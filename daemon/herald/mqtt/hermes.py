@@ -12,6 +12,7 @@ from typing import Any
 
 from herald.announcement import new_id
 from herald.events import Event
+from herald.payload_json import load_json
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class HermesBridge:
         the usual reason.
         """
         try:
-            data: dict[str, Any] = json.loads(payload)
+            data: dict[str, Any] = load_json(payload)  # type: ignore[assignment]
             site = str(data.get("siteId") or "default")
         except (ValueError, AttributeError):
             return payload
@@ -42,8 +43,8 @@ class HermesBridge:
         if data.get("lang"):
             log.debug("hermes: lang %s is left to the configured voice", data["lang"])
         translated: dict[str, Any] = {"text": data.get("text", ""), "id": ident}
-        if isinstance(data.get("volume"), int | float):
-            translated["volume"] = max(0.0, min(float(data["volume"]), 1.0))
+        if isinstance(volume := data.get("volume"), int | float):
+            translated["volume"] = max(0.0, min(float(volume), 1.0))
         self._waiting[ident] = site
         return json.dumps(translated).encode()
 

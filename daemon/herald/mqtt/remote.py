@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from herald.config import Config
 from herald.events import Event
-from herald.mqtt.client import MqttBridge
+from herald.mqtt.client import Inbound, MqttBridge
 from herald.mqtt.topics import Topics
 
 CONNECT_TIMEOUT_S = 5.0
@@ -38,10 +38,10 @@ async def announce_via_daemon(
     topics = Topics(config.mqtt.base_topic, config.node_id)
     events: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
 
-    def on_message(topic: str, message: bytes, _redelivered: bool) -> None:
-        event = _parse_event(message)
+    def on_message(message: Inbound) -> None:
+        event = _parse_event(message.payload)
         if event is not None and event.announcement_id == announcement_id:
-            events.put_nowait((topic.split("/")[-2], event))  # <base>/<node>/events
+            events.put_nowait((message.topic.split("/")[-2], event))  # <base>/<node>/events
 
     followed = f"{config.mqtt.base_topic}/+/events" if target else topics.events
     bridge = MqttBridge(config.mqtt, f"herald-say-{announcement_id}", [followed], on_message)
