@@ -33,9 +33,11 @@ settings.load_profile("herald")
 UNIT_FILES = {
     "test_announcement.py",
     "test_chimes.py",
+    "test_commands.py",
     "test_config.py",
     "test_deepgram_protocol.py",
     "test_discovery.py",
+    "test_logsafe.py",
     "test_scheduler.py",
     "test_text.py",
 }
@@ -140,7 +142,7 @@ def make_daemon(
             f'node_id = "{node_id}"\nstate_dir = "{tmp_path / "state"}"\n'
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_max_s = 1\n'
             + mqtt
-            + f'[audio]\ndevice = "{device or capture.device}"\n'
+            + f'[audio]\ndevice = "{device or capture.device}"\nchimes_dir = "{tmp_path}"\n'
             + extra,
         )
         daemon = DaemonProcess(config, daemon_env(alsa_config_home))

@@ -155,3 +155,25 @@ def test_a_disk_that_refuses_writes_costs_the_safety_net_not_the_daemon(
     assert len(errors) == 1 and "cannot write" in errors[0] and str(path) in errors[0], errors
     assert "writing" in done.stderr.splitlines()[-1] and "again" in done.stderr.splitlines()[-1]
     assert after_restart(path) == (["before", "during1", "during2", "after"], [])
+
+
+def test_a_journal_that_cannot_be_written_at_start_costs_one_line_not_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read-only or full state_dir: Herald speaks on without its net, as it does when the disk
+    # fails while it runs (it used to exit with a traceback, and systemd restarted it in a loop).
+    path = tmp_path / "queue.journal"
+    before = QueueJournal(path)
+    before.load()
+    before.add(Announcement("kept", "Still here."))
+    before.close()
+    (tmp_path / "queue.tmp").mkdir()  # the compact copy cannot be written
+
+    journal = QueueJournal(path)
+    assert [a.id for a in journal.load()] == ["kept"]
+    journal.add(Announcement("new", "Spoken all the same."))
+    assert journal.settle("new", finished("new"))
+    journal.sync()
+
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"journal: cannot write {path}")

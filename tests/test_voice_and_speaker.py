@@ -15,7 +15,7 @@ from herald.audio.dsp import Samples
 from herald.audio.wav import WavFileOutput
 from herald.config import AudioConfig, EspeakConfig
 from herald.events import Event
-from herald.speaker import Delivery, Speaker
+from herald.speaker import LOOKAHEAD_MS, Delivery, Speaker
 from herald.voice.base import Voice, VoiceError
 from herald.voice.espeak import EspeakVoice
 from tests.support import contains_speech, espeak_reference, similarity
@@ -184,8 +184,85 @@ def test_volume_is_software_gain_and_critical_has_a_floor(tmp_path: Path) -> Non
 
 def test_the_chime_comes_first_and_the_voice_follows_without_a_gap(tmp_path: Path) -> None:
     chime = np.full(800, 1234, dtype=np.int16)
-    delivery = Delivery(16000, chime_for=lambda _: chime)
+    delivery = Delivery(16000, chime_for=lambda _: asyncio.sleep(0, chime))
     played = spoken_by_tone(tmp_path, delivery, Announcement("a", "x", repeat=2))
     assert np.array_equal(played[:800], chime)
     assert played[800] == 0 and np.abs(played[801:900]).max() > 0  # sine starts at zero
     assert len(played) == 800 + 16000 + 9600 + 16000  # chime once, a 600 ms pause, twice
+
+
+class GushingVoice:
+    """A voice far quicker than real time: a long text's audio comes as fast as it is taken."""
+
+    name = "gush"
+
+    def __init__(self) -> None:
+        self.produced_s = 0.0
+
+    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
+        for _ in range(1800):  # half an hour of speech, a second at a time
+            self.produced_s += 1.0
+            yield np.full(16000, 100, dtype=np.int16)
+            await asyncio.sleep(0)
+
+    async def run(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.name
+
+    async def check(self) -> str:
+        return self.name
+
+    async def aclose(self) -> None:
+        pass
+
+
+class SlowChimeOutput:
+    """An output whose first sound (the chime) takes until `chime_over` is set to play."""
+
+    def __init__(self) -> None:
+        self.chime_over = asyncio.Event()
+        self.played_s = 0.0
+
+    async def open(self) -> None:
+        pass
+
+    async def play(self, samples: Samples) -> None:
+        if self.played_s == 0:
+            await self.chime_over.wait()
+        self.played_s += len(samples) / 16000
+        await asyncio.sleep(0)
+
+    async def finish(self) -> None:
+        pass
+
+    def drop(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_long_text_runs_ahead_of_its_chime_by_seconds_not_by_the_whole_text() -> None:
+    # A quick voice used to be read to the end while the chime played, all of its audio kept in
+    # memory: 16 KiB of text took half a gigabyte on a Pi with 512 MB.
+    async def run() -> tuple[float, float, float]:
+        voice, output = GushingVoice(), SlowChimeOutput()
+        chime = np.full(1600, 1234, dtype=np.int16)
+
+        async def chime_for(_: Announcement) -> Samples:
+            return chime
+
+        speaker = Speaker([voice], output, lambda _: None, Delivery(16000, chime_for=chime_for))
+        speaking = asyncio.create_task(speaker.speak(Announcement("long", "x")))
+        for _ in range(2000):  # the voice has every chance to run ahead
+            await asyncio.sleep(0)
+        ahead_during_chime = voice.produced_s
+        output.chime_over.set()
+        await speaking
+        return ahead_during_chime, voice.produced_s, output.played_s
+
+    ahead, produced, played = asyncio.run(run())
+    assert 1 <= ahead <= LOOKAHEAD_MS / 1000 + 2
+    assert produced == 1800 and played == pytest.approx(1800 + 0.1)  # nothing lost on the way

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import time as clock_time
+from pathlib import Path
 
 from herald import __version__
 from herald.announcement import PRIORITY_LEVELS, Announcement, Defaults, parse_priority
 from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
-from herald.audio.chimes import ChimeError, load_chime
+from herald.audio.chimes import ChimeError, load_chime_async
 from herald.audio.dsp import Samples
 from herald.config import Config, ConfigError
 from herald.controls import Controls
@@ -30,6 +30,7 @@ from herald.mqtt.discovery import NodeInfo, removal_messages
 from herald.mqtt.topics import Topics
 from herald.node import Node
 from herald.scheduler import Outcome, QuietHours, Scheduler
+from herald.signals import Signals
 from herald.speaker import Delivery, Speaker
 from herald.systemd import Notifier, keep_watchdog_fed, watchdog_interval_s
 from herald.voice import Voice, build_cache, build_voices, voices_running
@@ -42,18 +43,25 @@ AUDIO_RETRY_S = 5.0  # how often a missing audio device is tried again (readines
 # --- building the daemon ------------------------------------------------------------------------
 
 
-def chime_resolver(config: Config) -> Callable[[Announcement], Samples | None]:
-    """The chime an announcement asks for, or its priority's default; a broken one is skipped."""
-    rate = config.audio.sample_rate
+def chime_resolver(config: Config) -> Callable[[Announcement], Awaitable[Samples | None]]:
+    """The chime an announcement asks for, or its priority's default; a broken one is skipped.
 
-    def chime_for(announcement: Announcement) -> Samples | None:
-        level_default = config.priorities.for_level(announcement.level).chime
-        spec = level_default if announcement.chime is True else announcement.chime
+    A payload's chime is a built-in or a WAV file in `audio.chimes_dir` (checked again here:
+    the journal's announcements were parsed under an older configuration); the priorities'
+    chimes come from the config and may be any WAV file. Files are read in a worker thread.
+    """
+    rate, chimes_dir = config.audio.sample_rate, config.audio.chimes_dir
+
+    async def chime_for(announcement: Announcement) -> Samples | None:
+        spec: str | bool = announcement.chime
+        within: Path | None = chimes_dir
+        if spec is True:
+            spec, within = config.priorities.for_level(announcement.level).chime, None
         if isinstance(spec, bool):  # False: no chime
             return None
         try:
-            return load_chime(str(spec), rate)
-        except ChimeError as exc:
+            return await load_chime_async(spec, rate, within)
+        except ChimeError as exc:  # its message shows the chime escaped, on one line
             log.warning("%s; speaking without it", exc)
             return None
 
@@ -87,7 +95,10 @@ def build_delivery(config: Config) -> Delivery:
 
 
 def announcement_defaults(config: Config) -> Defaults:
-    return Defaults({level: config.priorities.for_level(level).ttl_s for level in PRIORITY_LEVELS})
+    return Defaults(
+        {level: config.priorities.for_level(level).ttl_s for level in PRIORITY_LEVELS},
+        chimes_dir=config.audio.chimes_dir,
+    )
 
 
 async def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
@@ -96,7 +107,7 @@ async def run_daemon(config: Config, reload: Callable[[], Config] | None = None)
     life = _Lifetime(
         scheduler=build_scheduler(config),
         notifier=Notifier(),
-        signals=_Signals.install(),
+        signals=Signals.install(),
         journal=journal,
         to_replay=journal.load() if journal is not None else [],
     )
@@ -117,35 +128,12 @@ async def run_daemon(config: Config, reload: Callable[[], Config] | None = None)
 
 
 @dataclass
-class _Signals:
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    reload: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @classmethod
-    def install(cls) -> _Signals:
-        signals = cls()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, signals.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, signals.reload.set)
-        return signals
-
-    async def either(self) -> None:
-        waits = [asyncio.create_task(event.wait()) for event in (self.stop, self.reload)]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
-
-
-@dataclass
 class _Lifetime:
     """What outlives a reload: the queue and its journal, systemd's ear, the signals."""
 
     scheduler: Scheduler
     notifier: Notifier
-    signals: _Signals
+    signals: Signals
     journal: QueueJournal | None
     to_replay: list[Announcement] = field(default_factory=list)  # from the journal, at start
     to_report: list[Outcome] = field(default_factory=list)  # evictions by a reload
@@ -234,6 +222,7 @@ async def _serve(config: Config, life: _Lifetime) -> None:
             else:
                 parts.dispatcher.suspend()  # a reload: what was speaking goes back to the queue
     finally:
+        parts.node.close()
         parts.output.drop()
         await parts.output.close()
 
@@ -254,6 +243,7 @@ async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.Ta
     feeding = keep_watchdog_fed(notifier, watchdog_interval_s(), parts.status, parts.output.hung)
     upkeep.append(tasks.create_task(feeding, name="watchdog"))
     await life.signals.either()
+    parts.bridge.stop_receiving()  # what comes now waits at the broker for the next run
     if life.signals.stop.is_set():
         log.info("herald: stopping")
         notifier.stopping()
@@ -337,7 +327,7 @@ async def remove_discovery(config: Config) -> int:
         config.home_assistant.discovery_prefix,
     )
     topics = Topics(config.mqtt.base_topic, config.node_id)
-    bridge = MqttBridge(config.mqtt, f"herald-remove-{config.node_id}", [], lambda *_: None)
+    bridge = MqttBridge(config.mqtt, f"herald-remove-{config.node_id}", [], lambda _: None)
     async with bridge:
         if not await bridge.wait_connected(10):
             log.error("mqtt: %s", bridge.last_error or f"cannot reach broker {bridge.where}")

@@ -46,13 +46,26 @@ class QueueJournal:
         self._unsynced = False  # additions written since the last sync
 
     def load(self) -> list[Announcement]:
-        """Read what was pending when Herald last stopped, and start a compact file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Read what was pending when Herald last stopped, and start a compact file.
+
+        A journal that cannot be read or written (a read-only or full disk) costs one error
+        line: Herald speaks on without its net, and tries the file again at each change.
+        """
         self._pending, self._unreported = {}, {}
-        with contextlib.suppress(FileNotFoundError), self.path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                self._replay_line(line, number)
-        self._rewrite()
+        try:
+            with (
+                contextlib.suppress(FileNotFoundError),
+                self.path.open(encoding="utf-8", errors="replace") as f,
+            ):
+                for number, line in enumerate(f, 1):
+                    self._replay_line(line, number)
+        except OSError as exc:
+            log.error("journal: cannot read %s (%s)", self.path, exc.strerror or exc)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._rewrite()
+        except OSError as exc:
+            self._failed(exc)
         return list(self._pending.values())
 
     def unreported(self) -> list[tuple[str, str]]:

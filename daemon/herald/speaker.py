@@ -27,7 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from herald.announcement import Announcement
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 REPEAT_PAUSE_MS = 600  # between the repeats of an announcement
 CACHED_CHUNK_MS = 40  # cached audio goes out in pieces, so a resume position stays accurate
 DEVICE_FAULTS_MAX = 3  # the device failing an announcement this often fails it for good
+# How far the voice may run ahead of the chime: longer than any chime (at most 10 s), so a voice
+# that is quick to start never waits on it, and small (about 1 MB at 48 kHz).
+LOOKAHEAD_MS = 12_000
 _END = object()
 
 
@@ -54,7 +58,7 @@ class Delivery:
     critical_min_volume: float = 0.7
     wake_preroll_ms: int = 0
     idle_after_s: float = 5.0
-    chime_for: Callable[[Announcement], Samples | None] = lambda _: None
+    chime_for: Callable[[Announcement], Awaitable[Samples | None]] = lambda _: asyncio.sleep(0)
     live_volume: Callable[[], float] | None = None  # the volume as set at run time, if any
     # Wait for an audio device that fails, trying it this often (None: fail at once).
     device_retry_s: float | None = None
@@ -170,7 +174,7 @@ class Speaker:
             for round_ in range(announcement.repeat):
                 if round_:
                     await self._output.play(silence(ms_to_frames(REPEAT_PAUSE_MS, self._rate)))
-                chime = self._delivery.chime_for(announcement) if round_ == 0 else None
+                chime = await self._delivery.chime_for(announcement) if round_ == 0 else None
                 voice = await self._say(announcement, gain, chime)
             await self._output.finish()
             return voice
@@ -217,7 +221,7 @@ class Speaker:
         speech = self._speech(announcement)
         if chime is None:
             return await self._play_speech(announcement, speech, gain)
-        ahead: asyncio.Queue[object] = asyncio.Queue()
+        ahead = _Lookahead(ms_to_frames(LOOKAHEAD_MS, self._rate))
         pump = asyncio.create_task(_pump(speech, ahead), name=f"voice-{announcement.id}")
         try:
             await self._output.play(apply_gain(chime, gain))
@@ -360,21 +364,54 @@ class _Kept:
         return concatenate(self._chunks) if self._chunks else None
 
 
-async def _pump(
-    speech: AsyncGenerator[tuple[str, Samples], None], ahead: asyncio.Queue[object]
-) -> None:
+class _Lookahead:
+    """What the voice says while the chime plays, kept for when it is over: at most a few
+    seconds of it. Then the voice waits, as it does while its audio plays: a long text costs
+    a few seconds of audio in memory, not the whole text's (16 KiB of text is half an hour of
+    speech; held whole, hundreds of MB)."""
+
+    def __init__(self, limit_frames: int) -> None:
+        self._items: deque[object] = deque()
+        self._frames = 0
+        self._limit = limit_frames
+        self._taken = asyncio.Event()
+        self._given = asyncio.Event()
+
+    async def put(self, item: object) -> None:
+        while self._frames >= self._limit:
+            self._taken.clear()
+            await self._taken.wait()
+        self._items.append(item)
+        self._frames += _frames_in(item)
+        self._given.set()
+
+    async def get(self) -> object:
+        while not self._items:
+            self._given.clear()
+            await self._given.wait()
+        item = self._items.popleft()
+        self._frames -= _frames_in(item)
+        self._taken.set()
+        return item
+
+
+def _frames_in(item: object) -> int:
+    return len(item[1]) if isinstance(item, tuple) else 0
+
+
+async def _pump(speech: AsyncGenerator[tuple[str, Samples], None], ahead: _Lookahead) -> None:
     """Run the voice ahead of the chime, keeping what it says until the chime is over."""
     try:
         async with contextlib.aclosing(speech):
             async for item in speech:
-                ahead.put_nowait(item)
+                await ahead.put(item)
     except VoiceError as exc:
-        ahead.put_nowait(exc)
+        await ahead.put(exc)
         return
-    ahead.put_nowait(_END)
+    await ahead.put(_END)
 
 
-async def _drain(ahead: asyncio.Queue[object]) -> AsyncGenerator[tuple[str, Samples], None]:
+async def _drain(ahead: _Lookahead) -> AsyncGenerator[tuple[str, Samples], None]:
     while (item := await ahead.get()) is not _END:
         if isinstance(item, VoiceError):
             raise item
