@@ -8,11 +8,13 @@ import uuid
 from functools import partial
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from herald.config import MqttConfig
+from herald.mqtt import client
 from herald.mqtt.client import Inbound, MqttBridge
-from tests.support import Broker, MqttProbe, wait_for
+from tests.support import Broker, MqttProbe, free_port, wait_for
 
 BURST = 500
 
@@ -118,4 +120,72 @@ def test_a_flood_of_publishes_waits_its_turn_in_order_and_none_is_lost(broker: B
         assert statuses[-1] == b"499" and len(statuses) < 500  # only the latest status waited
     finally:
         heard.publish(status, "", retain=True)
+        heard.close()
+
+
+def test_qos0_messages_beyond_what_can_wait_are_dropped_and_counted(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # QoS 0 has no flow control: a flood arrives as fast as the broker sends it. What cannot
+    # wait (here 50 messages, while the handler is stuck) is dropped, and a warning counts it.
+    monkeypatch.setattr(client, "INBOX_MAX_MESSAGES", 50)
+    topic, count = f"qos0/{uuid.uuid4().hex}", 500
+    handled: list[bytes] = []
+
+    def slow_at_first(message: Inbound) -> None:
+        if not handled:
+            time.sleep(1.0)  # the loop is busy: everything else piles up in the inbox
+        handled.append(message.payload)
+
+    async def run() -> None:
+        config = MqttConfig(host=broker.host, port=broker.port)
+        async with MqttBridge(config, f"qos0-{uuid.uuid4()}", [topic], slow_at_first) as bridge:
+            assert await bridge.wait_connected(10)
+            sender = MqttProbe(broker)
+            for n in range(count):
+                sender.publish(topic, str(n), qos=0)
+            sender.close()
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if any("dropped" in r.getMessage() for r in caplog.records):
+                    break
+
+    asyncio.run(run())
+    dropped = [int(r.getMessage().split()[2]) for r in caplog.records if "QoS 0" in r.getMessage()]
+    assert 50 <= len(handled) < count
+    assert len(handled) + sum(dropped) == count  # every message handled or counted
+
+
+def test_what_one_bridge_could_not_send_the_next_one_sends_first(broker: Broker) -> None:
+    # A reload replaces the bridge: events still waiting for the broker (here: it was never
+    # reached) go out through the new one, in order, their acknowledgement hooks intact.
+    topic = f"carried/{uuid.uuid4().hex}"
+    heard = MqttProbe(broker, topic)
+    acknowledged: list[int] = []
+
+    async def run() -> None:
+        away = MqttConfig(host=broker.host, port=free_port(), reconnect_max_s=1)
+        async with MqttBridge(away, f"old-{uuid.uuid4()}", [], lambda _: None) as old:
+            for n in range(150):
+                old.publish(topic, str(n), on_acknowledged=partial(acknowledged.append, n))
+        leftover = old.leftover()
+        assert len(leftover) == 150 and not acknowledged
+        here = MqttConfig(host=broker.host, port=broker.port)
+        async with MqttBridge(here, f"new-{uuid.uuid4()}", [], lambda _: None) as new:
+            new.adopt(leftover)
+            new.publish(topic, "the new bridge's own")
+            assert await new.wait_connected(10)
+            for _ in range(100):
+                if len(acknowledged) == 150:
+                    break
+                await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(run())
+        wait_for(lambda: len(heard.seen_on(topic)) >= 151, 10, "every message at the subscriber")
+        assert heard.seen_on(topic) == [str(n).encode() for n in range(150)] + [
+            b"the new bridge's own"
+        ]
+        assert acknowledged == list(range(150))
+    finally:
         heard.close()

@@ -516,6 +516,21 @@ def test_stop_when_idle_does_nothing() -> None:
     assert ids(scheduler.waiting()) == ["waiting"]
 
 
+def test_withdrawing_an_id_stops_it_speaking_or_waiting_and_nothing_else() -> None:
+    # The siren turned off: its alert stops whether it speaks or still waits its turn.
+    siren, other = ann("siren"), ann("other")
+    scheduler = speaking_scheduler(siren)
+    offer_all(scheduler, other)
+    assert scheduler.withdraw("siren") == [Dropped(siren, "stopped")]
+    assert scheduler.current is None and ids(scheduler.waiting()) == ["other"]
+
+    scheduler = speaking_scheduler(other)
+    offer_all(scheduler, siren)
+    assert scheduler.withdraw("siren") == [Dropped(siren, "stopped")]
+    assert scheduler.current is other and scheduler.waiting() == []
+    assert scheduler.withdraw("siren") == []
+
+
 def test_clear_drops_everything_waiting_in_speaking_order_but_not_the_speaking_one() -> None:
     current = ann("current", LOW)
     scheduler = speaking_scheduler(current)

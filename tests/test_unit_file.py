@@ -117,6 +117,15 @@ def test_the_daemon_tells_systemd_it_is_ready_and_alive(service: dict[str, list[
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
+def test_memory_and_tasks_are_bounded_for_a_pi_zero(service: dict[str, list[str]]) -> None:
+    # A Pi Zero 2 W has 512 MB; bench/ part 5 measured Herald's peak (see the unit's comment).
+    def mib(value: str) -> int:
+        return int(value.removesuffix("M"))
+
+    assert mib(service["MemoryHigh"][0]) < mib(service["MemoryMax"][0]) <= 256
+    assert 16 <= int(service["TasksMax"][0]) <= 128
+
+
 def test_only_alsa_devices_and_no_private_devices(service: dict[str, list[str]]) -> None:
     assert service["DevicePolicy"] == ["closed"]
     assert service["DeviceAllow"] == ["char-alsa rw"]

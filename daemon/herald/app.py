@@ -25,7 +25,7 @@ from herald.config import Config, ConfigError
 from herald.controls import Controls
 from herald.dispatcher import Dispatcher
 from herald.journal import QueueJournal
-from herald.mqtt.client import MqttBridge
+from herald.mqtt.client import MqttBridge, Publish
 from herald.mqtt.discovery import NodeInfo, removal_messages
 from herald.mqtt.topics import Topics
 from herald.node import Node
@@ -118,7 +118,6 @@ async def run_daemon(config: Config, reload: Callable[[], Config] | None = None)
                 journal.close()
             return 0
         life.signals.reload.clear()
-        life.notifier.reloading()
         config = _reloaded(config, reload)
         life.to_report = life.scheduler.reconfigure(
             config.queue.max_length,
@@ -137,6 +136,7 @@ class _Lifetime:
     journal: QueueJournal | None
     to_replay: list[Announcement] = field(default_factory=list)  # from the journal, at start
     to_report: list[Outcome] = field(default_factory=list)  # evictions by a reload
+    unsent: list[Publish] = field(default_factory=list)  # what the last bridge had not sent
 
 
 def _reloaded(config: Config, reload: Callable[[], Config] | None) -> Config:
@@ -182,6 +182,8 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         on_connected=node.on_connected,
         before_ack=life.journal.sync if life.journal is not None else None,
     )
+    bridge.adopt(life.unsent)
+    life.unsent = []
     voices = build_voices(config)
     delivery = replace(
         build_delivery(config),
@@ -222,6 +224,7 @@ async def _serve(config: Config, life: _Lifetime) -> None:
             else:
                 parts.dispatcher.suspend()  # a reload: what was speaking goes back to the queue
     finally:
+        life.unsent = parts.bridge.leftover()  # a reload's next bridge sends them first
         parts.node.close()
         parts.output.drop()
         await parts.output.close()
@@ -248,6 +251,9 @@ async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.Ta
         log.info("herald: stopping")
         notifier.stopping()
         dispatcher.close()
+    else:  # systemd hears of the reload as it starts (and READY=1 once it is done)
+        log.info("herald: reloading the configuration")
+        notifier.reloading()
     for task in (speaking, *upkeep):
         task.cancel()
 

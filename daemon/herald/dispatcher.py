@@ -174,17 +174,33 @@ class Dispatcher:
         self._scheduler.quiet_mode = quiet
         self._changed.set()  # what was held may speak now
 
-    def stop_current(self) -> None:
-        """The `stop` command: silence what is speaking now; the queue goes on."""
-        outcomes = self._scheduler.stop()
+    def stop_current(self) -> int:
+        """The `stop` command: silence what is speaking now; the queue goes on. How many were
+        stopped (0 or 1; each has its `dropped` event)."""
+        return self._stop(self._scheduler.stop())
+
+    def withdraw(self, announcement_id: str) -> int:
+        """Stop the announcement with this id, speaking or waiting; how many were (0 or 1)."""
+        speaking = self.current is not None and self.current.id == announcement_id
+        outcomes = self._scheduler.withdraw(announcement_id)
+        if speaking:
+            return self._stop(outcomes)
+        self._publish(outcomes)
+        return len(outcomes)
+
+    def _stop(self, outcomes: list[Outcome]) -> int:
         if outcomes and self._speaking is not None:
             self._speaker.silence_now()
             self._speaking.cancel()
         self._publish(outcomes)
+        return len(outcomes)
 
-    def clear_queue(self) -> None:
-        """The `clear` command: drop everything waiting; what is speaking finishes."""
-        self._publish(self._scheduler.clear())
+    def clear_queue(self) -> int:
+        """The `clear` command: drop everything waiting; what is speaking finishes. How many
+        were dropped (each has its event)."""
+        outcomes = self._scheduler.clear()
+        self._publish(outcomes)
+        return len(outcomes)
 
     def suspend(self) -> None:
         """Before a reload: what was speaking goes back to the head of the queue."""

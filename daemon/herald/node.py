@@ -194,9 +194,11 @@ class Node:
         if topics.is_say(topic):
             dispatcher.accept(payload, source=topic, redelivered=message.redelivered)
         elif topic == topics.stop:
-            dispatcher.stop_current()
+            if not dispatcher.stop_current():
+                log.info("stop: nothing was speaking")
         elif topic == topics.clear:
-            dispatcher.clear_queue()
+            if not dispatcher.clear_queue():
+                log.info("clear: nothing was waiting")
         elif topic in (topics.volume_set, topics.quiet_set):
             self._set_control(topic, payload)
         elif topic == topics.siren_set:
@@ -232,11 +234,9 @@ class Node:
         except ValueError as exc:
             log.warning("ignored %s: %s", self.topics.siren_set, shown(str(exc)))
             return
-        if not command.on:
-            current = self.dispatcher.current
-            if current is not None and current.id == SIREN_ID:
-                self.dispatcher.stop_current()
-            log.info("siren off")
+        if not command.on:  # the alert stops, whether it speaks or still waits its turn
+            if not self.dispatcher.withdraw(SIREN_ID):
+                log.info("siren off: it was not sounding")
             return
         self.dispatcher.accept(self._siren_announcement(command), source=self.topics.siren_set)
 

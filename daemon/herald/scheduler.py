@@ -244,6 +244,17 @@ class Scheduler:
         stopped, self.current = self.current, None
         return [] if stopped is None else [Dropped(stopped, "stopped")]
 
+    def withdraw(self, announcement_id: str) -> list[Outcome]:
+        """Stop the announcement with this id if it is speaking (the caller silences it), or
+        drop it if it waits (the siren turned off before its turn)."""
+        if self.current is not None and self.current.id == announcement_id:
+            return self.stop()
+        waiting = self.find(announcement_id)
+        if waiting is None:
+            return []
+        self._remove(announcement_id)
+        return [Dropped(waiting, "stopped")]
+
     def clear(self) -> list[Outcome]:
         """The `clear` command: everything waiting is dropped (what is speaking goes on)."""
         dropped: list[Outcome] = [Dropped(a, "cleared") for a in self.waiting()]

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -61,7 +62,9 @@ class Notifier:
         self.send("STOPPING=1", "STATUS=stopping")
 
     def reloading(self) -> None:
-        self.send("RELOADING=1", "STATUS=reloading the configuration")
+        # MONOTONIC_USEC tells systemd (253 and later) which reload this is.
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the configuration")
 
 
 def watchdog_interval_s() -> float | None:

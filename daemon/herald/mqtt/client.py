@@ -22,7 +22,11 @@ Flow control, both ways, so that no flood costs an event or starves the event lo
   in-flight window, 20 by default in mosquitto), so a flood waits at the broker, not here.
 - From paho's thread, messages reach the loop through one inbox: one wake-up of the loop per
   batch, not one per message. (Each wake-up is a byte in the loop's self-pipe, which also
-  carries signals in asyncio's design; a pipe full of them is how a SIGTERM got lost.)
+  carries signals in asyncio's design; a pipe full of them is how a SIGTERM got lost.) The
+  loop takes at most INBOX_SLICE messages a turn, so timers (the watchdog) run in between.
+- QoS 0 messages have no flow control: the broker sends them as fast as they come. Beyond
+  INBOX_MAX_MESSAGES or INBOX_MAX_BYTES waiting, more are dropped, and a warning says how many
+  (QoS 1 messages are never dropped: the Receive Maximum bounds them).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -69,9 +74,15 @@ MAX_QUEUED_PUBLISHES = 10 * MAX_IN_FLIGHT
 BACKLOG_HIGH = 1_000
 BACKLOG_LOW = 200
 FLUSH_TIMEOUT_S = 2.0  # how long a disconnect waits for the broker to acknowledge the last events
+INBOX_SLICE = 100  # messages handled per turn of the event loop
+INBOX_MAX_MESSAGES = 10_000  # waiting in the inbox, beyond which QoS 0 messages are dropped
+INBOX_MAX_BYTES = 32 * 1024 * 1024  # the same, for their payloads
+DROP_REPORT_S = 5.0  # at most one warning this often about QoS 0 messages dropped
 
 
-class _Publish(NamedTuple):
+class Publish(NamedTuple):
+    """One message to send, and what to call once the broker has it (QoS 1)."""
+
     topic: str
     payload: bytes | str
     qos: int
@@ -97,11 +108,15 @@ class MqttBridge:
         self._before_ack = before_ack
         self._acks_due: list[tuple[int, int]] = []  # (mid, qos) handled, not yet acknowledged
         self._acks_held: list[tuple[int, int]] = []  # handled, held back while publishes wait
-        self._waiting: deque[_Publish] = deque()  # publishes not yet handed to paho, in order
-        self._waiting_retained: OrderedDict[str, _Publish] = OrderedDict()  # latest by topic
+        self._waiting: deque[Publish] = deque()  # publishes not yet handed to paho, in order
+        self._waiting_retained: OrderedDict[str, Publish] = OrderedDict()  # latest by topic
         self._inbox: deque[tuple[Inbound, int, int]] = deque()  # (message, mid, qos), to the loop
         self._inbox_lock = threading.Lock()
         self._inbox_scheduled = False
+        self._inbox_bytes = 0
+        self._inbox_dropped = 0  # QoS 0 messages dropped (paho's thread counts, under the lock)
+        self._drops_unreported = 0  # dropped and not yet in a warning (the loop's count)
+        self._drops_reported_at = float("-inf")
         self._receiving = True
         self._subscriptions = subscriptions
         self._on_message = on_message
@@ -134,7 +149,7 @@ class MqttBridge:
         self._client.on_subscribe = self._handle_subscribe
         self._client.on_publish = self._handle_publish
         # QoS 1 publishes not yet acknowledged: message id → what to call when they are.
-        self._unacknowledged: dict[int, Callable[[], None] | None] = {}
+        self._unacknowledged: dict[int, Publish] = {}  # by message id, in the order handed
         self._all_acknowledged = asyncio.Event()
         self._subscribe_mid: int | None = None
 
@@ -228,7 +243,7 @@ class MqttBridge:
         `on_acknowledged` is called in the event loop once the broker has the message (QoS 1);
         never, if it is lost with this client.
         """
-        message = _Publish(topic, payload, qos, retain, on_acknowledged)
+        message = Publish(topic, payload, qos, retain, on_acknowledged)
         if qos > 0 and (self.backlog or len(self._unacknowledged) >= MAX_IN_FLIGHT):
             if retain and on_acknowledged is None:
                 self._waiting_retained.pop(topic, None)
@@ -238,18 +253,33 @@ class MqttBridge:
             return
         self._hand_to_paho(message)
 
+    def leftover(self) -> list[Publish]:
+        """After the session: what the broker had not acknowledged, in order, for the next
+        bridge to `adopt` (a reload). The broker may have some of it: sent again, a subscriber
+        may see an event twice, never not at all."""
+        left = [*self._unacknowledged.values(), *self._waiting, *self._waiting_retained.values()]
+        self._unacknowledged, self._waiting, self._waiting_retained = {}, deque(), OrderedDict()
+        return left
+
+    def adopt(self, publishes: list[Publish]) -> None:
+        """Send what an earlier bridge left, before anything of this one's."""
+        for message in publishes:
+            self.publish(*message)
+
     @property
     def backlog(self) -> int:
         """Publishes waiting for room in paho's hands."""
         return len(self._waiting) + len(self._waiting_retained)
 
-    def _hand_to_paho(self, message: _Publish) -> None:
-        topic, payload, qos, retain, on_acknowledged = message
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+    def _hand_to_paho(self, message: Publish) -> None:
+        info = self._client.publish(
+            message.topic, message.payload, qos=message.qos, retain=message.retain
+        )
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-            log.warning("mqtt: could not publish to %s: %s", topic, paho.error_string(info.rc))
-        elif qos > 0:
-            self._unacknowledged[info.mid] = on_acknowledged
+            reason = paho.error_string(info.rc)
+            log.warning("mqtt: could not publish to %s: %s", message.topic, reason)
+        elif message.qos > 0:
+            self._unacknowledged[info.mid] = message
 
     def _handle_publish(
         self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any
@@ -257,12 +287,12 @@ class MqttBridge:
         self._in_loop(self._acknowledge, mid)
 
     def _acknowledge(self, mid: int) -> None:
-        on_acknowledged = self._unacknowledged.pop(mid, None)
+        message = self._unacknowledged.pop(mid, None)
         self._hand_over_waiting()
         if not self._unacknowledged and not self.backlog:
             self._all_acknowledged.set()
-        if on_acknowledged is not None:
-            on_acknowledged()
+        if message is not None and message.on_acknowledged is not None:
+            message.on_acknowledged()
 
     def _hand_over_waiting(self) -> None:
         while self.backlog and len(self._unacknowledged) < MAX_IN_FLIGHT:
@@ -339,20 +369,48 @@ class MqttBridge:
         # and thousands of QoS 0 messages may wait here while the loop is busy.
         inbound = Inbound(msg.topic, bytes(msg.payload), bool(msg.dup), bool(msg.retain))
         with self._inbox_lock:
+            if msg.qos == 0 and self._inbox_full():
+                self._inbox_dropped += 1
+                return
             self._inbox.append((inbound, msg.mid, msg.qos))
+            self._inbox_bytes += len(inbound.payload)
             if self._inbox_scheduled:
                 return  # the loop has yet to take the batch this one joins
             self._inbox_scheduled = True
         self._in_loop(self._take_inbox)
 
+    def _inbox_full(self) -> bool:
+        return len(self._inbox) >= INBOX_MAX_MESSAGES or self._inbox_bytes >= INBOX_MAX_BYTES
+
     # --- the event loop ------------------------------------------------------------------------
 
     def _take_inbox(self) -> None:
+        """Handle the next slice of what arrived; the rest in a later turn of the loop."""
         with self._inbox_lock:
-            batch, self._inbox = self._inbox, deque()
-            self._inbox_scheduled = False
+            count = min(len(self._inbox), INBOX_SLICE)
+            batch = [self._inbox.popleft() for _ in range(count)]
+            self._inbox_bytes -= sum(len(inbound.payload) for inbound, _, _ in batch)
+            more = bool(self._inbox)
+            self._inbox_scheduled = more
+            dropped, self._inbox_dropped = self._inbox_dropped, 0
+        if more:
+            asyncio.get_running_loop().call_soon(self._take_inbox)
+        self._drops_unreported += dropped
+        if self._drops_unreported:
+            self._report_drops(final=not more)
         for inbound, mid, qos in batch:
             self._deliver(inbound, mid, qos)
+
+    def _report_drops(self, final: bool) -> None:
+        """One warning every DROP_REPORT_S at most while a flood lasts, and one at its end."""
+        now = time.monotonic()
+        if final or now - self._drops_reported_at >= DROP_REPORT_S:
+            log.warning(
+                "mqtt: dropped %d QoS 0 messages: they came faster than Herald could take "
+                "them; send at QoS 1 and the broker holds them instead",
+                self._drops_unreported,
+            )
+            self._drops_unreported, self._drops_reported_at = 0, now
 
     def _deliver(self, inbound: Inbound, mid: int, qos: int) -> None:
         if not self._receiving:
