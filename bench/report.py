@@ -13,8 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
+from bench import overload
 from bench.common import Summary
 from bench.footprint import BATCH, SETTLE_S, FootprintResult
+from bench.overload import OverloadResult
 from bench.preempt import PreemptResult
 from bench.rotation import RotationResult
 from bench.settings import Settings
@@ -34,6 +36,7 @@ class Results:
     preempt: PreemptResult | None = None
     rotation: RotationResult | None = None
     footprint: FootprintResult | None = None
+    overload: OverloadResult | None = None
     failures: dict[str, str] = field(default_factory=dict)  # part -> why it has no figures
 
 
@@ -314,6 +317,15 @@ def _footprint(results: Results) -> list[str]:
     return lines
 
 
+def _overload(results: Results) -> list[str]:
+    """Part 5, when it was asked for (its figures also go to overload.json)."""
+    if overload.PART not in results.settings.parts:
+        return []
+    if results.overload is None:
+        return overload.markdown(None) + _not_run(results, overload.PART)
+    return overload.markdown(results.overload)
+
+
 # --- the reading --------------------------------------------------------------------------------
 
 
@@ -440,6 +452,7 @@ def write(results: Results, out: Path) -> Path:
         *_preempt(results),
         *_rotation(results),
         *_footprint(results),
+        *_overload(results),
         *_reading(results),
         f"![Time to first audio, preemption and rotation]({PLOT})",
         "",
@@ -447,6 +460,8 @@ def write(results: Results, out: Path) -> Path:
     ]
     path = out / "RESULTS.md"
     path.write_text("\n".join(header + body))
+    if results.overload is not None:
+        overload.write(results.overload, out)
     plot(results, out / PLOT)
     return path
 

@@ -1,7 +1,8 @@
 """Run Herald's benchmark and write RESULTS.md and results.png.
 
     .venv/bin/python -m bench.run                 # the full run (about 25 minutes)
-    .venv/bin/python -m bench.run --smoke --out /tmp/bench   # every part, briefly (under a minute)
+    .venv/bin/python -m bench.run --smoke --out /tmp/bench   # every part, briefly (under 2 minutes)
+    .venv/bin/python -m bench.run --parts overload --out /tmp/bench   # one part (here: 5)
 
 Every process it needs (mosquitto, the fake Deepgram server, PulseAudio, the daemon, the
 cold-connect client) is started in a private temporary directory and stopped at the end.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import random
 import shlex
 import shutil
@@ -24,12 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import environment, footprint, preempt, report, rotation, ttfa
+from bench import environment, footprint, overload, preempt, report, rotation, ttfa
 from bench.common import Workspace, log
 from bench.settings import PARTS, SMOKE, Settings
 from tests.support import REPO
 
 BENCH_DIR = Path(__file__).resolve().parent
+ALL_PARTS = (*PARTS, overload.PART)  # part 5 keeps its options in bench/overload.py
 
 
 def parse(argv: Sequence[str]) -> Settings:
@@ -51,12 +54,15 @@ def parse(argv: Sequence[str]) -> Settings:
     parser.add_argument("--startups", type=int, help="starts timed to READY (5)")
     parser.add_argument("--seed", type=int, help="random seed (1)")
     parser.add_argument(
-        "--parts", default=",".join(PARTS), help=f"which parts, comma-separated ({','.join(PARTS)})"
+        "--parts",
+        default=",".join(ALL_PARTS),
+        help=f"which parts, comma-separated ({','.join(ALL_PARTS)})",
     )
+    overload.add_arguments(parser)
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and configs")
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    if unknown := set(parts) - set(PARTS):
+    if unknown := set(parts) - set(ALL_PARTS):
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     values: dict[str, Any] = dict(SMOKE) if args.smoke else {}
     names = {f.name for f in dataclasses.fields(Settings)}
@@ -82,6 +88,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = parse(argv)
+    overload_options = overload.options_from(argv, settings.smoke)
     # SIGTERM (and SIGINT, which a background job ignores) end the run through every `finally`,
     # so the processes it started are stopped too.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -102,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "preempt": preempt.run,
         "rotation": rotation.run,
         "footprint": footprint.run,
+        "overload": functools.partial(overload.run, options=overload_options),
     }
     ws = Workspace.create(root)
     try:
