@@ -121,7 +121,7 @@ def herald_in_a_box(state_dir: Path) -> tuple[Node, Dispatcher, Broker]:
     return node, dispatcher, broker
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages, min_size=1, max_size=25))
 def test_anything_on_any_topic_has_one_fate_and_leaves_herald_listening(
     arriving: list[Inbound],

@@ -12,6 +12,7 @@ from typing import Any
 
 from herald.announcement import new_id
 from herald.events import Event
+from herald.logsafe import shown
 from herald.payload_json import load_json
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class HermesBridge:
         except (ValueError, AttributeError):
             return payload
         if site != self.site_id:
+            log.debug("hermes: a say for site %s, not this one", shown(site))
             return None
         ident = str(data.get("id") or new_id())
         if data.get("lang"):
