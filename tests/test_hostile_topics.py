@@ -88,6 +88,7 @@ announcement_like = st.fixed_dictionaries(
         "repeat": st.integers(-2, 9),
         "state": st.sampled_from(["ON", "OFF", "", None]),
         "siteId": st.sampled_from(["prop", "default", "kitchen"]),
+        "lang": st.text(max_size=10),  # Hermes: logged, never used
     },
 )
 payloads = (

@@ -43,7 +43,7 @@ class HermesBridge:
             return None
         ident = str(data.get("id") or new_id())
         if data.get("lang"):
-            log.debug("hermes: lang %s is left to the configured voice", data["lang"])
+            log.debug("hermes: lang %s is left to the configured voice", shown(str(data["lang"])))
         translated: dict[str, Any] = {"text": data.get("text", ""), "id": ident}
         if isinstance(volume := data.get("volume"), int | float):
             translated["volume"] = max(0.0, min(float(volume), 1.0))
