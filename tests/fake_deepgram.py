@@ -7,6 +7,12 @@ and the limits. Audio is a sine tone per utterance whose pitch (`tone_hz`) and l
 (`seconds_for`) are functions of the text, so a test can tell from the samples (`dominant_hz`)
 which utterance it hears.
 
+What Deepgram leaves open, the fake offers each way (see FakeDeepgramOptions): the form of
+`sequence_id` (`sequence_ids`), whether a Flush cut short by Clear is still answered by a Flushed,
+before or after Cleared (`cleared_flushed`), close reasons as the bare code or in prose with the
+code inside (`reason_style`), and whether an idle socket is closed 1011 NET-0001 or 1000
+(`idle_close_code`). `close_log` always records the bare code.
+
 Use it as `async with FakeDeepgram(options) as server:` and connect to `server.url`, or run
 `python -m tests.fake_deepgram --port 0` and read the URL from the first line of stdout. With
 `--control` that process also obeys commands on stdin, one a line, answering each with one JSON
@@ -58,6 +64,50 @@ DG_ERRORS = {
 
 JsonObject = dict[str, Any]
 
+# How the fake writes the sequence_id of the n-th Flushed (or Cleared) of a socket, counting from
+# 0: "count" is what Herald expects (n); the others are what a server might do instead.
+SEQUENCE_ID_FORMS = ("count", "absent", "null", "string", "float", "bool", "constant", "one_based")
+CLEARED_FLUSHED = ("none", "before", "after")  # a cut Flush's Flushed: never, or around Cleared
+REASON_STYLES = ("code", "prose")
+# Deepgram's other sockets close with prose that names the code in a link, e.g. "... See
+# https://dpgr.am/net0001"; these are the fake's words for each code (under 123 bytes each).
+PROSE = {
+    "MESSAGE-0000": "Binary messages are not supported",
+    "DATA-0000": "The message was not a valid command",
+    "DATA-0001": "Too many characters in the recent window",
+    "BIG-0000": "The message was too large",
+    "BIG-0001": "The text was too long",
+    "NET-0000": "The service encountered an internal error",
+    "NET-0001": "Deepgram did not receive a text message within the timeout window",
+    "NET-0002": "The service failed to send audio",
+    "NET-0003": "The connection exceeded its maximum duration",
+}
+
+
+def sequence_field(form: str, n: int) -> JsonObject:
+    """The sequence_id field (or none) of the n-th Flushed or Cleared in the given form."""
+    values: dict[str, object] = {
+        "count": n,
+        "null": None,
+        "string": str(n),
+        "float": float(n),
+        "bool": n % 2 == 1,
+        "constant": 0,
+        "one_based": n + 1,
+    }
+    if form == "absent":
+        return {}
+    if form not in values:
+        raise ValueError(f"unknown sequence_id form {form!r}; one of {SEQUENCE_ID_FORMS}")
+    return {"sequence_id": values[form]}
+
+
+def close_reason(code: str, style: str) -> str:
+    """The reason a close frame carries for a Deepgram code, in the given style."""
+    if style == "prose" and code in PROSE:
+        return f"{PROSE[code]}. See https://dpgr.am/{code.replace('-', '').lower()}"
+    return code
+
 
 @dataclass
 class FakeDeepgramOptions:
@@ -84,6 +134,11 @@ class FakeDeepgramOptions:
         False  # send Warning as code/description (spec) not warn_code/warn_msg
     )
     error_frames: bool = False  # send an Error JSON frame (err_code/err_msg) before an error close
+    sequence_ids: str = "count"  # the form of sequence_id: one of SEQUENCE_ID_FORMS
+    cleared_flushed: str = "none"  # a Flush cut by Clear is answered: one of CLEARED_FLUSHED
+    stale_flushed_delay_s: float = 0.0  # with "after": how long after Cleared that Flushed comes
+    reason_style: str = "code"  # close reasons: "code" ("NET-0001") or "prose" (code in a link)
+    idle_close_code: int = 1011  # 1011 NET-0001; or 1000 with no reason, a normal close
     valid_models: set[str] = field(
         default_factory=lambda: {"aura-2-thalia-en", "aura-2-andromeda-en", DEFAULT_MODEL}
     )
@@ -289,6 +344,8 @@ class _Session:
         self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()  # None: Close was received
         self._flush_seq = 0
         self._clear_seq = 0
+        self._speaking: _Job | None = None  # the flush whose audio is going out
+        self._stragglers: set[asyncio.Task[None]] = set()  # late Flushed of cut Flushes
         self._opened = self._last_message = time.monotonic()
         self._closing = False
         self._finishing = False  # Close received: no idle timeout while pending audio goes out
@@ -304,17 +361,18 @@ class _Session:
         try:
             await self.ws.wait_closed()
         finally:
-            await _reap([reader, watchdog, self._speaker])
+            await _reap([reader, watchdog, self._speaker, *self._stragglers])
 
     async def close(self, code: int, reason: str) -> None:
         if self._closing:
             return
         self._closing = True
         self.server._log_close(code, reason)
+        said = close_reason(reason, self.options.reason_style)
         if self.options.error_frames and code != 1000:
             with contextlib.suppress(ConnectionClosed):
-                await self._send_json({"type": "Error", "err_code": reason, "err_msg": reason})
-        await self.ws.close(code, reason)
+                await self._send_json({"type": "Error", "err_code": reason, "err_msg": said})
+        await self.ws.close(code, said)
 
     def _metadata(self) -> JsonObject:
         model = self.accepted.params.model
@@ -394,11 +452,32 @@ class _Session:
         return True
 
     async def _on_clear(self, message: JsonObject) -> bool:
-        await self._stop_audio()
+        cut = await self._stop_audio()
+        if self.options.cleared_flushed == "before":
+            for job in cut:
+                await self._send_flushed(job)
         # Cleared goes out only after the speaker has stopped: no audio of the old text follows it.
-        await self._send_json({"type": "Cleared", "sequence_id": self._clear_seq})
+        await self._send_json({"type": "Cleared", **self._sequence(self._clear_seq)})
         self._clear_seq += 1
+        if self.options.cleared_flushed == "after" and cut:
+            task = asyncio.create_task(
+                self._send_flushed_later(cut), name=f"fake-dg-{self.index}-straggler"
+            )
+            self._stragglers.add(task)
+            task.add_done_callback(self._stragglers.discard)
         return True
+
+    async def _send_flushed_later(self, cut: list[_Job]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await asyncio.sleep(self.options.stale_flushed_delay_s)
+            for job in cut:
+                await self._send_flushed(job)
+
+    def _sequence(self, n: int) -> JsonObject:
+        return sequence_field(self.options.sequence_ids, n)
+
+    async def _send_flushed(self, job: _Job) -> None:
+        await self._send_json({"type": "Flushed", **self._sequence(job.sequence_id)})
 
     async def _on_reset(self, message: JsonObject) -> bool:
         await self._stop_audio()  # the seed spec's Reset: like Clear, but no acknowledgement
@@ -432,24 +511,31 @@ class _Session:
             self._speak_loop(), name=f"fake-dg-{self.index}-speaker"
         )
 
-    async def _stop_audio(self) -> None:
-        """Drop buffered text, pending flushes and the audio being sent, then start afresh."""
+    async def _stop_audio(self) -> list[_Job]:
+        """Drop buffered text, pending flushes and the audio being sent, then start afresh;
+        returns the flushes cut short, in order."""
         if self.options.clear_latency_s > 0:
             await asyncio.sleep(self.options.clear_latency_s)
         await _reap([self._speaker])
+        cut = [self._speaking] if self._speaking is not None else []
+        self._speaking = None
         self._text.clear()
         while not self._jobs.empty():
-            self._jobs.get_nowait()
+            if (job := self._jobs.get_nowait()) is not None:
+                cut.append(job)
         self._start_speaker()
+        return cut
 
     async def _speak_loop(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             while (job := await self._jobs.get()) is not None:
+                self._speaking = job
                 await _sleep_until(job.ready_at)
                 if job.text.strip():
                     await self._stream(job.text)
                 # Flushed follows the last audio frame of its flush.
-                await self._send_json({"type": "Flushed", "sequence_id": job.sequence_id})
+                await self._send_flushed(job)
+                self._speaking = None
             await self.close(1000, "")
 
     async def _stream(self, text: str) -> None:
@@ -477,7 +563,9 @@ class _Session:
                 return
             idle_end = self._idle_deadline()
             if now >= idle_end:
-                await self.close(1011, "NET-0001")
+                code = self.options.idle_close_code
+                self.server.idle_closes += 1
+                await self.close(code, "" if code == 1000 else "NET-0001")
                 return
             await asyncio.sleep(min(lifetime_end, idle_end) - now)
 
@@ -504,6 +592,16 @@ async def _reap(tasks: Sequence[asyncio.Task[None] | None]) -> None:
             raise failure
 
 
+def _check_forms(options: FakeDeepgramOptions) -> None:
+    for value, allowed in (
+        (options.sequence_ids, SEQUENCE_ID_FORMS),
+        (options.cleared_flushed, CLEARED_FLUSHED),
+        (options.reason_style, REASON_STYLES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {allowed}")
+
+
 # --- the server ----------------------------------------------------------------------------------
 
 
@@ -514,11 +612,13 @@ class FakeDeepgram:
         self, options: FakeDeepgramOptions | None = None, *, host: str = "127.0.0.1", port: int = 0
     ) -> None:
         self.options = options if options is not None else FakeDeepgramOptions()
+        _check_forms(self.options)
         self.host = host
         self.connections = 0  # accepted handshakes
         self.refused = 0  # refused handshakes
         self.refusals: list[tuple[int, str]] = []  # HTTP status and dg-error of each refusal
         self.close_log: list[tuple[int, str]] = []  # every close the server initiated
+        self.idle_closes = 0  # sockets closed for idleness, with either code
         self.received: list[ReceivedMessage] = []
         self.sent: list[tuple[int, JsonObject]] = []  # every JSON frame sent, by connection index
         self.speak_chars_total = 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herald.voice import deepgram as dg
+from herald.voice.deepgram import FlushLedger, Verdict
 from herald.voice.protocol import FailureKind, SlidingBudget, split_text
 from herald.voice.socket import Backoff
+from tests.fake_deepgram import PROSE, close_reason
 
 
 def test_client_messages() -> None:
@@ -41,6 +43,11 @@ def test_the_device_rate_is_asked_for_when_deepgram_offers_it(device: int, asked
         ('{"type":"Cleared","sequence_id":"4"}', dg.Cleared(4)),
         ('{"type":"Cleared"}', dg.Cleared(None)),
         ('{"type":"Flushed","sequence_id":true}', dg.Flushed(None)),
+        ('{"type":"Flushed","sequence_id":3.0}', dg.Flushed(3)),  # the SDK types it a number
+        ('{"type":"Flushed","sequence_id":3.5}', dg.Flushed(None)),
+        ('{"type":"Flushed","sequence_id":null}', dg.Flushed(None)),
+        ('{"type":"Flushed","sequence_id":"x"}', dg.Flushed(None)),
+        ('{"type":"Flushed","sequence_id":[1]}', dg.Flushed(None)),
         (
             '{"type":"Metadata","request_id":"r1","model_name":"aura-2-thalia-en"}',
             dg.Metadata("r1", "aura-2-thalia-en"),
@@ -72,7 +79,7 @@ def test_decode(frame: str | bytes, event: dg.ServerEvent) -> None:
         (1008, "DATA-0001", FailureKind.RATE_LIMITED),
         (1009, "BIG-0001", FailureKind.TRANSIENT),
         (1011, "NET-0000", FailureKind.TRANSIENT),
-        (1011, "NET-0001", FailureKind.TRANSIENT),
+        (1011, "NET-0001", FailureKind.IDLE),
         (1011, "NET-0003", FailureKind.LIFETIME),
         (None, "", FailureKind.TRANSIENT),
     ],
@@ -81,6 +88,126 @@ def test_close_codes(code: int | None, reason: str, kind: FailureKind) -> None:
     failure = dg.classify_close(code, reason)
     assert failure.kind is kind
     assert (f"{code} {reason}".strip() if code else "no close frame") in failure.detail
+
+
+CODED_CLOSES = [
+    (1003, "MESSAGE-0000", FailureKind.TRANSIENT),
+    (1008, "DATA-0000", FailureKind.CONFIG),
+    (1008, "DATA-0001", FailureKind.RATE_LIMITED),
+    (1009, "BIG-0000", FailureKind.TRANSIENT),
+    (1009, "BIG-0001", FailureKind.TRANSIENT),
+    (1011, "NET-0000", FailureKind.TRANSIENT),
+    (1011, "NET-0001", FailureKind.IDLE),
+    (1011, "NET-0002", FailureKind.TRANSIENT),
+    (1011, "NET-0003", FailureKind.LIFETIME),
+]
+
+
+def reason_forms(name: str) -> list[str]:
+    """Every way a close reason may carry the code: first, in the fake's prose, in Deepgram's
+    link form inside other words, in lower case, without the hyphen."""
+    return [
+        name,
+        f"{name}: something went wrong",
+        close_reason(name, "prose"),
+        f"Closed. See https://dpgr.am/{name.replace('-', '').lower()} for details",
+        name.lower(),
+        name.replace("-", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "kind"),
+    [(code, form, kind) for code, name, kind in CODED_CLOSES for form in reason_forms(name)],
+)
+def test_close_reasons_are_read_in_every_form(code: int, reason: str, kind: FailureKind) -> None:
+    assert dg.classify_close(code, reason).kind is kind
+    assert reason in dg.classify_close(code, reason).detail  # the log line quotes it whole
+
+
+def test_every_code_the_fake_sends_has_prose() -> None:
+    assert {name for _, name, _ in CODED_CLOSES} == set(PROSE)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["NET-00011", "INTERNET-0001", "dpgr.am/net001", "network 0001", "BIGNET-0003", ""],
+)
+def test_look_alikes_name_no_code(reason: str) -> None:
+    assert dg.reason_code(reason) is None
+
+
+# --- which Flush a Flushed answers ----------------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(["spoken", "cut-none", "cut-before", "cut-after"]), max_size=25))
+def test_the_ledger_ends_each_announcement_at_its_own_flushed(fates: list[str]) -> None:
+    """A server that numbers Flushes 0, 1, 2...: whatever happens to the cut ones' Flushed
+    (never, before Cleared, after it, in the next announcement), none ends another's."""
+    ledger = FlushLedger()
+    late: list[int] = []
+    for number, fate in enumerate(fates):
+        ledger.flush()
+        for stale in late:  # arrives in this announcement, before its own Flushed
+            assert ledger.answer(stale) is Verdict.STALE
+        late.clear()
+        if fate == "spoken":
+            assert ledger.answer(number) is Verdict.CURRENT
+            continue
+        ledger.clear()
+        if fate == "cut-before":
+            assert ledger.answer(number) is Verdict.STALE
+        elif fate == "cut-after":
+            late.append(number)
+    assert not ledger.contradicted
+    assert ledger.confirmed == ("spoken" in fates)
+
+
+def ledger_after(*steps: str | int | None) -> tuple[FlushLedger, list[Verdict]]:
+    """Replay `flush`, `clear` and answers (a sequence_id, or None) on a fresh ledger."""
+    ledger, verdicts = FlushLedger(), []
+    for step in steps:
+        if step == "flush":
+            ledger.flush()
+        elif step == "clear":
+            ledger.clear()
+        else:
+            assert not isinstance(step, str)
+            verdicts.append(ledger.answer(step))
+    return ledger, verdicts
+
+
+@pytest.mark.parametrize(
+    ("steps", "verdicts", "abandoned"),
+    [
+        # no sequence_id, nothing cut: the only Flush outstanding is the announcement's own
+        (("flush", None, "flush", None), [Verdict.CURRENT] * 2, set()),
+        # no sequence_id before Cleared: the cut Flush is the only one that can answer
+        (("flush", "clear", None, "flush", None), [Verdict.STALE, Verdict.CURRENT], set()),
+        # no sequence_id while a cut Flush may still answer: cannot tell
+        (("flush", "clear", "flush", None), [Verdict.UNSURE], {0}),
+        # counted from 1: ended where only its own Flush is outstanding, then distrusted
+        (("flush", 1, "flush", 2), [Verdict.CURRENT] * 2, set()),
+        (("flush", "clear", "flush", 2), [Verdict.UNSURE], {0}),
+        # always 0: looks right once, then cannot be told apart while a cut one is out
+        (("flush", 0, "flush", "clear", "flush", 0), [Verdict.CURRENT, Verdict.UNSURE], {1}),
+    ],
+)
+def test_the_ledger_falls_back_when_the_numbers_say_nothing(
+    steps: tuple[str | int | None, ...], verdicts: list[Verdict], abandoned: set[int]
+) -> None:
+    ledger, seen = ledger_after(*steps)
+    assert seen == verdicts
+    assert ledger.abandoned == abandoned
+    assert ledger.contradicted
+
+
+def test_a_cut_flush_that_is_never_answered_stays_abandoned() -> None:
+    ledger, seen = ledger_after("flush", "clear", "flush", 1, "flush", "clear", "flush", 0, 3)
+    assert seen == [Verdict.CURRENT, Verdict.STALE, Verdict.CURRENT]
+    assert ledger.abandoned == {2}
+    assert ledger.confirmed and not ledger.contradicted
 
 
 @pytest.mark.parametrize(

@@ -317,6 +317,7 @@ def test_stopping_mid_stream_clears_and_no_stale_audio_reaches_the_next_announce
 
     async def scenario() -> tuple[bytes, FakeDeepgram]:
         async with FakeDeepgram(options) as server, warm_voice(server) as voice:
+            await speak(voice, "Warm.")  # its Flushed shows the server numbers Flushes
             stream = voice.stream("A long first announcement that will be interrupted.")
             for _ in range(3):
                 await anext(stream)
@@ -327,8 +328,113 @@ def test_stopping_mid_stream_clears_and_no_stale_audio_reaches_the_next_announce
     after, server = run(scenario())
     assert after == synthesize("Second.", RATE)  # not one stale sample before it
     sent = [m["message"]["type"] for m in server.received if m["message"]]
-    assert sent == ["Speak", "Flush", "Clear", "Speak", "Flush", "Close"]
+    assert sent == ["Speak", "Flush", "Speak", "Flush", "Clear", "Speak", "Flush", "Close"]
     assert server.connections == 1  # Cleared came back: the socket stayed in use
+
+
+LONG = "A long announcement that is cut short after its first few words."
+NEXT = "The next announcement, heard whole."
+
+
+@contextlib.asynccontextmanager
+async def cut_then_next(
+    options: FakeDeepgramOptions, warm_up: bool = True
+) -> AsyncIterator[tuple[FakeDeepgram, DeepgramVoice, list[bytes]]]:
+    """Speak a short announcement (unless not `warm_up`), cut a long one after three chunks,
+    then speak NEXT; yields the fake, the voice and, once the block ends, what NEXT sounded."""
+    heard: list[bytes] = []
+    async with FakeDeepgram(options) as server, warm_voice(server) as voice:
+        if warm_up:
+            assert await speak(voice, "Warm.") == synthesize("Warm.", RATE, 0.02)
+        stream = voice.stream(LONG)
+        for _ in range(3):
+            await anext(stream)
+        await stream.aclose()
+        heard.append(await speak(voice, NEXT))
+        yield server, voice, heard
+
+
+# How Herald fares with each form of sequence_id, when the cut announcement's Flushed comes
+# before Cleared, after it (in the middle of the next one), or never. Ids Herald can use keep
+# the socket. Without them the socket is replaced after a cut, unless that Flushed already came
+# before Cleared. A server that always says 0 looks right once; then the next announcement
+# cannot be told from the cut one's and is replayed whole on a fresh socket.
+USABLE = ("count", "string", "float")
+SEQUENCE_CASES = [
+    (form, mode)
+    for form in ("count", "string", "float", "absent", "null", "bool", "one_based", "constant")
+    for mode in ("before", "after", "none")
+]
+
+
+@pytest.mark.parametrize(("form", "mode"), SEQUENCE_CASES)
+def test_a_cut_announcements_flushed_never_ends_the_next_one(form: str, mode: str) -> None:
+    options = FakeDeepgramOptions(
+        first_byte_s=0.01,
+        pace=1.0,
+        seconds_per_char=0.02,
+        sequence_ids=form,
+        cleared_flushed=mode,
+        stale_flushed_delay_s=0.15,  # NEXT lasts 0.7 s: it lands in the middle
+    )
+
+    async def scenario() -> tuple[bytes, int, bool | None]:
+        async with cut_then_next(options) as (server, voice, heard):
+            pass
+        return heard[0], server.connections, voice.ids_trusted
+
+    heard, connections, trusted = run(scenario())
+    expected = synthesize(NEXT, RATE, 0.02)
+    replayed = form == "constant" and mode != "before"
+    if replayed:
+        assert heard.endswith(expected) and len(heard) > len(expected)
+    else:
+        assert heard == expected  # whole: not cut short by a stale Flushed, nothing stale in it
+    # Without usable ids, a socket whose cut Flush may still be answered is replaced.
+    replaced = form not in (*USABLE, "constant") and mode != "before"
+    assert connections == (2 if replayed or replaced else 1)
+    assert trusted == (form in USABLE)
+
+
+@pytest.mark.parametrize("mode", ["after", "none"])
+def test_a_cut_before_the_numbering_is_known_gets_a_fresh_socket(mode: str) -> None:
+    options = FakeDeepgramOptions(
+        first_byte_s=0.01, pace=1.0, seconds_per_char=0.02, cleared_flushed=mode
+    )
+
+    async def scenario() -> tuple[bytes, int]:
+        async with cut_then_next(options, warm_up=False) as (server, _, heard):
+            pass
+        return heard[0], server.connections
+
+    heard, connections = run(scenario())
+    assert heard == synthesize(NEXT, RATE, 0.02)
+    assert connections == 2
+
+
+@pytest.mark.parametrize("spec_fields", [False, True], ids=["warn_code", "code"])
+def test_an_ignored_flush_is_spoken_at_once_on_a_fresh_socket(
+    spec_fields: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The fake allows one Flush a minute, Herald's budget twenty: the second Flush is ignored
+    # with an EXCESSIVE_FLUSH warning (in either field shape) and no Flushed ever comes.
+    options = FakeDeepgramOptions(
+        first_byte_s=0.01, flushes_per_minute=1, spec_warning_fields=spec_fields
+    )
+
+    async def scenario() -> tuple[bytes, float, int]:
+        async with FakeDeepgram(options) as server, warm_voice(server) as voice:
+            assert await speak(voice, "First.") == synthesize("First.", RATE)
+            started = time.monotonic()
+            audio = await speak(voice, "Second.")
+            return audio, time.monotonic() - started, server.connections
+
+    with caplog.at_level(logging.INFO, logger="herald"):
+        audio, took, connections = run(scenario())
+    assert audio == synthesize("Second.", RATE)
+    assert took < 1.0, took  # not the 5 s first_audio_timeout_s
+    assert connections == 2
+    assert "the server ignored the Flush (EXCESSIVE_FLUSH: " in caplog.text
 
 
 def test_reset_for_old_servers_retires_the_socket() -> None:
@@ -348,6 +454,132 @@ def test_reset_for_old_servers_retires_the_socket() -> None:
     after, server = run(scenario())
     assert after == synthesize("Fresh socket.", RATE)
     assert server.connections == 2
+
+
+IDLE_CLOSES = [
+    pytest.param(1011, "code", id="1011-NET-0001"),
+    pytest.param(1011, "prose", id="1011-prose-dpgr.am/net0001"),
+    pytest.param(1000, "code", id="1000-normal"),
+]
+IDLE_CLOSED = re.compile(r"socket #(\d+) closed for idleness after ([0-9.]+) s unused")
+
+
+@pytest.mark.parametrize(("close_code", "style"), IDLE_CLOSES)
+def test_an_idle_close_is_no_failure_and_a_new_socket_opens_at_once(
+    close_code: int, style: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Three refused handshakes grow the backoff (next step 1-2 s); the socket that then opens
+    # is closed for idleness after 1.2 s, long before 30 s of life. That is no failure: the
+    # next socket opens at once, and the idle lifetime is learned.
+    options = FakeDeepgramOptions(
+        handshake_status=503,
+        idle_timeout_s=1.2,
+        idle_close_code=close_code,
+        reason_style=style,
+    )
+
+    async def scenario() -> tuple[float, float | None]:
+        async with FakeDeepgram(options) as server, warm_voice(server) as voice:
+            keeper = voice.keeper
+            assert keeper is not None
+            await server.wait_until(lambda: server.refused >= 3)
+            server.set_handshake_status(None)
+            await server.wait_for_connections(1, timeout=3)
+            await server.wait_until(lambda: server.idle_closes == 1, timeout=3)
+            closed = time.monotonic()
+            await server.wait_for_connections(2, timeout=3)
+            return time.monotonic() - closed, keeper.idle_life_s
+
+    with caplog.at_level(logging.INFO, logger="herald"):
+        reopened_after, idle_life = run(scenario())
+    assert reopened_after < 0.3, reopened_after  # not 1-2 s of backoff
+    if close_code == 1000:
+        assert idle_life is None  # one normal close does not teach the lifetime yet
+    else:
+        assert idle_life is not None and 1.0 < idle_life < 1.4  # Herald's side of the close
+    assert IDLE_CLOSED.search(caplog.text), caplog.text
+    assert "reconnecting in" not in caplog.text.split("closed for idleness")[1]
+
+
+@pytest.mark.parametrize(("close_code", "style"), IDLE_CLOSES)
+def test_unused_sockets_are_replaced_before_the_server_closes_them(
+    close_code: int, style: str
+) -> None:
+    # Idle sockets live 1.5 s; a handshake costs 0.3 s. After the first idle close Herald
+    # replaces an unused socket ahead of time, new one first, and never sends KeepAlive.
+    options = FakeDeepgramOptions(
+        first_byte_s=0.02,
+        round_trip_s=0.1,
+        idle_timeout_s=1.5,
+        idle_close_code=close_code,
+        reason_style=style,
+    )
+
+    async def scenario() -> tuple[FakeDeepgram, list[float], int, int]:
+        async with FakeDeepgram(options) as server, warm_voice(server) as voice:
+            learned_from = 2 if close_code == 1000 else 1  # a normal close must happen twice
+            await server.wait_until(lambda: server.idle_closes == learned_from, timeout=6)
+            learned_at = server.connections
+            waits = []
+            for pause in (0.9, 1.3, 0.4, 1.1):  # announcements at odd moments
+                await asyncio.sleep(pause)
+                started = time.monotonic()
+                async for _ in voice.stream("Now."):
+                    waits.append(time.monotonic() - started)
+                    break
+            await asyncio.sleep(1.6)
+            return server, waits, learned_at, learned_from
+
+    server, waits, learned_at, learned_from = run(scenario())
+    assert server.idle_closes == learned_from, server.close_log  # only those it learned from
+    assert server.connections >= learned_at + 3  # replaced every ~1.1 s meanwhile
+    assert max(waits) < 0.02 + 0.2, waits  # no announcement waited for a 0.3 s handshake
+    sent = [m["message"].get("type") for m in server.received if m["message"]]
+    assert "KeepAlive" not in sent
+
+
+def test_sockets_dropped_at_once_are_failures_not_idle_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server that "idle"-closes every socket within a third of a second is broken: Herald
+    # backs off instead of reconnecting in a tight loop.
+    options = FakeDeepgramOptions(idle_timeout_s=0.3)
+
+    async def scenario() -> FakeDeepgram:
+        async with FakeDeepgram(options) as server, warm_voice(server):
+            await asyncio.sleep(2.0)
+            return server
+
+    with caplog.at_level(logging.INFO, logger="herald"):
+        server = run(scenario())
+    assert server.connections <= 5, server.connections
+    assert "reconnecting in" in caplog.text
+    assert "closed for idleness" not in caplog.text
+
+
+def test_a_lease_waiting_for_a_socket_does_not_hold_up_the_rotation_that_brings_it() -> None:
+    # The rotation is dialling (1.2 s) when the socket in use is retired; the next lease must
+    # get the new socket as soon as it is open, not wait out connect_wait_s.
+    options = FakeDeepgramOptions(round_trip_s=0.4)
+
+    async def scenario() -> tuple[float, int]:
+        async with (
+            FakeDeepgram(options) as server,
+            warm_voice(server, max_age_s=2.0, connect_wait_s=5) as voice,
+        ):
+            keeper = voice.keeper
+            assert keeper is not None
+            await until(lambda: keeper.opened >= 1, timeout=5)
+            await asyncio.sleep(2.3)  # the rotation began at 2.0 s and dials until 3.2 s
+            async with keeper.lease(0) as live:
+                keeper.retire(live, "a test retires it")
+            started = time.monotonic()
+            async with keeper.lease(5) as live:
+                return time.monotonic() - started, live.number
+
+    waited, number = run(scenario())
+    assert number == 2
+    assert waited < 1.5, waited
 
 
 def test_an_idle_close_is_followed_by_a_fresh_socket_before_the_next_announcement() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -18,12 +19,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from tests.fake_deepgram import (
+    PROSE,
+    SEQUENCE_ID_FORMS,
     FakeDeepgram,
     FakeDeepgramOptions,
     SlidingWindow,
+    _parse_args,
+    close_reason,
     dominant_hz,
     pcm16,
     seconds_for,
+    sequence_field,
     synthesize,
     tone_hz,
 )
@@ -339,6 +345,151 @@ def test_clear_latency_lets_stale_audio_arrive_before_cleared() -> None:
             assert len(stale) >= 5
 
     run(main())
+
+
+@pytest.mark.parametrize("form", SEQUENCE_ID_FORMS)
+def test_sequence_ids_take_the_chosen_form(form: str) -> None:
+    async def main() -> None:
+        options = FakeDeepgramOptions(first_byte_s=0.0, sequence_ids=form)
+        async with FakeDeepgram(options) as server, speak_socket(server) as ws:
+            for n in range(3):
+                await say(ws, f"Number {n}")
+                flushed = (await audio_until(ws, "Flushed"))[2]
+                assert flushed == {"type": "Flushed", **sequence_field(form, n)}
+            await send(ws, "Clear")
+            assert await recv_json(ws) == {"type": "Cleared", **sequence_field(form, 0)}
+
+    run(main())
+
+
+def test_the_forms_differ_as_named() -> None:
+    assert [sequence_field("count", n) for n in range(3)] == [{"sequence_id": n} for n in range(3)]
+    assert sequence_field("absent", 2) == {}
+    assert sequence_field("float", 2) == {"sequence_id": 2.0}
+    assert sequence_field("one_based", 2) == {"sequence_id": 3}
+    assert sequence_field("constant", 2) == {"sequence_id": 0}
+    with pytest.raises(ValueError, match="unknown sequence_id form"):
+        sequence_field("roman", 2)
+
+
+@pytest.mark.parametrize(
+    ("mode", "order"),
+    [
+        ("none", ["Cleared"]),
+        ("before", ["Flushed 0", "Flushed 1", "Cleared"]),
+        ("after", ["Cleared", "Flushed 0", "Flushed 1"]),
+    ],
+)
+def test_flushes_cut_by_clear_are_answered_as_chosen(mode: str, order: list[str]) -> None:
+    async def main() -> None:
+        options = FakeDeepgramOptions(
+            first_byte_s=0.0, pace=1.0, cleared_flushed=mode, stale_flushed_delay_s=0.3
+        )
+        async with FakeDeepgram(options) as server, speak_socket(server) as ws:
+            await say(ws, LONG_TEXT)  # Flush 0, speaking
+            await say(ws, "queued")  # Flush 1, waiting its turn
+            assert isinstance(await asyncio.wait_for(ws.recv(), 2), bytes)
+            await send(ws, "Clear")
+            seen: list[str] = []
+            cleared_at = flushed_at = 0.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    while True:
+                        frame = await ws.recv()
+                        if isinstance(frame, bytes):
+                            assert not seen, "audio after Cleared or a cut Flushed"
+                            continue
+                        message = json.loads(frame)
+                        if message["type"] == "Cleared":
+                            cleared_at = time.monotonic()
+                            seen.append("Cleared")
+                        else:
+                            flushed_at = flushed_at or time.monotonic()
+                            seen.append(f"{message['type']} {message['sequence_id']}")
+            assert seen == order
+            if mode == "after":
+                assert flushed_at - cleared_at >= 0.25  # late: into the next announcement
+            await say(ws, "Next")  # numbering goes on after the cut ones
+            assert (await audio_until(ws, "Flushed"))[2]["sequence_id"] == 2
+
+    run(main())
+
+
+def test_a_late_flushed_arrives_in_the_middle_of_the_next_utterance() -> None:
+    async def main() -> None:
+        options = FakeDeepgramOptions(
+            first_byte_s=0.0, pace=1.0, cleared_flushed="after", stale_flushed_delay_s=0.2
+        )
+        async with FakeDeepgram(options) as server, speak_socket(server) as ws:
+            await say(ws, LONG_TEXT)
+            assert isinstance(await asyncio.wait_for(ws.recv(), 2), bytes)
+            await send(ws, "Clear")
+            await audio_until(ws, "Cleared")
+            await say(ws, "A second utterance of two seconds or so")
+            before, _, stale = await audio_until(ws, "Flushed")
+            assert stale["sequence_id"] == 0 and len(before) > 0
+            after, _, own = await audio_until(ws, "Flushed")
+            assert own["sequence_id"] == 1
+            assert before + after == synthesize("A second utterance of two seconds or so", RATE)
+
+    run(main())
+
+
+@pytest.mark.parametrize("style", ["code", "prose"])
+@pytest.mark.parametrize(
+    ("options", "code", "name"),
+    [
+        (FakeDeepgramOptions(lifetime_s=0.3), 1011, "NET-0003"),
+        (FakeDeepgramOptions(idle_timeout_s=0.3), 1011, "NET-0001"),
+    ],
+    ids=["lifetime", "idle"],
+)
+def test_close_reasons_come_in_the_chosen_style(
+    options: FakeDeepgramOptions, code: int, name: str, style: str
+) -> None:
+    async def main() -> None:
+        async with FakeDeepgram(dataclasses.replace(options, reason_style=style)) as server:
+            async with speak_socket(server) as ws:
+                assert await closed_with(ws) == (code, close_reason(name, style))
+            assert server.close_log == [(code, name)]  # the log keeps the bare code
+
+    run(main())
+
+
+def test_prose_reasons_name_the_code_in_a_link_and_fit_a_close_frame() -> None:
+    for name in PROSE:
+        reason = close_reason(name, "prose")
+        assert reason.endswith(f"https://dpgr.am/{name.replace('-', '').lower()}")
+        assert len(reason.encode()) <= 123
+    assert close_reason("", "prose") == ""
+
+
+def test_an_idle_socket_can_be_closed_normally() -> None:
+    async def main() -> None:
+        options = FakeDeepgramOptions(idle_timeout_s=0.3, idle_close_code=1000)
+        async with FakeDeepgram(options) as server, speak_socket(server) as ws:
+            assert await closed_with(ws) == (1000, "")
+            assert server.close_log == [(1000, "")]
+
+    run(main())
+
+
+def test_unknown_forms_are_refused() -> None:
+    with pytest.raises(ValueError, match="not one of"):
+        FakeDeepgram(FakeDeepgramOptions(cleared_flushed="sometimes"))
+
+
+def test_the_variants_are_command_line_flags() -> None:
+    options, _, _ = _parse_args(
+        ["--sequence-ids", "absent", "--cleared-flushed", "after", "--stale-flushed-delay-s",
+         "0.2", "--reason-style", "prose", "--idle-close-code", "1000"]
+    )  # fmt: skip
+    assert (options.sequence_ids, options.cleared_flushed, options.stale_flushed_delay_s) == (
+        "absent",
+        "after",
+        0.2,
+    )
+    assert (options.reason_style, options.idle_close_code) == ("prose", 1000)
 
 
 def test_close_finishes_pending_audio_then_closes_1000() -> None:

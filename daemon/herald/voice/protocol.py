@@ -20,6 +20,7 @@ class FailureKind(enum.Enum):
     RATE_LIMITED = "rate-limited"  # too many sockets or characters: back off with jitter
     TRANSIENT = "transient"  # network or server trouble: reconnect with backoff
     LIFETIME = "lifetime"  # the server's age limit: Herald should have rotated before it
+    IDLE = "idle"  # closed because no client message came in time: not a failure, replace it
 
     @property
     def needs_a_person(self) -> bool:

@@ -9,9 +9,14 @@ ready. Each engine brings its own protocol: how to classify a close code or a re
 what to send before closing, and optionally a session to start on each new socket
 (`after_open`) and an application keepalive while the socket is idle (`idle_upkeep`).
 
-The second half holds what every socket voice does the same way: lease the socket for one
-utterance, replay it once on a fresh socket when the first one fails, and tell the server to
-stop when the listener stops listening.
+A close for idleness (the engine classifies it as FailureKind.IDLE, or with `idle_normal_close`
+a normal close of a socket nobody was using) is not a failure: the keeper opens a new socket at
+once, without backoff, and learns how long an unused socket lives (`idle_life_s`); from then on
+it replaces an unused socket before that age, new one first, so no announcement waits for a
+handshake because of it.
+
+What every socket voice does with the socket (lease it for one utterance, replay, interrupt)
+is in streaming.py.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ PERSON_NEEDED_RETRY_S = 300.0  # a wrong key or setting will not fix itself: try
 # the backoff starts over (a fresh incident, not one more failure in a row).
 STABLE_AFTER_S = 30.0
 NORMAL_CLOSE = 1000
+# An "idle" close of a socket unused for less than this is no idle timeout but a server that
+# drops every socket: it is a failure (backoff), so Herald never reconnects in a tight loop.
+IDLE_CLOSE_MIN_S = 1.0
+# Once the idle lifetime is known, an unused socket is replaced this much before it: a fifth of
+# the lifetime, or three handshakes if that is more, but never sooner than half the lifetime.
+IDLE_MARGIN_FRACTION = 0.2
+IDLE_MARGIN_HANDSHAKES = 3.0
 
 
 class SessionRefused(Exception):
@@ -90,6 +102,8 @@ class SocketSpec:
     # Some servers close a socket normally (1000) after each utterance: then a socket that has
     # served one is replaced at once, without the backoff a failure earns.
     reconnect_after_normal_close: bool = False
+    # A normal close (1000) of a socket no announcement is using is a close for idleness.
+    idle_normal_close: bool = False
 
 
 @dataclass
@@ -99,6 +113,7 @@ class LiveSocket:
     number: int
     used: bool = False  # an announcement has leased it
     spoke: bool = False  # the server sent audio on it: it works
+    engine_state: object = None  # the engine's own bookkeeping for this socket
 
     def age(self, now: float) -> float:
         return now - self.opened_at
@@ -113,7 +128,9 @@ class SocketKeeper:
         self._ready = asyncio.Event()  # set while a socket is open and usable
         self._idle = asyncio.Event()  # set while no announcement holds the socket
         self._idle.set()
-        self._idle_since = clock()
+        self._idle_since = clock()  # when the last lease ended (or the socket opened)
+        self._quiet_since = clock()  # when the last lease began: the client spoke last then
+        self._handshake_s = 0.0  # how long the last successful dial took
         self._lease_lock = asyncio.Lock()
         self._retire_requested = asyncio.Event()
         self._dialing = False
@@ -122,21 +139,39 @@ class SocketKeeper:
         self._closing: set[asyncio.Task[None]] = set()
         self.last_failure: Failure | None = None
         self.opened = 0  # sockets opened so far (tests and the benchmark read it)
+        # How long the server lets a socket sit unused, learned from its idle closes (None: it
+        # has not closed one yet).
+        self.idle_life_s: float | None = None
+        # A normal close proves less than NET-0001: it teaches the lifetime only when a second
+        # one confirms the first (the longer of the two counts). The first one's unused time:
+        self._normal_idle_s: float | None = None
 
     # --- for the engine ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def lease(self, wait_s: float) -> AsyncIterator[LiveSocket]:
         """The open socket, for one announcement at a time; raises VoiceError when none is."""
-        async with self._lease_lock:
-            live = await self._usable_socket(wait_s)
-            live.used = True
-            self._idle.clear()
-            try:
-                yield live
-            finally:
-                self._idle.set()
-                self._idle_since = self._clock()
+        live = await self._locked_socket(wait_s)
+        live.used = True
+        self._idle.clear()
+        self._quiet_since = self._clock()
+        try:
+            yield live
+        finally:
+            self._idle.set()
+            self._idle_since = self._clock()
+            self._lease_lock.release()
+
+    async def _locked_socket(self, wait_s: float) -> LiveSocket:
+        """The open socket, with the lease lock held. It waits for a socket without the lock,
+        so a rotation can install the socket it waits for; if the socket was retired while it
+        waited for the lock, it waits again for the next one."""
+        while True:
+            await self._usable_socket(wait_s)
+            await self._lease_lock.acquire()
+            if self._ready.is_set() and self._live is not None:
+                return self._live
+            self._lease_lock.release()
 
     def retire(self, live: LiveSocket, why: str) -> None:
         """The engine found this socket unusable: replace it now."""
@@ -200,6 +235,7 @@ class SocketKeeper:
 
     async def _dial(self) -> LiveSocket:
         self._dialing = True
+        started = self._clock()
         try:
             connection = await connect(
                 self.spec.url,
@@ -219,6 +255,7 @@ class SocketKeeper:
         finally:
             self._dialing = False
         self.opened += 1
+        self._handshake_s = self._clock() - started
         return LiveSocket(connection, self._clock(), self.opened)
 
     def _install(self, live: LiveSocket) -> None:
@@ -226,7 +263,7 @@ class SocketKeeper:
         self.last_failure = None
         self._unreachable = False
         self._retire_requested.clear()
-        self._idle_since = self._clock()
+        self._idle_since = self._quiet_since = self._clock()
         self._ready.set()
         self._tell_waiters()
         log.info("%s: socket #%d open", self.spec.name, live.number)
@@ -239,6 +276,10 @@ class SocketKeeper:
         helpers = {closed, retired}
         if self.spec.idle_upkeep is not None:
             helpers.add(asyncio.create_task(self._upkeep_while_idle(live)))
+        unused_too_long = None
+        if self.idle_life_s is not None:
+            unused_too_long = asyncio.create_task(self._unused_too_long())
+            helpers.add(unused_too_long)
         try:
             done, _ = await asyncio.wait(
                 helpers, timeout=rotate_in, return_when=asyncio.FIRST_COMPLETED
@@ -246,8 +287,8 @@ class SocketKeeper:
         finally:
             for helper in helpers:
                 helper.cancel()
-        if not done:
-            await self._rotate(live)
+        if not done or done == {unused_too_long}:
+            await self._rotate(live, "age" if not done else "idle")
             return
         self._drop(live)
         if closed in done:
@@ -262,9 +303,68 @@ class SocketKeeper:
             log.info("%s: socket #%d closed normally; replacing it", self.spec.name, live.number)
             return
         failure = self.spec.classify_close(code, reason)
-        if live.spoke or live.age(self._clock()) >= STABLE_AFTER_S:
+        now = self._clock()
+        unused = self._idle.is_set()  # no announcement holds it
+        unused_for = now - self._idle_since if unused else 0.0
+        idle_close = failure.kind is FailureKind.IDLE or (
+            self.spec.idle_normal_close and code == NORMAL_CLOSE and unused
+        )
+        if idle_close and (not unused or unused_for >= IDLE_CLOSE_MIN_S):
+            # The server accepted the socket and kept it until nobody used it: no failure, and
+            # no backoff before the next one. (A close during an announcement replays it.)
+            self._backoff.reset()
+            if unused and failure.kind is FailureKind.IDLE:
+                self._learn_idle_life(unused_for)
+            elif unused and self._normal_idle_s is None:
+                self._normal_idle_s = unused_for
+            elif unused and self._normal_idle_s is not None:
+                self._learn_idle_life(max(self._normal_idle_s, unused_for))
+                self._normal_idle_s = unused_for
+            log.info(
+                "%s: socket #%d closed for idleness %s (%s); opening another now",
+                self.spec.name,
+                live.number,
+                f"after {unused_for:.1f} s unused" if unused else "during an announcement",
+                failure.detail,
+            )
+            return
+        if live.spoke or live.age(now) >= STABLE_AFTER_S:
             self._backoff.reset()
         await self._pause_after(failure, f"socket #{live.number} closed")
+
+    def _learn_idle_life(self, seconds: float) -> None:
+        if self.idle_life_s is not None and seconds >= self.idle_life_s:
+            return
+        self.idle_life_s = seconds
+        log.info(
+            "%s: the server closes a socket left unused for %.1f s; an unused socket is now "
+            "replaced after %.1f s",
+            self.spec.name,
+            seconds,
+            self._replace_unused_after(),
+        )
+
+    def _replace_unused_after(self) -> float:
+        """How long after the last announcement began an unused socket is replaced."""
+        life = self.idle_life_s
+        assert life is not None
+        margin = max(life * IDLE_MARGIN_FRACTION, IDLE_MARGIN_HANDSHAKES * self._handshake_s)
+        return max(life - margin, life / 2)
+
+    async def _unused_too_long(self) -> None:
+        """Return once the socket has gone unused so long that the server may soon close it.
+
+        Counted from the start of the last announcement (the client's last message to the
+        server went out during it), while the idle life was learned from its end: both err
+        towards replacing the socket early."""
+        while True:
+            wait = self._quiet_since + self._replace_unused_after() - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif self._idle.is_set():
+                return
+            else:
+                await self._idle.wait()  # then count again from that announcement's start
 
     async def _upkeep_while_idle(self, live: LiveSocket) -> None:
         """Run the engine's idle upkeep (a keepalive) after each `idle_upkeep_s` of idleness.
@@ -288,9 +388,10 @@ class SocketKeeper:
                         pass  # the close is the watcher's to handle
                     except Exception:
                         log.exception("%s: idle upkeep failed", self.spec.name)
-                    self._idle_since = started  # the next one is due `every` after this one
+                    # The next one is due `every` after this one; it was a client message too.
+                    self._idle_since = self._quiet_since = started
 
-    async def _rotate(self, old: LiveSocket) -> None:
+    async def _rotate(self, old: LiveSocket, why: str = "age") -> None:
         """Make before break: open the new socket, then hand it out, then close the old one."""
         await self._idle.wait()  # never while an announcement is using it
         try:
@@ -307,11 +408,13 @@ class SocketKeeper:
             return
         async with self._lease_lock:  # waits for an announcement that began meanwhile
             self._install(fresh)
-        log.info(
-            "%s: rotated socket #%d (age %.0f s) to #%d",
+        log.log(
+            logging.INFO if why == "age" else logging.DEBUG,  # idle rotations can be frequent
+            "%s: rotated socket #%d (age %.0f s, for %s) to #%d",
             self.spec.name,
             old.number,
             old.age(self._clock()),
+            why,
             fresh.number,
         )
         self._close_politely(old)
