@@ -1,13 +1,21 @@
 """A fake SLNG TTS gateway: a real WebSocket peer on loopback for tests.
 
-It follows /work/shared/docs/tts-protocols.md section 2: `/v1/tts/{provider}/{model}:{variant}`
-with `Authorization: Bearer <key>` (else HTTP 401); `init` first, answered by `ready`; `text`
-(with an optional `flush`), `flush`, `clear` (answered by `cleared`), `cancel`, `keepalive` and
-`close`. Each flush is spoken as `segment_start`, audio, `segment_end`, `flushed` and optionally
-`audio_end`; audio goes as binary frames (Deepgram routes) or as base64 `audio_chunk` messages.
-Options make it refuse `cancel` or `keepalive` with an `error` (servers disagree on whether they
-exist), close normally (1000) after each utterance as some upstreams do, answer a flush or the
-`init` with an `error`, or close a socket that hears nothing for a while.
+It speaks every variant docs/protocols.md ("SLNG") lists, so that the voice is tested against
+each, not only the one it expects. Both route families, with `Authorization: Bearer <key>` (else
+HTTP 401): the native bridge `/v1/bridges/unmute/tts/{provider}/{model}:{variant}`, which answers
+`init` with `ready` and sends lower-case types, and the per-model routes
+`/v1/tts/{provider}/{model}:{variant}`, which answer it with a Deepgram-style `Metadata` and send
+`Flushed`/`Cleared` (with `sequence_id`), `Metadata` and `Error` capitalised; options cross them
+(either greeting, either case, on either route). Then `text` (with an optional `flush`), `flush`,
+`clear` (answered by `cleared`), `keepalive` and `close`. `cancel` is not in the newest bridge
+reference, so it is refused like any message the server does not know (`invalid_request`), or
+ignored by option. Each flush is spoken as `segment_start`, audio, `segment_end`, `flushed` and
+optionally `audio_end`; audio goes as binary frames or as base64 `audio_chunk {data, sequence}`.
+Errors come as `error` or `Error`, with `code`/`message` at the top level or nested in `data`;
+after the greeting an error spends the session (it answers nothing more but `close`). Options
+make it close normally (1000) after each utterance as some upstreams do, answer `init`, a flush,
+a keepalive or the middle of an utterance with an error of any code, and end an idle session
+(with an `idle_timeout_exceeded` error, a close, or both).
 
 The audio is tests.fake_deepgram's tone: its pitch and length are functions of the text, so a
 test can tell which utterance it hears. `LoopbackServer` and `ServerSession` are shared with
@@ -25,7 +33,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -36,7 +44,6 @@ from herald.audio.dsp import Samples
 from tests.fake_deepgram import tone_chunk, tone_hz, utterance_samples
 
 JsonObject = dict[str, Any]
-PATH_PREFIX = "/v1/tts/"
 
 
 # --- what both fakes share -----------------------------------------------------------------------
@@ -313,49 +320,86 @@ def _parse_object(raw: str) -> JsonObject | None:
     return message if isinstance(message, dict) else None
 
 
-# --- SLNG --------------------------------------------------------------------------------------
+# --- SLNG ---------------------------------------------------------------------------------------
+
+# SLNG's two route families (docs/protocols.md, "SLNG"): its native bridge and the per-model routes.
+BRIDGE_PREFIX = "/v1/bridges/unmute/tts/"
+PER_MODEL_PREFIX = "/v1/tts/"
+ROUTE_PREFIXES = {"bridge": BRIDGE_PREFIX, "per-model": PER_MODEL_PREFIX}
+Route = Literal["bridge", "per-model"]
+# The types a per-model route sends capitalised, in Deepgram's style (and `Ready`, to prove that
+# the case of every type is free).
+CAPITALISED = {"ready", "metadata", "flushed", "cleared", "error", "warning"}
 
 
 @dataclass
 class FakeSlngOptions(ToneOptions):
-    """How the fake behaves. The handshake reads it live; a session copies it when accepted."""
+    """How the fake behaves. The handshake reads it live; a session copies it when accepted.
+
+    `greeting` and `capitalised` left at None follow the route the client dialled: the bridge
+    answers `init` with `ready` and sends lower-case types; a per-model route answers it with a
+    Deepgram-style `Metadata` and sends `Flushed`/`Cleared` (with `sequence_id`), `Metadata` and
+    `Error` capitalised.
+    """
 
     api_key: str = "slng-test-key"
-    binary_audio: bool = True  # Deepgram routes; False: base64 `audio_chunk` messages
+    greeting: Literal["ready", "Metadata", "none"] | None = None  # "none": `init` is not answered
+    capitalised: bool | None = None
+    binary_audio: bool = True  # False: base64 `audio_chunk {data, sequence}` messages
     segments: bool = True  # segment_start / segment_end around each flush
     audio_end: bool = False  # `audio_end {duration}` after `flushed`
     close_after_utterance: bool = False  # then close 1000, as some upstreams do
-    cancel_supported: bool = True  # False: `cancel` is answered with an error
-    keepalive_supported: bool = True  # False: `keepalive` is answered with an error
-    send_ready: bool = True  # False: `init` is never answered
+    nested_errors: bool = False  # `{type: error, data: {code, message}}` instead of top level
+    # The newest bridge reference lists no `cancel`: like any message it does not list, it is
+    # answered with `invalid_request` ("refuse"); "ignore" drops it silently.
+    cancel: Literal["refuse", "ignore"] = "refuse"
+    keepalive_supported: bool = True  # False: `keepalive` is answered with `invalid_request`
+    keepalive_errors: int = 0  # the first n keepalives (on any socket) get a transient error
+    keepalive_error: tuple[str, str] = ("backend_connection_failed", "upstream connection reset")
+    # After an error that follows the greeting, the session answers nothing but `close` (the
+    # client plugins treat such an error as the end of the session).
+    spend_on_error: bool = True
     init_error: tuple[str, str] | None = None  # answer `init` with this error (code, message)
     flush_error: tuple[str, str] | None = None  # answer every flush with this error, no audio
-    idle_timeout_s: float | None = None  # no client message this long: close 1011
+    mid_error: tuple[str, str] | None = None  # this error after 3 audio chunks...
+    mid_errors: int = 1  # ...of the first n utterances (on any socket)
+    idle_timeout_s: float | None = None  # no client message this long: the session ends
+    idle_error: bool = False  # then first an error `idle_timeout_exceeded`
+    idle_close: bool = True  # then close 1011 (False: the socket stays open, the session spent)
     handshake_status: int | None = None  # refuse every handshake with this HTTP status
     voices: set[str] = field(default_factory=lambda: {"aura-2-thalia-en", "aura-2-andromeda-en"})
     sample_rates: set[int] = field(default_factory=lambda: {8000, 16000, 24000, 48000})
 
 
 class FakeSlng(LoopbackServer):
-    path = "/v1/tts/deepgram/aura:2"
+    path = BRIDGE_PREFIX + "deepgram/aura:2"
 
     def __init__(self, options: FakeSlngOptions | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.options = options if options is not None else FakeSlngOptions()
         self.paths: list[str] = []  # of every accepted handshake
         self.inits: list[JsonObject] = []
+        self.keepalives_refused = 0  # transient errors sent for `keepalive`, on any socket
+        self.mid_errors_sent = 0
 
     @property
     def template(self) -> str:
-        """A `voice.slng.url` for this fake, with the placeholders left in."""
-        return f"ws://{self.host}:{self.port}{PATH_PREFIX}{{provider}}/{{model}}:{{variant}}"
+        """A `voice.slng.url` for the bridge on this fake, with the placeholders left in."""
+        return self.template_for("bridge")
+
+    def template_for(self, route: Route) -> str:
+        prefix = ROUTE_PREFIXES[route]
+        return f"ws://{self.host}:{self.port}{prefix}{{provider}}/{{model}}:{{variant}}"
+
+    def types_sent(self) -> list[str]:
+        return [str(message.get("type")) for _, message in self.sent]
 
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         if self.options.handshake_status is not None:
             return self.refuse(connection, self.options.handshake_status, "refused\n")
-        if not request.path.startswith(PATH_PREFIX) or ":" not in request.path:
+        if route_of(request.path) is None or ":" not in request.path:
             return self.refuse(connection, 404, "no such model\n")
         if request.headers.get("Authorization") != f"Bearer {self.options.api_key}":
             return self.refuse(connection, 401, '{"error": "invalid API key"}\n')
@@ -366,22 +410,53 @@ class FakeSlng(LoopbackServer):
         return _SlngSession(self, ws, index)
 
 
+def route_of(path: str) -> Route | None:
+    if path.startswith(BRIDGE_PREFIX):
+        return "bridge"
+    if path.startswith(PER_MODEL_PREFIX):
+        return "per-model"
+    return None
+
+
+class _Spent(Exception):
+    """The session is spent: the audio being sent stops."""
+
+
 class _SlngSession(ServerSession):
     server: FakeSlng
 
     def __init__(self, server: FakeSlng, ws: ServerConnection, index: int) -> None:
         super().__init__(server, ws, index)
         self.options = dataclasses.replace(server.options)
+        route = route_of(ws.request.path if ws.request else "") or "bridge"
+        per_model = route == "per-model"
+        if self.options.greeting is None:
+            self.options.greeting = "Metadata" if per_model else "ready"
+        if self.options.capitalised is None:
+            self.options.capitalised = per_model
         self._rate = 24000
         self._ready = False
+        self._spent = False
+        self._flushes = 0
         self._text: list[str] = []
+
+    def _type(self, kind: str) -> str:
+        return kind.capitalize() if self.options.capitalised and kind in CAPITALISED else kind
+
+    async def send_typed(self, kind: str, **fields: Any) -> None:
+        await self.send_json({"type": self._type(kind), **fields})
 
     async def on_message(self, message: JsonObject) -> None:
         kind = message.get("type")
         if kind == "init":
             await self._on_init(message)
+        elif kind == "close":
+            self._flush()
+            self.enqueue(None)
+        elif self._spent:
+            pass  # a spent session answers nothing
         elif not self._ready:
-            await self._error("config_error", "send init first")
+            await self._error("not_ready", "send init first")
         elif kind == "text" and isinstance(message.get("text"), str):
             self._text.append(message["text"])
             if message.get("flush"):
@@ -391,16 +466,18 @@ class _SlngSession(ServerSession):
         elif kind == "clear":
             await self.stop_audio()
             self._text.clear()
-            await self.send_json({"type": "cleared"})
-        elif kind == "cancel" and self.options.cancel_supported:
-            await self.stop_audio()
-        elif kind == "keepalive" and self.options.keepalive_supported:
+            if self.options.capitalised:
+                await self.send_typed("cleared", sequence_id=self._flushes - 1)
+            else:
+                await self.send_typed("cleared")
+        elif kind == "cancel" and self.options.cancel == "ignore":
             pass
-        elif kind == "close":
-            self._flush()
-            self.enqueue(None)
+        elif kind == "keepalive" and self.options.keepalive_supported:
+            if self.server.keepalives_refused < self.options.keepalive_errors:
+                self.server.keepalives_refused += 1
+                await self._error(*self.options.keepalive_error)
         else:
-            await self._error("invalid_message", f"unknown message type: {kind}")
+            await self._error("invalid_request", f"unknown message type: {kind}")
 
     async def _on_init(self, message: JsonObject) -> None:
         config = message.get("config") or {}
@@ -416,11 +493,24 @@ class _SlngSession(ServerSession):
         else:
             self._rate = int(config.get("sample_rate", 24000))
             self._ready = True
-            if self.options.send_ready:
-                await self.send_json({"type": "ready", "session_id": str(uuid.uuid4())})
+            if self.options.greeting == "ready":
+                await self.send_typed("ready", session_id=str(uuid.uuid4()))
+            elif self.options.greeting == "Metadata":
+                await self.send_typed(
+                    "metadata",
+                    request_id=str(uuid.uuid4()),
+                    model_name=message.get("voice"),
+                    model_version="2",
+                    model_uuid=str(uuid.uuid4()),
+                )
 
     async def _error(self, code: str, message: str) -> None:
-        await self.send_json({"type": "error", "code": code, "message": message})
+        if self.options.nested_errors:
+            await self.send_typed("error", data={"code": code, "message": message})
+        else:
+            await self.send_typed("error", code=code, message=message)
+        if self._ready and self.options.spend_on_error:
+            self._spent = True  # the audio being sent stops at its next chunk
 
     def _flush(self) -> None:
         if self._text:
@@ -433,23 +523,42 @@ class _SlngSession(ServerSession):
             return
         text, ready_at = job
         await sleep_until(ready_at)
+        if self._spent:
+            return
         if self.options.flush_error is not None:
             await self._error(*self.options.flush_error)
             return
         self.server.syntheses += 1
         self.server.notify()
         if self.options.segments:
-            await self.send_json({"type": "segment_start", "segment_id": f"seg_{self.index}"})
-        seconds = await self.stream_tone(text, self._rate, self.options, self._send_audio)
+            await self.send_typed("segment_start", segment_id=f"seg_{self.index}")
+        try:
+            seconds = await self.stream_tone(text, self._rate, self.options, self._send_audio)
+        except _Spent:
+            return
         if self.options.segments:
-            await self.send_json({"type": "segment_end", "segment_id": f"seg_{self.index}"})
-        await self.send_json({"type": "flushed"})
+            await self.send_typed("segment_end", segment_id=f"seg_{self.index}")
+        if self.options.capitalised:
+            await self.send_typed("flushed", sequence_id=self._flushes)
+        else:
+            await self.send_typed("flushed")
+        self._flushes += 1
         if self.options.audio_end:
-            await self.send_json({"type": "audio_end", "duration": seconds})
+            await self.send_typed("audio_end", duration=seconds)
         if self.options.close_after_utterance:
             await self.close(1000, "")
 
     async def _send_audio(self, data: bytes, sequence: int) -> None:
+        if self._spent:
+            raise _Spent  # a spent session sends no more audio
+        if (
+            sequence == 3
+            and self.options.mid_error is not None
+            and self.server.mid_errors_sent < self.options.mid_errors
+        ):
+            self.server.mid_errors_sent += 1
+            await self._error(*self.options.mid_error)
+            raise _Spent  # this utterance ends here, with no end marker
         if self.options.binary_audio:
             await self.ws.send(data)
         else:
@@ -466,6 +575,9 @@ class _SlngSession(ServerSession):
         while True:
             idle_end = self.last_message + self.options.idle_timeout_s
             if time.monotonic() >= idle_end:
-                await self.close(1011, "idle timeout")
-                return
+                break
             await asyncio.sleep(max(idle_end - time.monotonic(), 0.001))
+        if self.options.idle_error:
+            await self._error("idle_timeout_exceeded", "no message from the client in time")
+        if self.options.idle_close:
+            await self.close(1011, "idle timeout")

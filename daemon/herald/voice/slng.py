@@ -1,13 +1,17 @@
 """SLNG's TTS gateway: the protocol (pure) and the voice that speaks over a warm socket.
 
-Protocol facts (docs/tts-protocols.md section 2 in the team's shared notes):
-`wss://api.slng.ai/v1/tts/{provider}/{model}:{variant}` with `Authorization: Bearer <key>`. The
-client sends `init` first and waits for `ready`; then `text`, `flush`, `clear` (answered by
-`cleared`), `cancel`, `keepalive`, `close`. Audio comes as binary frames (Deepgram routes) or as
-base64 `audio_chunk` messages (the others); `flushed` and `audio_end` end an utterance; `error`
-carries a code. Some upstreams close the socket normally (1000) after each utterance.
-Servers disagree on whether `cancel` and `keepalive` exist: an `error` answering one of them
-means "not supported", and Herald stops sending it.
+Protocol facts, with their sources: docs/protocols.md, "SLNG". In short: two route families,
+the native bridge `/v1/bridges/unmute/tts/{provider}/{model}:{variant}` (what SLNG's own client
+plugins use; the default) and the per-model routes `/v1/tts/{provider}/{model}:{variant}`, both
+with `Authorization: Bearer <key>`. The client sends `init` first; the bridge answers `ready`, a
+per-model route a Deepgram-style `Metadata`; either greeting is accepted on either route. Then
+`text`, `flush`, `clear` (answered by `cleared`), `keepalive` and `close`; no `cancel` (the newest
+reference lists none). The server's message types are compared case-insensitively (`Flushed`,
+`Cleared`, `Metadata`, `Error` come capitalised on the per-model routes). Audio comes as binary
+frames or as base64 `audio_chunk` messages; `flushed` or `audio_end` ends an utterance. An `error`
+(or `Error`) carries `code` and `message` at the top level or under `data`; after the greeting it
+means the session is spent, so the socket is replaced. Some upstreams close the socket normally
+(1000) after each utterance: the keeper replaces it at once.
 """
 
 from __future__ import annotations
@@ -60,7 +64,6 @@ def text(words: str) -> str:
 
 FLUSH = _message("flush")
 CLEAR = _message("clear")
-CANCEL = _message("cancel")
 KEEPALIVE = _message("keepalive")
 CLOSE = _message("close")
 
@@ -75,7 +78,22 @@ class Audio:
 
 @dataclass(frozen=True)
 class Ready:
+    """The bridge's greeting: the session is open."""
+
     session_id: str
+
+    def describe(self) -> str:
+        return f"ready (session {self.session_id or 'without an id'})"
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """A per-model route's greeting (Deepgram's form): the session is open."""
+
+    request_id: str
+
+    def describe(self) -> str:
+        return "Metadata (the per-model route)"
 
 
 @dataclass(frozen=True)
@@ -95,29 +113,48 @@ class Error:
     code: str
     message: str
 
-    def mentions(self, word: str) -> bool:
-        return word in f"{self.code} {self.message}".lower()
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code or "no detail"
+
+    def mentions(self, *words: str) -> bool:
+        said = f"{self.code} {self.message}".lower()
+        return any(word in said for word in words)
 
 
 @dataclass(frozen=True)
 class Other:
-    """segment_start, segment_end, and anything this client does not know."""
+    """segment_start, segment_end, Warning, and anything this client does not know."""
 
+    kind: str
     text: str
 
 
-ServerEvent = Audio | Ready | End | Cleared | Error | Other
+ServerEvent = Audio | Ready | Metadata | End | Cleared | Error | Other
+Greeting = Ready | Metadata
+
+
+def _field(message: dict[str, Any], *names: str) -> str:
+    """The first of these fields that is set, at the top level or nested under `data`."""
+    nested = message.get("data")
+    for source in (nested if isinstance(nested, dict) else {}, message):
+        for name in names:
+            value = source.get(name)
+            if value not in (None, ""):
+                return str(value)
+    return ""
 
 
 def decode(frame: str | bytes) -> ServerEvent:
-    """One frame from the server as a typed event; never raises."""
+    """One frame from the server as a typed event; never raises. Types in any case."""
     if isinstance(frame, bytes):
         return Audio(frame)
     try:
-        message: dict[str, Any] = json.loads(frame)
-        kind = message.get("type")
-    except (ValueError, AttributeError):
-        return Other(frame[:200])
+        message = json.loads(frame)
+    except ValueError:
+        return Other("", frame[:200])
+    if not isinstance(message, dict):
+        return Other("", frame[:200])
+    kind = str(message.get("type", "")).lower()
     if kind == "audio_chunk":
         try:
             return Audio(base64.b64decode(str(message.get("data", "")), validate=True))
@@ -129,26 +166,55 @@ def decode(frame: str | bytes) -> ServerEvent:
         return Cleared()
     if kind == "ready":
         return Ready(str(message.get("session_id", "")))
+    if kind == "metadata":
+        return Metadata(str(message.get("request_id", "")))
     if kind == "error":
-        return Error(str(message.get("code", "")), str(message.get("message", "")))
-    return Other(frame[:200])
+        # SLNG: code/message, top level or under data; Deepgram's form: err_code/err_msg.
+        code = _field(message, "code", "err_code")
+        return Error(code, _field(message, "message", "err_msg", "description"))
+    return Other(kind, frame[:200])
 
 
 # --- failures -------------------------------------------------------------------------------
 
+# SLNG's error codes (docs/protocols.md, "SLNG"); an unknown code is sorted by its words.
+ERROR_KINDS = {
+    "auth_error": FailureKind.AUTH,
+    "config_error": FailureKind.CONFIG,
+    "invalid_request": FailureKind.CONFIG,
+    "rate_limit": FailureKind.RATE_LIMITED,
+    "provider_error": FailureKind.TRANSIENT,
+    "backend_connection_failed": FailureKind.TRANSIENT,
+    "backpressure": FailureKind.TRANSIENT,
+    "not_ready": FailureKind.TRANSIENT,
+    "idle_timeout_exceeded": FailureKind.TRANSIENT,
+    "max_connection_duration_exceeded": FailureKind.LIFETIME,
+}
+HINTS = {
+    FailureKind.AUTH: "check the SLNG key",
+    FailureKind.CONFIG: "check [voice.slng]",
+    FailureKind.LIFETIME: "lower voice.slng.max_age_s",
+}
+# What an error answering a message says when the server does not know that message.
+REFUSAL_WORDS = ("invalid", "unknown", "unsupported", "not supported", "config")
+
 
 def classify_error(code: str, message: str) -> Failure:
-    """What an `error` message means for Herald (codes: auth_error, config_error, rate_limit,
-    provider_error; others are sorted by the words in them)."""
-    said = f"{code}: {message}" if message else code
-    words = f"{code} {message}".lower()
+    """What an `error` message means for Herald."""
+    said = f"{code}: {message}" if message else code or "an error without a code"
+    kind = ERROR_KINDS.get(code.lower()) or _kind_from_words(f"{code} {message}".lower())
+    hint = HINTS.get(kind)
+    return Failure(kind, f"{said} ({hint})" if hint else said)
+
+
+def _kind_from_words(words: str) -> FailureKind:
     if any(word in words for word in ("auth", "api key", "forbidden", "permission")):
-        return Failure(FailureKind.AUTH, f"{said} (check the SLNG key)")
+        return FailureKind.AUTH
     if any(word in words for word in ("config", "invalid", "unsupported", "unknown model")):
-        return Failure(FailureKind.CONFIG, f"{said} (check [voice.slng])")
+        return FailureKind.CONFIG
     if any(word in words for word in ("rate", "quota", "too many", "concurren")):
-        return Failure(FailureKind.RATE_LIMITED, said)
-    return Failure(FailureKind.TRANSIENT, said)
+        return FailureKind.RATE_LIMITED
+    return FailureKind.TRANSIENT
 
 
 def classify_close(code: int | None, reason: str) -> Failure:
@@ -167,7 +233,9 @@ def classify_handshake(status: int, detail: str | None) -> Failure:
     """What an HTTP status refusing the WebSocket upgrade means."""
     said = f"HTTP {status}" + (f" {detail}" if detail else "")
     if status in (400, 404):
-        return Failure(FailureKind.CONFIG, f"{said}: check voice.slng provider, model and variant")
+        return Failure(
+            FailureKind.CONFIG, f"{said}: check voice.slng host, route, provider, model and variant"
+        )
     if status in (401, 402, 403):
         return Failure(FailureKind.AUTH, f"{said}: the SLNG key was refused")
     if status == 429:
@@ -175,10 +243,23 @@ def classify_handshake(status: int, detail: str | None) -> Failure:
     return Failure(FailureKind.TRANSIENT, f"{said}: server unavailable")
 
 
+def spent(event: Error) -> SocketFailed:
+    """An error after the greeting: the session is spent. A fresh socket may speak the text
+    when the failure is one that passes."""
+    failure = classify_error(event.code, event.message)
+    replay = failure.kind in (FailureKind.TRANSIENT, FailureKind.LIFETIME)
+    return SocketFailed(failure, replay=replay)
+
+
 # --- the voice --------------------------------------------------------------------------------
 
+GLOBAL_HOST = "api.slng.ai"
+REGIONAL_HINT = (
+    "if SLNG no longer serves api.slng.ai, set voice.slng.host to your region's gateway, "
+    "e.g. 'eu-west.api.slng.ai'"
+)
 STALL_TIMEOUT_S = 5.0  # no audio for this long in the middle of an utterance: the socket is dead
-PROBE_WAIT_S = 0.5  # how long the first keepalive waits for an error saying it is unsupported
+PROBE_WAIT_S = 0.5  # how long the first keepalive on a socket waits for an error answering it
 NO_KEY = (
     "slng has no API key: sudo ./install.sh --slng-key-file FILE, or set "
     "voice.slng.api_key_file or $SLNG_API_KEY"
@@ -186,8 +267,9 @@ NO_KEY = (
 
 
 class SlngVoice(SocketVoice):
-    """SLNG over one warm socket: init/ready once per socket, then text and one flush per
-    announcement; audio is resampled from `sample_rate` to the output rate."""
+    """SLNG over one warm socket: init and a greeting (`ready` or `Metadata`) once per socket,
+    then text and one flush per announcement; audio is resampled from `sample_rate` to the
+    output rate."""
 
     name = "slng"
     no_key = NO_KEY
@@ -203,9 +285,10 @@ class SlngVoice(SocketVoice):
         self._clock = clock
         self.connect_wait_s = cfg.connect_wait_s
         self._output_rate = output_rate
-        # None: not known yet; an error answering one of them makes it False for good.
-        self.cancel_supported: bool | None = None
+        # None: not known yet (probed on the next socket); False once the server has said it
+        # does not know the message; a transient error answering it decides nothing.
         self.keepalive_supported: bool | None = None
+        self.greeting = "nothing yet"  # how the server answered the last `init`, for `check`
         self.keeper = None if not api_key else SocketKeeper(self._spec(api_key), clock)
 
     def _spec(self, api_key: str) -> SocketSpec:
@@ -218,7 +301,7 @@ class SlngVoice(SocketVoice):
             headers=headers,
             max_age_s=self._cfg.max_age_s,
             classify_close=classify_close,
-            classify_handshake=classify_handshake,
+            classify_handshake=self._classify_handshake,
             goodbye=CLOSE,
             after_open=self._start_session,
             idle_upkeep=self._keep_alive if self._cfg.keepalive_s > 0 else None,
@@ -226,30 +309,48 @@ class SlngVoice(SocketVoice):
             reconnect_after_normal_close=True,
         )
 
+    @property
+    def _on_global_host(self) -> bool:
+        """The global host, which SLNG's pipecat plugin says is no longer supported."""
+        return self._cfg.url is None and self._cfg.host == GLOBAL_HOST
+
+    def _classify_handshake(self, status: int, detail: str | None) -> Failure:
+        failure = classify_handshake(status, detail)
+        if self._on_global_host and (failure.kind is FailureKind.CONFIG or status in (410, 421)):
+            return Failure(failure.kind, f"{failure.detail}; {REGIONAL_HINT}")
+        return failure
+
     # --- on the socket ----------------------------------------------------------------------
 
     async def _start_session(self, connection: ClientConnection) -> None:
-        """`init`, then wait (bounded) for `ready`; an `error` instead refuses the session."""
+        """`init`, then wait (bounded) for a greeting; an `error` instead refuses the session."""
         await connection.send(init(self._cfg))
         try:
             async with asyncio.timeout(self._cfg.ready_timeout_s):
                 while True:
                     event = decode(await connection.recv())
-                    if isinstance(event, Ready):
-                        log.debug("slng: session %s ready", event.session_id)
+                    if isinstance(event, Ready | Metadata):
+                        self.greeting = event.describe()
+                        log.debug("slng: init answered with %s", self.greeting)
                         return
                     if isinstance(event, Error):
                         raise SessionRefused(classify_error(event.code, event.message))
         except TimeoutError:
             wait = self._cfg.ready_timeout_s
-            failure = Failure(FailureKind.TRANSIENT, f"no 'ready' within {wait:g} s of 'init'")
+            failure = Failure(
+                FailureKind.TRANSIENT,
+                f"no 'ready' or 'Metadata' within {wait:g} s of 'init': "
+                "check voice.slng host, route or url",
+            )
             raise SessionRefused(failure) from None
 
     async def _utterance(self, live: LiveSocket, words: str) -> AsyncGenerator[Samples, None]:
         connection = live.connection
         pcm = Pcm16Stream(self._cfg.sample_rate, self._output_rate)
         heard = False
+        retire_after: str | None = None  # the session is suspect: replace it after this text
         try:
+            await self._discard_stale(connection)
             for piece in split_text(words, MAX_TEXT_CHARS):
                 await connection.send(text(piece))
             await connection.send(FLUSH)
@@ -257,7 +358,7 @@ class SlngVoice(SocketVoice):
                 timeout = STALL_TIMEOUT_S if heard else self._cfg.first_audio_timeout_s
                 event = decode(await asyncio.wait_for(connection.recv(), timeout))
                 if isinstance(event, Audio):
-                    heard = True
+                    heard = heard or bool(event.data)
                     if len(out := pcm.push(event.data)):
                         yield out
                 elif isinstance(event, End) and heard:
@@ -265,9 +366,17 @@ class SlngVoice(SocketVoice):
                     # before (servers may send both `flushed` and `audio_end`): not ours.
                     if len(tail := pcm.end()):
                         yield tail
+                    if retire_after and self.keeper is not None:
+                        self.keeper.retire(live, retire_after)
                     return
                 elif isinstance(event, Error):
-                    self._utterance_error(event)
+                    if not self._answers_keepalive(event):
+                        raise spent(event)
+                    # An answer to a keepalive sent just before this text, not to the text:
+                    # finish the text, then replace the socket in case the session is spent.
+                    retire_after = f"error answering 'keepalive' ({event})"
+                elif isinstance(event, Other) and event.kind == "warning":
+                    log.info("slng: warning from the server: %s", event.text)
         except ConnectionClosed as exc:
             received = exc.rcvd
             code, reason = (received.code, received.reason) if received else (None, "")
@@ -276,35 +385,43 @@ class SlngVoice(SocketVoice):
             failure = Failure(FailureKind.TRANSIENT, "no audio from the server in time")
             raise SocketFailed(failure) from None
 
-    def _utterance_error(self, event: Error) -> None:
-        """An error during an utterance fails it, unless it answers a late keepalive."""
-        if event.mentions("keepalive"):
-            self._unsupported("keepalive")
-            return
-        failure = classify_error(event.code, event.message)
-        raise SocketFailed(failure, replay=failure.kind is FailureKind.TRANSIENT)
+    async def _discard_stale(self, connection: ClientConnection) -> None:
+        """Read what arrived while the socket was idle, without waiting: a late end marker or
+        audio is dropped; an error means the session is spent, and the text goes to a fresh
+        socket (nothing of it has been sent or heard)."""
+        await asyncio.sleep(0)  # one turn of the loop: frames already on the wire are read
+        while True:
+            try:
+                async with asyncio.timeout(0):  # only what is already here
+                    event = decode(await connection.recv())
+            except TimeoutError:
+                return
+            if isinstance(event, Error):
+                self._answers_keepalive(event)
+                failure = classify_error(event.code, event.message)
+                detail = f"the session ended while idle: {failure.detail}"
+                raise SocketFailed(Failure(failure.kind, detail), replay=True)
+            log.debug("slng: dropped a stale %s", type(event).__name__)
 
     async def _interrupt(self, live: LiveSocket) -> None:
-        """`cancel` (where supported) and `clear`; swallow the stale audio until `cleared`."""
+        """`clear`, and swallow the stale audio until `cleared`; an error instead means the
+        session is spent, and no answer in time that the socket is: either way it is replaced."""
         assert self.keeper is not None
         connection = live.connection
         try:
-            sent_cancel = self.cancel_supported is not False
-            if sent_cancel:
-                await connection.send(CANCEL)
             await connection.send(CLEAR)
             async with asyncio.timeout(self._cfg.clear_timeout_s):
                 while not isinstance(event := decode(await connection.recv()), Cleared):
-                    # The server answers in order: an error before `cleared` answers `cancel`.
-                    if isinstance(event, Error) and sent_cancel:
-                        self._unsupported("cancel")
-            if sent_cancel and self.cancel_supported is None:
-                self.cancel_supported = True
+                    if isinstance(event, Error):
+                        self._answers_keepalive(event)
+                        self.keeper.retire(live, f"error after 'clear' ({event})")
+                        return
         except (TimeoutError, ConnectionClosed):
             self.keeper.retire(live, "no 'cleared' after 'clear'")
 
     async def _keep_alive(self, connection: ClientConnection) -> None:
-        """The idle upkeep: `keepalive`; the first one waits briefly for an error saying no."""
+        """The idle upkeep: `keepalive`. The first one on each socket (until the server has
+        taken one without complaint) waits briefly for an error answering it."""
         if self.keepalive_supported is False:
             return
         await connection.send(KEEPALIVE)
@@ -312,26 +429,48 @@ class SlngVoice(SocketVoice):
             return
         try:
             async with asyncio.timeout(PROBE_WAIT_S):
-                while not isinstance(decode(await connection.recv()), Error):
+                while not isinstance(event := decode(await connection.recv()), Error):
                     pass  # nothing else is due while idle
-            self._unsupported("keepalive")
         except TimeoutError:
             self.keepalive_supported = True
+            return
+        self._answers_keepalive(event, probing=True)
+        # An error after the greeting spends the session: replace the socket now, while idle.
+        log.info("slng: error while idle (%s); replacing the socket", event)
+        await connection.send(CLOSE)
+        await connection.close(1000, "session spent")
 
-    def _unsupported(self, message: str) -> None:
-        if message == "cancel" and self.cancel_supported is not False:
-            self.cancel_supported = False
-            log.info("slng: the server does not support 'cancel'; using 'clear' alone")
-        elif message == "keepalive" and self.keepalive_supported is not False:
-            self.keepalive_supported = False
-            log.info("slng: the server does not support 'keepalive'; relying on pings")
+    def _answers_keepalive(self, event: Error, probing: bool = False) -> bool:
+        """Whether the error answers a `keepalive`; one that says the server does not know the
+        message turns keepalive off for good, any other leaves it on."""
+        if not (probing or event.mentions("keepalive")):
+            return False
+        if event.mentions(*REFUSAL_WORDS):
+            if self.keepalive_supported is not False:
+                self.keepalive_supported = False
+                log.info("slng: the server does not support 'keepalive'; relying on pings")
+        else:
+            log.info("slng: a transient error answered 'keepalive' (%s); keepalive stays on", event)
+        return True
 
     async def check(self) -> str:
-        """Open a socket and speak a few words; report the model and the time to first audio."""
+        """Open a socket and speak a few words; report the greeting, the model and the time to
+        first audio."""
         if self.keeper is None:
             raise VoiceError(NO_KEY)
-        said = await cold_check(self.keeper, self.stream, self._output_rate, self._clock)
-        return f"model '{self._cfg.model_id}' voice '{self._cfg.voice}', {said}"
+        try:
+            said = await cold_check(self.keeper, self.stream, self._output_rate, self._clock)
+        except VoiceError as exc:
+            # The server could not be reached or did not answer: perhaps the host is wrong.
+            failure = self.keeper.last_failure
+            transient = failure is not None and failure.kind is FailureKind.TRANSIENT
+            if transient and self._on_global_host and REGIONAL_HINT not in str(exc):
+                raise VoiceError(f"{exc}; {REGIONAL_HINT}") from None
+            raise
+        return (
+            f"SLNG answered init with {self.greeting}; "
+            f"model '{self._cfg.model_id}' voice '{self._cfg.voice}', {said}"
+        )
 
     async def aclose(self) -> None:
         """The keeper's task closes the socket when it is cancelled."""
