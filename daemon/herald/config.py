@@ -193,13 +193,25 @@ def _websocket_url(value: str) -> str:
     return value
 
 
-_SLNG_FIELDS = {"provider", "model", "variant"}
+_SLNG_FIELDS = {"host", "provider", "model", "variant"}
 
 
 class SlngConfig(_Frozen):
-    url: str = Field(
-        "wss://api.slng.ai/v1/tts/{provider}/{model}:{variant}",
-        description="endpoint; {provider}, {model} and {variant} are filled in from below",
+    host: str = Field(
+        "api.slng.ai",
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$",
+        description="SLNG's host; a regional gateway is '<region>.api.slng.ai', e.g. "
+        "'eu-west.api.slng.ai'",
+    )
+    route: Literal["bridge", "per-model"] = Field(
+        "bridge",
+        description="'bridge': /v1/bridges/unmute/tts/... (SLNG's own protocol, what its client "
+        "plugins use); 'per-model': /v1/tts/...",
+    )
+    url: str | None = Field(
+        None,
+        description="the whole endpoint instead of host and route; {host}, {provider}, {model} "
+        "and {variant} are filled in",
     )
     provider: str = Field(
         "deepgram", min_length=1, description="'deepgram' (proxied) or e.g. 'slng/rime' (hosted)"
@@ -217,8 +229,16 @@ class SlngConfig(_Frozen):
         description="file holding the API key; else $SLNG_API_KEY, "
         "else the systemd credential 'slng_api_key'",
     )
-    region: str | None = Field(None, description="X-Region-Override; default: chosen by SLNG")
-    max_age_s: float = Field(3300, ge=2, le=86400, description="replace the socket at this age")
+    region: str | None = Field(
+        None, description="sent as X-Region-Override, e.g. 'eu-north-1'; default: chosen by SLNG"
+    )
+    max_age_s: float = Field(
+        1200,
+        ge=2,
+        le=86400,
+        description="replace the socket at this age (SLNG ends a session at 30 minutes on some "
+        "plans)",
+    )
     keepalive_s: float = Field(
         20.0, ge=0, le=600, description="send 'keepalive' after this long idle; 0: never"
     )
@@ -226,7 +246,10 @@ class SlngConfig(_Frozen):
         2.0, ge=0, le=60, description="longest wait for a socket before the next voice speaks"
     )
     ready_timeout_s: float = Field(
-        5.0, gt=0, le=60, description="no 'ready' this long after 'init': a fresh socket"
+        5.0,
+        gt=0,
+        le=60,
+        description="no greeting ('ready' or 'Metadata') this long after 'init': a fresh socket",
     )
     first_audio_timeout_s: float = Field(
         5.0, gt=0, le=60, description="no audio this long after the text: the socket is dead"
@@ -237,16 +260,18 @@ class SlngConfig(_Frozen):
 
     @field_validator("url")
     @classmethod
-    def _template(cls, value: str) -> str:
+    def _template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
         if unknown := names - _SLNG_FIELDS:
             raise ValueError(
-                f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{provider}}, "
+                f"unknown placeholder {{{sorted(unknown)[0]}}}: use {{host}}, {{provider}}, "
                 "{model}, {variant}"
             )
         return _websocket_url(value)
 
-    @field_validator("api_key_file", mode="before")
+    @field_validator("api_key_file", "url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -257,8 +282,21 @@ class SlngConfig(_Frozen):
         return f"{self.model}:{self.variant}" if self.variant else self.model
 
     @property
+    def url_template(self) -> str:
+        """`url`, else the route's: SLNG's two route families (docs/protocols.md, "SLNG"), its
+        native bridge (what SLNG's own client plugins use) and the per-model routes."""
+        if self.url:
+            return self.url
+        if self.route == "per-model":
+            return "wss://{host}/v1/tts/{provider}/{model}:{variant}"
+        return "wss://{host}/v1/bridges/unmute/tts/{provider}/{model}:{variant}"
+
+    @property
     def socket_url(self) -> str:
-        return self.url.format(provider=self.provider, model=self.model, variant=self.variant)
+        template = self.url_template
+        return template.format(
+            host=self.host, provider=self.provider, model=self.model, variant=self.variant
+        )
 
 
 class GatewayConfig(_Frozen):
@@ -266,14 +304,40 @@ class GatewayConfig(_Frozen):
         "ws://localhost:8002/api/v1/ws", description="the self-hosted TTS gateway's WebSocket"
     )
     sample_rate: int = Field(
-        24000, ge=8000, le=48000, description="the gateway's TTS_SAMPLE_RATE (it cannot be asked)"
+        24000,
+        ge=8000,
+        le=48000,
+        description="the rate the gateway really sends (it cannot be asked): its "
+        "TTS_SAMPLE_RATE, but 16000 whenever its provider is OpenAI",
     )
-    max_age_s: float = Field(3300, ge=2, le=86400, description="replace the socket at this age")
+    max_age_s: float = Field(
+        0,
+        ge=0,
+        le=86400,
+        description="replace the socket at this age; 0: never (the gateway has no age limit, "
+        "and each reconnect calls its shared provider's close())",
+    )
     connect_wait_s: float = Field(
         2.0, ge=0, le=60, description="longest wait for a socket before the next voice speaks"
     )
     first_audio_timeout_s: float = Field(
-        10.0, gt=0, le=120, description="no audio this long after the text: the socket is dead"
+        10.0,
+        gt=0,
+        le=300,
+        description="no audio and no done this long after the text: the synthesis died (the "
+        "next voice speaks it); OpenAI's first audio comes only once the whole text is done",
+    )
+    stall_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="no audio and no done this long after some audio: the synthesis died",
+    )
+    cancel_wait_s: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="after a cancel, discard audio until done, or until none came this long",
     )
 
     @field_validator("url")
