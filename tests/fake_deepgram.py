@@ -1,6 +1,6 @@
 """A fake Deepgram Aura streaming TTS server: a real WebSocket peer on loopback for tests.
 
-It follows /work/shared/docs/tts-protocols.md section 1 (the live service, today): the `/v1/speak`
+It follows docs/protocols.md, "Deepgram Aura" (the live service, today): the `/v1/speak`
 handshake with `Authorization: Token <key>` and query parameters, `Metadata` first, `Speak`,
 `Flush`/`Flushed`, `Clear`/`Cleared`, `Close`, the `EXCESSIVE_FLUSH` warning, the close codes
 and the limits. Audio is a sine tone per utterance whose pitch (`tone_hz`) and length
