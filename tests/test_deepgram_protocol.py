@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from herald.budget import SlidingBudget
 from herald.voice import deepgram as dg
 from herald.voice.deepgram import FlushLedger, Verdict
-from herald.voice.protocol import FailureKind, SlidingBudget, split_text
+from herald.voice.protocol import FailureKind, split_text
 from herald.voice.socket import Backoff
 from tests.fake_deepgram import PROSE, close_reason
 

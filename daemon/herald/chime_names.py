@@ -9,7 +9,6 @@ file (no symbolic link or `..` may lead out of the directory).
 
 from __future__ import annotations
 
-import os
 from pathlib import PurePath
 
 from herald.logsafe import shown
@@ -79,4 +78,4 @@ def is_wav_name(spec: str) -> bool:
 
 
 def _has_directory(spec: str) -> bool:
-    return "/" in spec or os.sep in spec
+    return "/" in spec

@@ -21,6 +21,7 @@ from herald.announcement import (
     PayloadRejected,
     parse_payload,
 )
+from herald.budget import SlidingBudget
 from herald.events import Event, EventSink, about, event_for
 from herald.journal import QueueJournal
 from herald.logsafe import shown
@@ -32,7 +33,6 @@ from herald.scheduler import (
 )
 from herald.speaker import Speaker
 from herald.text import unspoken_part
-from herald.voice.protocol import SlidingBudget
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from websockets.exceptions import ConnectionClosed
 
 from herald.audio.dsp import Samples
+from herald.budget import SlidingBudget
 from herald.config import DeepgramConfig
 from herald.voice.base import VoiceError
-from herald.voice.protocol import Failure, FailureKind, SlidingBudget, split_text
+from herald.voice.protocol import Failure, FailureKind, split_text
 from herald.voice.socket import LiveSocket, SocketKeeper, SocketSpec
 from herald.voice.streaming import Pcm16Stream, SocketFailed, SocketVoice, cold_check
 
