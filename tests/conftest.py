@@ -35,6 +35,7 @@ UNIT_FILES = {
     "test_chimes.py",
     "test_commands.py",
     "test_config.py",
+    "test_config_reference.py",
     "test_deepgram_protocol.py",
     "test_discovery.py",
     "test_logsafe.py",

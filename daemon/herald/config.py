@@ -54,16 +54,26 @@ def _check_topic_level(value: str) -> str:
 class MqttConfig(_Frozen):
     host: str = Field("localhost", min_length=1, description="MQTT broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="MQTT broker TCP port")
-    base_topic: str = Field("herald", description="first level of every Herald topic")
-    username: str | None = Field(None, description="broker login; password comes from a secret")
+    base_topic: str = Field(
+        "herald",
+        description="first level of every Herald topic: letters, digits, `_`, `-`, `.`",
+    )
+    username: str | None = Field(
+        None,
+        description="broker login, if the broker wants one; for its password see `password_file`",
+    )
     password_file: Path | None = Field(
         None,
-        description="file holding the broker password; else $HERALD_MQTT_PASSWORD, "
-        "else the systemd credential 'mqtt_password'",
+        description="file holding the broker password; else `$HERALD_MQTT_PASSWORD`, "
+        "else the systemd credential `mqtt_password`",
     )
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive interval in seconds")
     reconnect_max_s: int = Field(
-        60, ge=1, le=3600, description="longest wait between reconnect attempts"
+        60,
+        ge=1,
+        le=3600,
+        description="longest wait between reconnect attempts: the wait starts at 1 s and "
+        "doubles up to this",
     )
     max_payload_bytes: int = Field(
         16384, ge=256, le=1_048_576, description="larger announce payloads are rejected"
@@ -73,25 +83,39 @@ class MqttConfig(_Frozen):
         ge=0,
         le=7 * 24 * 3600,
         description="the broker keeps Herald's subscriptions and QoS 1 messages this long "
-        "while Herald is away",
+        "while Herald is away (a restart, a network blip)",
     )
-    tls: bool = Field(False, description="connect with TLS (usually port 8883)")
-    ca_file: Path | None = Field(None, description="CA certificate(s); else the system's")
-    cert_file: Path | None = Field(None, description="client certificate, for mutual TLS")
-    key_file: Path | None = Field(None, description="client certificate's private key")
+    tls: bool = Field(False, description="connect with TLS (usually with `port = 8883`)")
+    ca_file: Path | None = Field(
+        None,
+        description="the CA certificate(s) that signed the broker's, for a private CA (needs "
+        "`tls`); else the system's CAs",
+    )
+    cert_file: Path | None = Field(
+        None, description="a client certificate, for mutual TLS (needs `tls` and `key_file`)"
+    )
+    key_file: Path | None = Field(
+        None, description="the client certificate's private key (goes with `cert_file`)"
+    )
     tls_insecure: bool = Field(
-        False, description="accept a certificate whose host name does not match: only for tests"
+        False,
+        description="accept a broker certificate whose host name does not match (needs "
+        "`tls`): for tests only",
     )
     groups: list[str] = Field(
-        default_factory=list, description="also speak what is sent to <base>/group/<name>/say"
+        default_factory=list,
+        description="also speak what is sent to `<base_topic>/group/<name>/say`, for each name",
     )
     rate_per_minute: int = Field(
         30,
         ge=1,
         le=100_000,
-        description="announcements per minute from one topic; critical ones are never limited",
+        description="announcements a minute from one topic, more are rejected (a flooding "
+        "publisher cannot starve the others); critical ones are never limited",
     )
-    rate_burst: int = Field(10, ge=1, le=100_000, description="how many may come at once")
+    rate_burst: int = Field(
+        10, ge=1, le=100_000, description="how many of `rate_per_minute` may come at once"
+    )
 
     @field_validator("base_topic")
     @classmethod
@@ -115,10 +139,14 @@ class MqttConfig(_Frozen):
 
 
 class HomeAssistantConfig(_Frozen):
-    discovery: bool = Field(True, description="announce Herald's entities to Home Assistant")
+    discovery: bool = Field(
+        True,
+        description="announce Herald to Home Assistant as a device with its entities (MQTT "
+        "discovery: no YAML)",
+    )
     discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
     name: str | None = Field(
-        None, description="device name in Home Assistant (default: Herald <node_id>)"
+        None, description="the device's name in Home Assistant; none: `Herald <node_id>`"
     )
     siren_text: str = Field(
         "Attention! Alert from Home Assistant.",
@@ -133,45 +161,74 @@ class HomeAssistantConfig(_Frozen):
 
 
 class HermesConfig(_Frozen):
-    enabled: bool = Field(False, description="accept Rhasspy's hermes/tts/say")
-    site_id: str | None = Field(None, description="the Hermes siteId to answer (default: node_id)")
+    enabled: bool = Field(
+        False,
+        description="speak what Rhasspy sends to `hermes/tts/say`, and answer with "
+        "`hermes/tts/sayFinished`",
+    )
+    site_id: str | None = Field(None, description="the Hermes `siteId` to answer; none: `node_id`")
 
 
 class EspeakConfig(_Frozen):
-    voice: str = Field("en-us", min_length=1, description="espeak-ng voice (espeak-ng --voices)")
-    speed_wpm: int = Field(165, ge=80, le=450, description="words per minute")
+    voice: str = Field(
+        "en-us", min_length=1, description="espeak-ng voice (`espeak-ng --voices` lists them)"
+    )
+    speed_wpm: int = Field(165, ge=80, le=450, description="words per minute, 80-450")
     pitch: int = Field(50, ge=0, le=99, description="base pitch, 0-99")
 
 
 class DeepgramConfig(_Frozen):
     url: str = Field(
         "wss://api.deepgram.com/v1/speak",
-        description="streaming TTS endpoint; wss://api.eu.deepgram.com/v1/speak for the EU",
+        description="streaming TTS endpoint; `wss://api.eu.deepgram.com/v1/speak` for the EU",
     )
-    model: str = Field("aura-2-thalia-en", min_length=1, description="Aura voice model")
+    model: str = Field(
+        "aura-2-thalia-en", min_length=1, description="any Aura voice, e.g. `aura-2-andromeda-en`"
+    )
     api_key_file: Path | None = Field(
         None,
-        description="file holding the API key; else $DEEPGRAM_API_KEY, "
-        "else the systemd credential 'deepgram_api_key'",
+        description="file holding the API key; else `$DEEPGRAM_API_KEY`, "
+        "else the systemd credential `deepgram_api_key`",
     )
     max_age_s: float = Field(
-        3300, ge=2, le=3540, description="replace the socket at this age (server limit: 3600 s)"
+        3300,
+        ge=2,
+        le=3540,
+        description="replace the socket at this age, 2-3540 (the server closes it at 3600)",
     )
     clear_message: Literal["Clear", "Reset"] = Field(
-        "Clear", description="'Reset' only for servers that follow the older spec"
+        "Clear", description="`Reset` only for servers that follow the older spec"
     )
     chars_per_minute: int = Field(
-        2400, ge=100, le=1_000_000, description="client-side text budget per socket"
+        2400,
+        ge=100,
+        le=1_000_000,
+        description="text budget per socket: Herald waits rather than exceed it",
     )
-    flushes_per_minute: int = Field(20, ge=1, le=1000, description="server's Flush limit")
+    flushes_per_minute: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="the server's `Flush` limit (one `Flush` per announcement)",
+    )
     connect_wait_s: float = Field(
-        2.0, ge=0, le=60, description="longest wait for a socket before the next voice speaks"
+        2.0,
+        ge=0,
+        le=60,
+        description="an announcement waits this long for a socket, then the next voice in "
+        "`voice.engines` speaks it",
     )
     first_audio_timeout_s: float = Field(
-        5.0, gt=0, le=60, description="no audio this long after Flush: the socket is dead"
+        5.0,
+        gt=0,
+        le=60,
+        description="no audio this long after the text (its `Flush`): the socket is replaced",
     )
     clear_timeout_s: float = Field(
-        1.0, gt=0, le=10, description="longest wait for Cleared before the socket is replaced"
+        1.0,
+        gt=0,
+        le=10,
+        description="no `Cleared` this long after `Clear`: the socket is replaced",
     )
 
     @field_validator("url")
@@ -200,62 +257,100 @@ class SlngConfig(_Frozen):
     host: str = Field(
         "api.slng.ai",
         pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$",
-        description="SLNG's host; a regional gateway is '<region>.api.slng.ai', e.g. "
-        "'eu-west.api.slng.ai'",
+        description="SLNG's host; a regional gateway is `<region>.api.slng.ai`, e.g. "
+        "`eu-west.api.slng.ai`",
     )
     route: Literal["bridge", "per-model"] = Field(
         "bridge",
-        description="'bridge': /v1/bridges/unmute/tts/... (SLNG's own protocol, what its client "
-        "plugins use); 'per-model': /v1/tts/...",
+        description="`bridge`: `wss://{host}/v1/bridges/unmute/tts/{provider}/{model}:{variant}` "
+        "(SLNG's own protocol, what its client plugins use); `per-model`: "
+        "`wss://{host}/v1/tts/{provider}/{model}:{variant}`",
     )
     url: str | None = Field(
         None,
-        description="the whole endpoint instead of host and route; {host}, {provider}, {model} "
-        "and {variant} are filled in",
+        description="the whole endpoint instead of `host` and `route`; `{host}`, `{provider}`, "
+        "`{model}` and `{variant}` are filled in",
     )
     provider: str = Field(
-        "deepgram", min_length=1, description="'deepgram' (proxied) or e.g. 'slng/rime' (hosted)"
+        "deepgram",
+        min_length=1,
+        description="a proxied provider (`deepgram`, `elevenlabs`), or `slng/...` for a model "
+        "SLNG hosts, e.g. `slng/rime`",
     )
-    model: str = Field("aura", min_length=1, description="the model, e.g. 'aura', 'arcana'")
-    variant: str = Field("2", description="the model's variant, e.g. '2', '2-en', '3-en'")
+    model: str = Field(
+        "aura",
+        min_length=1,
+        description="the model, e.g. `aura`, or `arcana` with provider `slng/rime`",
+    )
+    variant: str = Field(
+        "2",
+        description="the model's variant, e.g. `2`, `2-en`, `3-en`; `init` names the model "
+        "`model:variant`",
+    )
     voice: str = Field("aura-2-thalia-en", min_length=1, description="the model's voice")
-    language: str | None = Field(None, description="language code, e.g. 'en'; default: model's")
-    speed: float | None = Field(None, gt=0.25, le=4.0, description="speech speed multiplier")
+    language: str | None = Field(
+        None,
+        description="language code, e.g. `en`, where the model has one; none: the model's own",
+    )
+    speed: float | None = Field(
+        None,
+        gt=0.25,
+        le=4.0,
+        description="speech speed multiplier, where the model has one; none: the model's own",
+    )
     sample_rate: int = Field(
-        24000, ge=8000, le=48000, description="the rate asked for; resampled to audio.sample_rate"
+        24000,
+        ge=8000,
+        le=48000,
+        description="the rate asked for; resampled to `audio.sample_rate`",
     )
     api_key_file: Path | None = Field(
         None,
-        description="file holding the API key; else $SLNG_API_KEY, "
-        "else the systemd credential 'slng_api_key'",
+        description="file holding the API key; else `$SLNG_API_KEY`, "
+        "else the systemd credential `slng_api_key`",
     )
     region: str | None = Field(
-        None, description="sent as X-Region-Override, e.g. 'eu-north-1'; default: chosen by SLNG"
+        None,
+        description="sent as `X-Region-Override`, e.g. `eu-north-1`; none: SLNG chooses",
     )
     max_age_s: float = Field(
         1200,
         ge=2,
         le=86400,
-        description="replace the socket at this age (SLNG ends a session at 30 minutes on some "
-        "plans)",
+        description="replace the socket at this age, a new one first (SLNG ends a session at "
+        "30 minutes on some plans)",
     )
     keepalive_s: float = Field(
-        20.0, ge=0, le=600, description="send 'keepalive' after this long idle; 0: never"
+        20.0,
+        ge=0,
+        le=600,
+        description="send `keepalive` after this long idle (never again once the server says "
+        "it does not know it); 0: WebSocket pings alone",
     )
     connect_wait_s: float = Field(
-        2.0, ge=0, le=60, description="longest wait for a socket before the next voice speaks"
+        2.0,
+        ge=0,
+        le=60,
+        description="an announcement waits this long for a socket, then the next voice in "
+        "`voice.engines` speaks it",
     )
     ready_timeout_s: float = Field(
         5.0,
         gt=0,
         le=60,
-        description="no greeting ('ready' or 'Metadata') this long after 'init': a fresh socket",
+        description="no greeting (`ready` or `Metadata`) this long after `init`: a fresh socket",
     )
     first_audio_timeout_s: float = Field(
-        5.0, gt=0, le=60, description="no audio this long after the text: the socket is dead"
+        5.0,
+        gt=0,
+        le=60,
+        description="no audio this long after the text: the socket is replaced",
     )
     clear_timeout_s: float = Field(
-        1.0, gt=0, le=10, description="longest wait for 'cleared' before the socket is replaced"
+        1.0,
+        gt=0,
+        le=10,
+        description="no `cleared` this long after `clear`: the socket is replaced",
     )
 
     @field_validator("url")
@@ -301,43 +396,51 @@ class SlngConfig(_Frozen):
 
 class GatewayConfig(_Frozen):
     url: str = Field(
-        "ws://localhost:8002/api/v1/ws", description="the self-hosted TTS gateway's WebSocket"
+        "ws://localhost:8002/api/v1/ws",
+        description="the self-hosted TTS gateway's WebSocket (no key, no auth)",
     )
     sample_rate: int = Field(
         24000,
         ge=8000,
         le=48000,
         description="the rate the gateway really sends (it cannot be asked): its "
-        "TTS_SAMPLE_RATE, but 16000 whenever its provider is OpenAI",
+        "`TTS_SAMPLE_RATE`, but 16000 whenever its provider is OpenAI. `herald check` says "
+        "when the audio's length suggests another rate",
     )
     max_age_s: float = Field(
         0,
         ge=0,
         le=86400,
         description="replace the socket at this age; 0: never (the gateway has no age limit, "
-        "and each reconnect calls its shared provider's close())",
+        "and each reconnect calls its shared provider's `close()`)",
     )
     connect_wait_s: float = Field(
-        2.0, ge=0, le=60, description="longest wait for a socket before the next voice speaks"
+        2.0,
+        ge=0,
+        le=60,
+        description="an announcement waits this long for a socket, then the next voice in "
+        "`voice.engines` speaks it",
     )
     first_audio_timeout_s: float = Field(
         10.0,
         gt=0,
         le=300,
-        description="no audio and no done this long after the text: the synthesis died (the "
-        "next voice speaks it); OpenAI's first audio comes only once the whole text is done",
+        description="no audio and no `done` this long after the text: the synthesis died and "
+        "the next voice speaks it. Raise it for long texts with OpenAI, whose first audio comes "
+        "only once the whole text is done",
     )
     stall_timeout_s: float = Field(
         5.0,
         gt=0,
         le=120,
-        description="no audio and no done this long after some audio: the synthesis died",
+        description="no audio and no `done` this long after some audio: the synthesis died",
     )
     cancel_wait_s: float = Field(
         0.5,
         gt=0,
         le=10,
-        description="after a cancel, discard audio until done, or until none came this long",
+        description="after a stop (`cancel`), discard audio until `done`, or until none came "
+        "this long",
     )
 
     @field_validator("url")
@@ -347,9 +450,17 @@ class GatewayConfig(_Frozen):
 
 
 class CacheConfig(_Frozen):
-    enabled: bool = Field(True, description="keep the cloud voices' audio of each phrase")
+    enabled: bool = Field(
+        True,
+        description="keep what the cloud voices said in `<state_dir>/cache` and play it again, "
+        'with no network; a payload\'s `"cache": false` skips it',
+    )
     max_mb: float = Field(
-        50, gt=0, le=100_000, description="<state_dir>/cache holds at most this many MB"
+        50,
+        gt=0,
+        le=100_000,
+        description="`<state_dir>/cache` holds at most this many MB; the least recently used "
+        "phrases go first",
     )
 
 
@@ -359,7 +470,8 @@ EngineName = Literal["deepgram", "slng", "gateway", "espeak"]
 class VoiceConfig(_Frozen):
     engines: Annotated[list[EngineName], Field(min_length=1)] = Field(
         default=["espeak"],
-        description="ordered fallback chain of voices",
+        description="the voices to try, in order: `deepgram`, `slng`, `gateway`, `espeak`; the "
+        "first that speaks the text to the end is heard",
     )
     espeak: EspeakConfig = EspeakConfig()
     deepgram: DeepgramConfig = DeepgramConfig()
@@ -377,10 +489,14 @@ class VoiceConfig(_Frozen):
 
 class LevelConfig(_Frozen):
     ttl_s: float = Field(
-        gt=0, le=7 * 24 * 3600, description="unspoken after this long, it expires instead"
+        gt=0,
+        le=7 * 24 * 3600,
+        description="an announcement not spoken this long expires instead (a payload's `ttl` wins)",
     )
     chime: str | Literal[False] = Field(
-        description="a built-in chime, the absolute path of any WAV file, or false"
+        description="the chime before an announcement (a payload's `chime` wins): `soft`, "
+        "`bell`, `alert`, `alarm`, the absolute path of any WAV file (not only in "
+        "`audio.chimes_dir`), or `false`",
     )
 
     @field_validator("chime")
@@ -405,10 +521,15 @@ _CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 class QuietHoursConfig(_Frozen):
     enabled: bool = Field(False, description="hold back less urgent announcements at night")
-    start: str = Field("22:00", description="local time HH:MM")
-    end: str = Field("07:00", description="local time HH:MM; may be earlier than start")
+    start: str = Field("22:00", description="local time, HH:MM")
+    end: str = Field(
+        "07:00",
+        description="local time, HH:MM; may be earlier than `start` (the window spans midnight)",
+    )
     min_priority: str | int = Field(
-        "high", description="at or above this priority announcements still speak"
+        "high",
+        description="at or above this priority announcements still speak; the rest wait for "
+        "the end of quiet hours, or expire",
     )
 
     @field_validator("start", "end")
@@ -429,30 +550,61 @@ class QuietHoursConfig(_Frozen):
 
 class QueueConfig(_Frozen):
     max_length: int = Field(
-        100, ge=1, le=10_000, description="when full, the least urgent oldest one is dropped"
+        100,
+        ge=1,
+        le=10_000,
+        description="announcements waiting at most; when full, the least urgent oldest one is "
+        "dropped",
     )
 
 
 class AudioConfig(_Frozen):
-    device: str = Field("default", min_length=1, description="ALSA PCM name (herald devices)")
-    sample_rate: int = Field(48000, ge=8000, le=192000, description="device rate in Hz")
-    channels: int = Field(1, ge=1, le=8, description="device channels; mono is copied to each")
+    device: str = Field(
+        "default",
+        min_length=1,
+        description="the ALSA PCM to play on (`herald devices` lists them)",
+    )
+    sample_rate: int = Field(
+        48000,
+        ge=8000,
+        le=192000,
+        description="the device's rate in Hz; voices are resampled to it",
+    )
+    channels: int = Field(
+        1, ge=1, le=8, description="device channels; mono speech is copied to each"
+    )
     period_ms: int = Field(20, ge=5, le=200, description="ALSA period: the unit of every write")
-    periods: int = Field(4, ge=2, le=32, description="ALSA buffer size in periods")
-    volume: float = Field(1.0, ge=0.0, le=1.0, description="default software volume")
+    periods: int = Field(
+        4,
+        ge=2,
+        le=32,
+        description="ALSA buffer length in periods; a preemption silences the old voice within "
+        "about one period",
+    )
+    volume: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="default software volume, 0.0-1.0 (a payload's `volume` wins)",
+    )
     critical_min_volume: float = Field(
         0.7, ge=0.0, le=1.0, description="critical announcements are never quieter than this"
     )
     wake_preroll_ms: int = Field(
-        0, ge=0, le=2000, description="silence before the first sound after the output was idle"
+        0,
+        ge=0,
+        le=2000,
+        description="silence before the first sound after the output was idle: 200-500 for "
+        "USB/HDMI amplifiers that clip the first word",
     )
     idle_after_s: float = Field(
         5.0, ge=0, le=3600, description="the output counts as idle after this long without sound"
     )
     chimes_dir: Path = Field(
         Path("/etc/herald/chimes"),
-        description="the WAV files a payload may name as its chime, by file name or absolute "
-        "path; priorities.<level>.chime may name any WAV file",
+        description="the only WAV files a payload may name as its `chime`, by file name "
+        "(`doorbell.wav`) or absolute path: directly in this absolute directory, with no "
+        "symbolic link or `..` leading out of it. `priorities.<level>.chime` may be any WAV file",
     )
 
     @field_validator("chimes_dir")
@@ -469,7 +621,9 @@ class AudioConfig(_Frozen):
 
 class Config(_Frozen):
     node_id: str = Field(
-        default_factory=_default_node_id, description="this speaker's name in MQTT topics"
+        default_factory=_default_node_id,
+        description="this speaker's name in MQTT topics (`herald/<node_id>/say`): letters, "
+        "digits, `_`, `-`, `.`; not `all` or `group`",
     )
     mqtt: MqttConfig = MqttConfig()
     voice: VoiceConfig = VoiceConfig()
@@ -481,7 +635,8 @@ class Config(_Frozen):
     hermes: HermesConfig = HermesConfig()
     state_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("STATE_DIRECTORY", "/var/lib/herald")),
-        description="the queue journal and settings changed at run time live here",
+        description="where the queue journal, the phrase cache and the volume and quiet mode "
+        "set at run time are kept",
     )
 
     @field_validator("node_id")
