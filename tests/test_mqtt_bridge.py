@@ -165,9 +165,12 @@ def test_what_one_bridge_could_not_send_the_next_one_sends_first(broker: Broker)
 
     async def run() -> None:
         away = MqttConfig(host=broker.host, port=free_port(), reconnect_max_s=1)
-        async with MqttBridge(away, f"old-{uuid.uuid4()}", [], lambda _: None) as old:
+        availability = f"{topic}/availability"
+        bridge = MqttBridge(away, f"old-{uuid.uuid4()}", [], lambda _: None, availability)
+        async with bridge as old:
             for n in range(150):
                 old.publish(topic, str(n), on_acknowledged=partial(acknowledged.append, n))
+            old.publish(availability, "offline", retain=True)  # its goodbye stays with it
         leftover = old.leftover()
         assert len(leftover) == 150 and not acknowledged
         here = MqttConfig(host=broker.host, port=broker.port)

@@ -256,10 +256,11 @@ class MqttBridge:
     def leftover(self) -> list[Publish]:
         """After the session: what the broker had not acknowledged, in order, for the next
         bridge to `adopt` (a reload). The broker may have some of it: sent again, a subscriber
-        may see an event twice, never not at all."""
+        may see an event twice, never not at all. Not this session's `offline`: sent after the
+        next session's `online`, it would leave Herald shown as unavailable while it runs."""
         left = [*self._unacknowledged.values(), *self._waiting, *self._waiting_retained.values()]
         self._unacknowledged, self._waiting, self._waiting_retained = {}, deque(), OrderedDict()
-        return left
+        return [message for message in left if message.topic != self._availability]
 
     def adopt(self, publishes: list[Publish]) -> None:
         """Send what an earlier bridge left, before anything of this one's."""
