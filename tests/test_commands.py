@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from herald.commands import SirenCommand, parse_siren, parse_switch, parse_volume
 from herald.controls import SAVE_INTERVAL_S, Controls, ControlsFile
+from herald.statefile import StateFile
 
 
 @pytest.mark.parametrize(
@@ -106,9 +107,9 @@ class CountedControls(Controls):
 
     saves = 0
 
-    def save(self, path: Path) -> None:
+    def save(self, file: StateFile) -> None:
         type(self).saves += 1
-        super().save(path)
+        super().save(file)
 
 
 def test_a_thousand_changes_are_a_few_writes_with_the_latest_values_last(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from herald.statefile import StateFile
+
 log = logging.getLogger(__name__)
 
 SAVE_INTERVAL_S = 1.0
@@ -38,14 +40,8 @@ class Controls:
             log.warning("controls: cannot read %s: %s", path, exc.strerror or exc)
             return cls(default_volume)
 
-    def save(self, path: Path) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fresh = path.with_suffix(".tmp")
-            fresh.write_text(json.dumps(asdict(self)), encoding="utf-8")
-            fresh.replace(path)
-        except OSError as exc:
-            log.warning("controls: cannot save %s: %s", path, exc.strerror or exc)
+    def save(self, file: StateFile) -> None:
+        file.write(asdict(self))
 
 
 class ControlsFile:
@@ -53,7 +49,7 @@ class ControlsFile:
 
     def __init__(self, controls: Controls, path: Path) -> None:
         self._controls = controls
-        self._path = path
+        self._file = StateFile(path, "the volume and quiet mode")
         self._saved_at = float("-inf")
         self._due: asyncio.TimerHandle | None = None
 
@@ -76,4 +72,4 @@ class ControlsFile:
     def _save(self) -> None:
         self._due = None
         self._saved_at = time.monotonic()
-        self._controls.save(self._path)
+        self._controls.save(self._file)

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from herald.statefile import StateFile
+
 if TYPE_CHECKING:
     from herald.controls import Controls
     from herald.dispatcher import Dispatcher
@@ -47,7 +49,7 @@ class StatusBoard:
         self._publish = publish
         self._voice = voices[0].name
         self._degraded = False
-        self._last_path = last_path
+        self._last_file = StateFile(last_path, "the last announcement") if last_path else None
         self._last: dict[str, Any] | None = load_last(last_path)
         self._last_unsaved = False
         self._audio_problem: str | None = None  # why the audio device cannot be used
@@ -102,8 +104,8 @@ class StatusBoard:
     def _send(self) -> None:
         self._scheduled = False
         self._publish(json.dumps(self.snapshot(), ensure_ascii=False, separators=(",", ":")))
-        if self._last_unsaved and self._last is not None:  # one write for a burst of fates
-            save_last(self._last_path, self._last)
+        if self._last_unsaved and self._last is not None and self._last_file is not None:
+            self._last_file.write(self._last)  # one write for a burst of fates
             self._last_unsaved = False
 
 
@@ -122,15 +124,3 @@ def load_last(path: Path | None) -> dict[str, Any] | None:
         log.warning("status: ignoring %s: not a last announcement", path)
         return None
     return last
-
-
-def save_last(path: Path | None, last: dict[str, Any]) -> None:
-    """Keep the last announcement for the next run (replaced whole: a crash leaves the old one)."""
-    if path is None:
-        return
-    try:
-        fresh = path.with_suffix(".tmp")
-        fresh.write_text(json.dumps(last, ensure_ascii=False), encoding="utf-8")
-        fresh.replace(path)
-    except OSError as exc:
-        log.warning("status: cannot keep the last announcement in %s: %s", path, exc)
