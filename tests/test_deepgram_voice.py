@@ -538,6 +538,27 @@ def test_unused_sockets_are_replaced_before_the_server_closes_them(
     assert "KeepAlive" not in sent
 
 
+def test_the_idle_life_is_counted_from_the_clients_last_message_not_the_end_of_the_audio() -> None:
+    # The server's idle timer runs from the last message it got: the Flush, as an announcement
+    # begins. An announcement that plays for most of that time must not teach a lifetime of
+    # what was left after it (that taught 0.5 s here, and a replacement every 0.3 s after).
+    options = FakeDeepgramOptions(idle_timeout_s=2.0, pace=1.0, chunk_ms=20)
+
+    async def scenario() -> float | None:
+        async with FakeDeepgram(options) as server, warm_voice(server) as voice:
+            keeper = voice.keeper
+            assert keeper is not None
+            text = "It plays for about 1.4 s."  # 0.06 s a character
+            async for _ in voice.stream(text):
+                pass
+            await server.wait_until(lambda: server.idle_closes == 1, timeout=4)
+            await asyncio.sleep(0.1)
+            return keeper.idle_life_s
+
+    idle_life = run(scenario())
+    assert idle_life is not None and 1.7 < idle_life < 2.4, idle_life
+
+
 def test_sockets_dropped_at_once_are_failures_not_idle_closes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -23,9 +23,11 @@ from herald.announcement import NO_DEFAULTS
 from herald.config import Config
 from herald.controls import Controls
 from herald.dispatcher import Dispatcher
+from herald.events import Event
 from herald.journal import QueueJournal
 from herald.mqtt import hermes
 from herald.mqtt.client import Inbound, MqttBridge
+from herald.mqtt.hermes import MAX_WAITING, HermesBridge
 from herald.mqtt.topics import Topics
 from herald.node import Node
 from herald.scheduler import Scheduler
@@ -172,3 +174,14 @@ async def deliver(arriving: list[Inbound], state: Path, trace: Trace) -> Broker:
     dispatcher.clear_queue()
     node.close()
     return broker
+
+
+def test_hermes_forgets_the_oldest_says_beyond_its_bound() -> None:
+    # A say whose id no event ever names (too long to be an id: rejected without it) used to
+    # stay in the bridge forever: a flood of them grew memory without bound.
+    bridge = HermesBridge("prop")
+    for n in range(MAX_WAITING + 1):
+        bridge.translate(json.dumps({"text": "x", "id": f"{n:0>200}", "siteId": "prop"}).encode())
+    first, last = f"{0:0>200}", f"{MAX_WAITING:0>200}"
+    assert bridge.finished(Event("finished", first)) is None  # forgotten
+    assert bridge.finished(Event("finished", last)) is not None

@@ -177,3 +177,22 @@ def test_a_journal_that_cannot_be_written_at_start_costs_one_line_not_the_start(
 
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith(f"journal: cannot write {path}")
+
+
+def test_a_journal_that_cannot_be_read_is_set_aside_not_overwritten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A journal Herald cannot read (a permission, a failing SD card) used to be replaced by an
+    # empty one at start: what it held was gone for good. It is kept for a person to look at.
+    path = tmp_path / "queue.journal"
+    path.mkdir()  # reading it fails (root ignores file modes, so a directory stands in)
+    (path / "what-it-held").write_text("still here")
+
+    journal = QueueJournal(path)
+    assert journal.load() == []
+    journal.add(Announcement("new", "A fresh start."))
+
+    assert (tmp_path / "queue.unreadable" / "what-it-held").read_text() == "still here"
+    assert after_restart(path) == (["new"], [])
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith(f"journal: cannot read {path}") and "queue.unreadable" in error

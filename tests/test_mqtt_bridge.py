@@ -192,3 +192,28 @@ def test_what_one_bridge_could_not_send_the_next_one_sends_first(broker: Broker)
         assert acknowledged == list(range(150))
     finally:
         heard.close()
+
+
+def test_a_message_far_over_the_payload_limit_is_never_sent_to_herald(broker: Broker) -> None:
+    # paho reads a whole packet into memory first: a 100 MB payload would cost the daemon its
+    # memory limit (and, unacknowledged, come back at every restart). The broker drops it.
+    topic = f"big/{uuid.uuid4().hex}"
+    received: list[int] = []
+
+    async def run() -> None:
+        config = MqttConfig(host=broker.host, port=broker.port, max_payload_bytes=16384)
+        handle = lambda message: received.append(len(message.payload))  # noqa: E731
+        async with MqttBridge(config, f"big-{uuid.uuid4()}", [topic], handle) as bridge:
+            assert await bridge.wait_connected(10)
+            sender = MqttProbe(broker)
+            sender.publish(topic, b"x" * (3 * 1024 * 1024))  # over the packet limit
+            sender.publish(topic, b"y" * 20000)  # over the payload limit: still delivered
+            sender.publish(topic, b"small")
+            sender.close()
+            for _ in range(100):
+                if 5 in received:
+                    break
+                await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert received == [20000, 5]

@@ -60,13 +60,30 @@ class QueueJournal:
                 for number, line in enumerate(f, 1):
                     self._replay_line(line, number)
         except OSError as exc:
-            log.error("journal: cannot read %s (%s)", self.path, exc.strerror or exc)
+            self._set_aside(exc)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rewrite()
         except OSError as exc:
             self._failed(exc)
         return list(self._pending.values())
+
+    def _set_aside(self, exc: OSError) -> None:
+        """A journal that cannot be read (a permission, a failing card) is kept for a person,
+        under another name, rather than replaced by the fresh one."""
+        aside = self.path.with_suffix(".unreadable")
+        try:
+            self.path.replace(aside)
+            kept = f"kept as {aside}"
+        except OSError:
+            kept = "left as it is"
+        log.error(
+            "journal: cannot read %s (%s); %s, and a fresh journal started: what it held is not "
+            "spoken again",
+            self.path,
+            exc.strerror or exc,
+            kept,
+        )
 
     def unreported(self) -> list[tuple[str, str]]:
         """(id, final event) of each fate the broker has not acknowledged yet, oldest first."""

@@ -6,8 +6,9 @@ same pipe every `call_soon_threadsafe` writes a byte to. A burst of work from ot
 when trying to write to the signal wakeup fd: BlockingIOError") and the signal is lost: the
 daemon ran on for minutes after SIGTERM, until systemd killed it.
 
-Here the signals have a socket pair of their own, which nothing else writes to, and the Python
-handler also notes each signal itself: a signal is acted on even if its byte were lost.
+Here the signals have a socket pair of their own, which nothing else writes to (it would take
+some two hundred unread signals to fill it); the Python handler also notes each signal, and the
+reader acts on what was noted as well as on the bytes it reads.
 """
 
 from __future__ import annotations

@@ -25,8 +25,11 @@ Flow control, both ways, so that no flood costs an event or starves the event lo
   carries signals in asyncio's design; a pipe full of them is how a SIGTERM got lost.) The
   loop takes at most INBOX_SLICE messages a turn, so timers (the watchdog) run in between.
 - QoS 0 messages have no flow control: the broker sends them as fast as they come. Beyond
-  INBOX_MAX_MESSAGES or INBOX_MAX_BYTES waiting, more are dropped, and a warning says how many
-  (QoS 1 messages are never dropped: the Receive Maximum bounds them).
+  INBOX_MAX_MESSAGES or INBOX_MAX_BYTES waiting to be handled, or BACKLOG_MAX publishes
+  waiting to go out, more are dropped, and a warning says how many (QoS 1 messages are never
+  dropped: the Receive Maximum bounds them).
+- Packets larger than MAX_PACKET_BYTES beyond mqtt.max_payload_bytes are not sent to Herald at
+  all (MQTT 5's Maximum Packet Size): the broker drops them.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from herald.config import ConfigError, MqttConfig, read_secret
+from herald.logsafe import shown
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,9 @@ MAX_IN_FLIGHT = 100  # unacknowledged QoS 1 publishes handed to paho (and on the
 # Unacknowledged QoS 1 messages the broker may send Herald at once (MQTT 5's Receive Maximum;
 # without it a broker may send 65,535). Holding acknowledgements back holds the broker back.
 RECEIVE_MAXIMUM = 50
+# The largest packet Herald takes, beyond mqtt.max_payload_bytes: room for a payload somewhat
+# over the limit to be refused with a reason (an event) rather than dropped at the broker.
+MAX_PACKET_BYTES = 1024 * 1024
 # paho's own limit, never reached: Herald hands it at most MAX_IN_FLIGHT plus a few QoS 0 ones.
 MAX_QUEUED_PUBLISHES = 10 * MAX_IN_FLIGHT
 # Publishes waiting here beyond which incoming messages are not acknowledged (so the broker
@@ -73,6 +80,9 @@ MAX_QUEUED_PUBLISHES = 10 * MAX_IN_FLIGHT
 # or two; the broker's in-flight window bounds what arrives meanwhile.
 BACKLOG_HIGH = 1_000
 BACKLOG_LOW = 200
+# Publishes waiting beyond which QoS 0 messages are dropped too (each brings an event, and QoS 0
+# cannot be held back at the broker): about 6 MB of events.
+BACKLOG_MAX = 20_000
 FLUSH_TIMEOUT_S = 2.0  # how long a disconnect waits for the broker to acknowledge the last events
 INBOX_SLICE = 100  # messages handled per turn of the event loop
 INBOX_MAX_MESSAGES = 10_000  # waiting in the inbox, beyond which QoS 0 messages are dropped
@@ -175,6 +185,9 @@ class MqttBridge:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._cfg.session_expiry_s if self._persistent else 0
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        # paho reads a whole packet into memory before anyone can look at its size: the broker
+        # drops what is larger instead of sending it (a 100 MB payload would cost the daemon).
+        properties.MaximumPacketSize = MAX_PACKET_BYTES + self._cfg.max_payload_bytes
         self._client.connect_async(
             self._cfg.host,
             self._cfg.port,
@@ -191,8 +204,8 @@ class MqttBridge:
         # the last messages (the final events of a shutdown) that it has not read yet.
         self.stop_receiving()
         if self.connected:
-            if self._availability is not None:
-                self.publish(self._availability, "offline", retain=True)
+            if self._availability is not None:  # ahead of what waits: it must not be left out
+                self._hand_to_paho(Publish(self._availability, "offline", 1, True, None))
             await self._acknowledged(within_s=FLUSH_TIMEOUT_S)
         self._client.disconnect()
         # loop_stop joins paho's thread, which finishes its last socket work first.
@@ -370,7 +383,7 @@ class MqttBridge:
         # and thousands of QoS 0 messages may wait here while the loop is busy.
         inbound = Inbound(msg.topic, bytes(msg.payload), bool(msg.dup), bool(msg.retain))
         with self._inbox_lock:
-            if msg.qos == 0 and self._inbox_full():
+            if msg.qos == 0 and (self._inbox_full() or self.backlog > BACKLOG_MAX):
                 self._inbox_dropped += 1
                 return
             self._inbox.append((inbound, msg.mid, msg.qos))
@@ -400,7 +413,11 @@ class MqttBridge:
         if self._drops_unreported:
             self._report_drops(final=not more)
         for inbound, mid, qos in batch:
-            self._deliver(inbound, mid, qos)
+            try:
+                self._deliver(inbound, mid, qos)
+            except Exception as exc:  # (acknowledged all the same): the rest of the batch goes on
+                where = shown(inbound.topic)
+                log.error("mqtt: a message on %s could not be handled: %s", where, shown(repr(exc)))
 
     def _report_drops(self, final: bool) -> None:
         """One warning every DROP_REPORT_S at most while a flood lasts, and one at its end."""
@@ -430,7 +447,7 @@ class MqttBridge:
         due, self._acks_due = self._acks_due, []
         if self._before_ack is not None:
             self._before_ack()
-        if self.backlog > BACKLOG_HIGH:
+        if self.backlog > BACKLOG_HIGH or self._acks_held:  # (acknowledged in arrival order)
             if not self._acks_held:
                 log.warning(
                     "mqtt: %d events wait for the broker; taking no more messages until it "

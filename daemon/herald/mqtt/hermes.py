@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from herald.announcement import new_id
@@ -20,12 +21,15 @@ log = logging.getLogger(__name__)
 SAY = "hermes/tts/say"
 SAY_FINISHED = "hermes/tts/sayFinished"
 _ENDINGS = frozenset({"finished", "failed", "expired", "dropped", "rejected"})
+MAX_WAITING = 1000  # says awaiting their sayFinished; far more than a queue holds
 
 
 class HermesBridge:
     def __init__(self, site_id: str) -> None:
         self.site_id = site_id
-        self._waiting: dict[str, str] = {}  # announcement id -> the siteId to answer
+        # Announcement id -> the siteId to answer; the oldest forgotten beyond MAX_WAITING (an
+        # id that no event ever names, e.g. one too long to be an id, must not stay forever).
+        self._waiting: OrderedDict[str, str] = OrderedDict()
 
     def translate(self, payload: bytes) -> bytes | None:
         """The Herald payload for a Hermes `say`; None when it is meant for another site.
@@ -48,13 +52,16 @@ class HermesBridge:
         if isinstance(volume := data.get("volume"), int | float):
             translated["volume"] = max(0.0, min(float(volume), 1.0))
         self._waiting[ident] = site
+        while len(self._waiting) > MAX_WAITING:
+            self._waiting.popitem(last=False)
         return json.dumps(translated).encode()
 
     def finished(self, event: Event) -> tuple[str, str] | None:
         """The sayFinished message due for this event, if it ends a Hermes announcement."""
-        if event.kind not in _ENDINGS or event.announcement_id not in self._waiting:
+        ident = event.announcement_id
+        if event.kind not in _ENDINGS or ident is None or ident not in self._waiting:
             return None
         if event.kind == "preempted" and event.details.get("requeued"):
             return None
-        site = self._waiting.pop(event.announcement_id)
+        site = self._waiting.pop(ident)
         return SAY_FINISHED, json.dumps({"id": event.announcement_id, "siteId": site})

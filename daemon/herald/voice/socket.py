@@ -45,7 +45,7 @@ PERSON_NEEDED_RETRY_S = 300.0  # a wrong key or setting will not fix itself: try
 # the backoff starts over (a fresh incident, not one more failure in a row).
 STABLE_AFTER_S = 30.0
 NORMAL_CLOSE = 1000
-# An "idle" close of a socket unused for less than this is no idle timeout but a server that
+# An "idle" close less than this after the client last spoke is no idle timeout but a server that
 # drops every socket: it is a failure (backoff), so Herald never reconnects in a tight loop.
 IDLE_CLOSE_MIN_S = 1.0
 # Once the idle lifetime is known, an unused socket is replaced this much before it: a fifth of
@@ -306,20 +306,24 @@ class SocketKeeper:
         now = self._clock()
         unused = self._idle.is_set()  # no announcement holds it
         unused_for = now - self._idle_since if unused else 0.0
+        # The server's idle timer runs from the client's last message, which went out when the
+        # last announcement began, not when it ended: learn from then, or a long announcement
+        # would teach a lifetime of a second or two (and a replacement every second after).
+        silent_for = now - self._quiet_since if unused else 0.0
         idle_close = failure.kind is FailureKind.IDLE or (
             self.spec.idle_normal_close and code == NORMAL_CLOSE and unused
         )
-        if idle_close and (not unused or unused_for >= IDLE_CLOSE_MIN_S):
+        if idle_close and (not unused or silent_for >= IDLE_CLOSE_MIN_S):
             # The server accepted the socket and kept it until nobody used it: no failure, and
             # no backoff before the next one. (A close during an announcement replays it.)
             self._backoff.reset()
             if unused and failure.kind is FailureKind.IDLE:
-                self._learn_idle_life(unused_for)
+                self._learn_idle_life(silent_for)
             elif unused and self._normal_idle_s is None:
-                self._normal_idle_s = unused_for
+                self._normal_idle_s = silent_for
             elif unused and self._normal_idle_s is not None:
-                self._learn_idle_life(max(self._normal_idle_s, unused_for))
-                self._normal_idle_s = unused_for
+                self._learn_idle_life(max(self._normal_idle_s, silent_for))
+                self._normal_idle_s = silent_for
             log.info(
                 "%s: socket #%d closed for idleness %s (%s); opening another now",
                 self.spec.name,
@@ -355,8 +359,7 @@ class SocketKeeper:
         """Return once the socket has gone unused so long that the server may soon close it.
 
         Counted from the start of the last announcement (the client's last message to the
-        server went out during it), while the idle life was learned from its end: both err
-        towards replacing the socket early."""
+        server went out then), as the idle life was learned."""
         while True:
             wait = self._quiet_since + self._replace_unused_after() - self._clock()
             if wait > 0:
