@@ -32,6 +32,7 @@ from herald.chime_names import BUILTIN_CHIMES, payload_chime, validate_chime_spe
 from herald.config import AudioConfig, Config, LevelConfig, PrioritiesConfig
 from herald.logsafe import shown
 from herald.speaker import Speaker
+from tests.test_voice_and_speaker import StubVoice
 
 FULL = 32767
 RATES = (16000, 44100, 48000)
@@ -421,25 +422,13 @@ def test_the_daemon_tells_the_parser_its_chimes_directory(tmp_path: Path) -> Non
 RATE = 16000
 
 
-class SilentVoice:
+class SilentVoice(StubVoice):
     """A voice that says every text as 0.1 s of silence."""
 
     name = "silent"
 
     async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
         yield np.zeros(RATE // 10, dtype=np.int16)
-
-    async def run(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return self.name
-
-    async def check(self) -> str:
-        return self.name
-
-    async def aclose(self) -> None:
-        pass
 
 
 def daemon_config(chimes_dir: Path, normal_chime: str | bool = "soft") -> Config:

@@ -77,7 +77,25 @@ def test_stopping_a_stream_early_leaves_no_process_behind() -> None:
     assert "espeak-ng" not in after
 
 
-class BrokenVoice:
+class StubVoice:
+    """What a test voice needs besides `stream`: no upkeep, nothing to close, a name."""
+
+    name = "stub"
+
+    async def run(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.name
+
+    async def check(self) -> str:
+        return self.name
+
+    async def aclose(self) -> None:
+        pass
+
+
+class BrokenVoice(StubVoice):
     """A voice that fails before any audio, like a cloud voice whose server is unreachable."""
 
     name = "broken"
@@ -87,17 +105,8 @@ class BrokenVoice:
             raise VoiceError("server unreachable")
         yield np.zeros(0, np.int16)
 
-    async def run(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return self.name
-
     async def check(self) -> str:
         raise VoiceError("server unreachable")
-
-    async def aclose(self) -> None:
-        pass
 
 
 def speak_with(voices: list[Voice], tmp_path: Path) -> tuple[bool, list[Event], WavFileOutput]:
@@ -130,7 +139,7 @@ def test_when_no_voice_can_speak_the_announcement_fails_with_every_reason(tmp_pa
     ]
 
 
-class ToneVoice:
+class ToneVoice(StubVoice):
     """A voice that says every text as one second of a 440 Hz tone."""
 
     name = "tone"
@@ -138,18 +147,6 @@ class ToneVoice:
     async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
         t = np.arange(16000) / 16000
         yield (np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16)
-
-    async def run(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return self.name
-
-    async def check(self) -> str:
-        return "tone"
-
-    async def aclose(self) -> None:
-        pass
 
 
 def spoken_by_tone(tmp_path: Path, delivery: Delivery, announcement: Announcement) -> np.ndarray:
@@ -191,7 +188,7 @@ def test_the_chime_comes_first_and_the_voice_follows_without_a_gap(tmp_path: Pat
     assert len(played) == 800 + 16000 + 9600 + 16000  # chime once, a 600 ms pause, twice
 
 
-class GushingVoice:
+class GushingVoice(StubVoice):
     """A voice far quicker than real time: a long text's audio comes as fast as it is taken."""
 
     name = "gush"
@@ -204,18 +201,6 @@ class GushingVoice:
             self.produced_s += 1.0
             yield np.full(16000, 100, dtype=np.int16)
             await asyncio.sleep(0)
-
-    async def run(self) -> None:
-        pass
-
-    def describe(self) -> str:
-        return self.name
-
-    async def check(self) -> str:
-        return self.name
-
-    async def aclose(self) -> None:
-        pass
 
 
 class SlowChimeOutput:
