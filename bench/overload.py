@@ -559,6 +559,16 @@ def payloads(ids: Sequence[str], ttl_s: float, **fixed: Any) -> Iterator[str]:
         yield json.dumps({"text": f"Message {ident}.", "id": ident, "ttl": ttl_s, **fixed})
 
 
+def burst_then_signal(
+    r: Rig, ids: Sequence[str], options: Options, signum: signal.Signals
+) -> tuple[float, float]:
+    """Publish the burst, and send `signum` `signal_after_s` after the broker has the last of
+    it; when the broker had it, and when the signal was sent."""
+    published = r.publisher.burst(r.say_topic, payloads(ids, options.ttl_s))
+    time.sleep(max(0.0, published + options.signal_after_s - time.monotonic()))
+    return published, r.signal(signum)
+
+
 def burst_then_sigterm(ws: Workspace, options: Options) -> Scenario:
     """(b) A burst, SIGTERM `signal_after_s` after it is at the broker: the time to the
     "stopping" line and to the exit. Then a restart (same journal, same broker session)
@@ -569,9 +579,7 @@ def burst_then_sigterm(ws: Workspace, options: Options) -> Scenario:
     scenario.signal = "SIGTERM"
     ids = burst_ids("t", options.burst)
     with rig(ws, name, options) as r:
-        published = r.publisher.burst(r.say_topic, payloads(ids, options.ttl_s))
-        time.sleep(max(0.0, published + after - time.monotonic()))
-        sent = r.signal(signal.SIGTERM)
+        _, sent = burst_then_signal(r, ids, options, signal.SIGTERM)
         r.watchdog(scenario, sent)
         scenario.exit_s = wait_exit(r.herald, sent)
         r.memory(scenario)
@@ -596,9 +604,7 @@ def burst_then_sighup(ws: Workspace, options: Options) -> Scenario:
     scenario.signal = "SIGHUP"
     ids = burst_ids("h", options.burst)
     with rig(ws, name, options) as r:
-        published = r.publisher.burst(r.say_topic, payloads(ids, options.ttl_s))
-        time.sleep(max(0.0, published + after - time.monotonic()))
-        sent = r.signal(signal.SIGHUP)
+        published, sent = burst_then_signal(r, ids, options, signal.SIGHUP)
         reloaded = wait_logged(r.herald, ["configuration reloaded", "reload refused"], sent, 30)
         scenario.noticed_s = acted_on(r, sent, "herald: reloading the configuration", "RELOADING")
         if reloaded is None:

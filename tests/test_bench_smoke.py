@@ -52,6 +52,7 @@ def test_the_benchmark_in_smoke_mode_writes_every_part_and_a_plot(tmp_path: Path
         r"\| [1-9]\d* \| \d+\.\d \|", cached
     )
     assert re.search(r"waited for a handshake\*\* \| \*\*\d+\*\*", section(results, PARTS[2]))
+    assert "the scenario broke" not in results  # each overload scenario ran to its figures
 
     png = tmp_path / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
