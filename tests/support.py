@@ -186,17 +186,27 @@ def is_final(event: dict[str, Any]) -> bool:
     )
 
 
-def fates(events: Events) -> dict[str, list[str]]:
-    """Each announcement id and the final events it got, in order.
+def distinct(events: Events) -> Events:
+    """The events without the copies MQTT's at-least-once delivery adds.
 
-    A final event the broker had not acknowledged when Herald crashed is sent again at the next
-    start, `ts` and all: that copy is the same event, not a second fate, and is counted once.
+    An event the broker had not acknowledged when the connection dropped (or Herald crashed) is
+    sent again, `ts` and all: that copy is the same event, and is kept once.
     """
-    found: dict[str, list[str]] = {}
-    seen: set[tuple[str, str, float]] = set()
+    seen: set[tuple[Any, str, Any]] = set()
+    kept: Events = []
     for event in events:
-        if is_final(event) and (key := (event["id"], event["event"], event["ts"])) not in seen:
+        key = (event.get("id"), event["event"], event.get("ts"))
+        if key not in seen:
             seen.add(key)
+            kept.append(event)
+    return kept
+
+
+def fates(events: Events) -> dict[str, list[str]]:
+    """Each announcement id and the final events it got, in order (each event counted once)."""
+    found: dict[str, list[str]] = {}
+    for event in distinct(events):
+        if is_final(event):
             found.setdefault(event["id"], []).append(event["event"])
     return found
 

@@ -8,7 +8,7 @@ import time
 
 from herald.announcement import NO_DEFAULTS, parse_payload
 from herald.config import EspeakConfig
-from herald.dispatcher import Dispatcher
+from herald.dispatcher import Dispatcher, RecentlyTaken
 from herald.events import Event
 from herald.scheduler import Scheduler
 from herald.speaker import Delivery, Speaker
@@ -73,6 +73,43 @@ def test_a_redelivery_of_what_the_journal_restored_is_not_spoken_again() -> None
         "started",
         "finished",
     ]
+
+
+def test_a_redelivery_after_a_lost_connection_is_not_spoken_again() -> None:
+    """The connection drops before the broker hears Herald's acknowledgement; by the time the
+    broker sends the message again (DUP) Herald has spoken it. The copy is not spoken twice."""
+    payload = json.dumps({"id": "once", "text": "Only once.", "chime": False}).encode()
+
+    async def scenario() -> list[Event]:
+        events = Recorder()
+        voices = [EspeakVoice(EspeakConfig(), RATE)]
+        speaker = Speaker(voices, RecordingSink(), events.append, Delivery(RATE))
+        dispatcher = Dispatcher(speaker, Scheduler(), events.append, NO_DEFAULTS, 16384)
+        speaking = asyncio.create_task(dispatcher.speak_queue())
+        async with asyncio.timeout(20):
+            assert dispatcher.accept(payload, "t") is not None
+            await events.until("finished")
+            while dispatcher.current is not None:  # its event goes out before it is let go
+                await asyncio.sleep(0.01)
+            assert dispatcher.accept(payload, "t", redelivered=True) is None
+            changed = json.dumps({"id": "once", "text": "Other words.", "chime": False}).encode()
+            assert dispatcher.accept(changed, "t", redelivered=True) is not None
+        speaking.cancel()
+        return events.seen
+
+    kinds = [e.kind for e in asyncio.run(scenario()) if e.announcement_id == "once"]
+    assert kinds[:4] == ["queued", "started", "finished", "queued"], kinds
+
+
+def test_the_memory_of_taken_announcements_is_bounded() -> None:
+    taken = RecentlyTaken(3)
+    made = [
+        parse_payload(json.dumps({"id": f"a{n}", "text": "Hi."}).encode(), 999, 0, NO_DEFAULTS)
+        for n in range(5)
+    ]
+    for announcement in made:
+        taken.add(announcement)
+    assert [taken.has(a) for a in made] == [False, False, True, True, True]
 
 
 class Recorder:

@@ -10,8 +10,10 @@ in the journal when it publishes that event), so a crash or a restart loses noth
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from herald.announcement import (
@@ -35,6 +37,34 @@ from herald.speaker import Speaker
 from herald.text import unspoken_part
 
 log = logging.getLogger(__name__)
+
+# How many announcements the dispatcher remembers (by id and a digest of their words) to tell a
+# broker's redelivery from a new message. A redelivery follows a dropped connection within
+# seconds; a thousand covers any queue Herald keeps (its longest is `queue.max_length`).
+REMEMBERED_IDS = 1000
+
+
+class RecentlyTaken:
+    """The last `size` announcements taken, by id, each as a digest of its words and priority."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._digests: OrderedDict[str, bytes] = OrderedDict()
+
+    @staticmethod
+    def _digest(announcement: Announcement) -> bytes:
+        words = f"{announcement.priority}:{announcement.text}".encode()
+        return hashlib.blake2b(words, digest_size=16).digest()
+
+    def add(self, announcement: Announcement) -> None:
+        self._digests[announcement.id] = self._digest(announcement)
+        self._digests.move_to_end(announcement.id)
+        while len(self._digests) > self._size:
+            self._digests.popitem(last=False)
+
+    def has(self, announcement: Announcement) -> bool:
+        """Taken lately: the same id with the same words and priority."""
+        return self._digests.get(announcement.id) == self._digest(announcement)
 
 
 class Dispatcher:
@@ -60,10 +90,10 @@ class Dispatcher:
         self._journal = journal
         self._rate = rate  # (per minute, burst) per source
         self._budgets: dict[str, SlidingBudget] = {}
-        # What the journal gave back at start: (text, priority) by id. The broker sends again
-        # what it had not heard acknowledged when Herald stopped, and that may be one of these,
-        # already spoken or expired by the time it arrives.
-        self._restored: dict[str, tuple[str, int]] = {}
+        # What was taken lately (and what the journal gave back at start), by id. The broker
+        # sends again (DUP) what it had not heard acknowledged when the connection dropped or
+        # Herald stopped, and that may be one of these, spoken or expired by the time it arrives.
+        self._taken = RecentlyTaken(REMEMBERED_IDS)
         self._changed = asyncio.Event()
         self._speaking: asyncio.Task[bool] | None = None
         self._preempted_by: str | None = None
@@ -121,11 +151,11 @@ class Dispatcher:
             log.warning("rejected announcement %s: %s", ident, shown(exc.reason, 200))
             self._emit(Event("rejected", exc.announcement_id, details={"reason": exc.reason}))
             return None
-        if self._already_have(announcement) or (redelivered and self._restored_one(announcement)):
-            # MQTT delivers at least once: after a crash between the journal and the ack, the
-            # broker sends again what the journal already restored. Same id, same words: the
-            # same announcement, which has its events already (queued, or spoken by now).
-            log.info("%s arrived again (a redelivery): the journal had it", announcement.id)
+        if self._already_have(announcement) or (redelivered and self._taken.has(announcement)):
+            # MQTT delivers at least once: after a crash or a lost connection between the
+            # journal and the ack, the broker sends again what Herald already took. Same id,
+            # same words: the same announcement, which has its events already.
+            log.info("%s arrived again (a redelivery): Herald had it", announcement.id)
             return None
         if self._over_rate(announcement, source, now):
             reason = (
@@ -143,9 +173,6 @@ class Dispatcher:
             announcement.priority,
         )
 
-    def _restored_one(self, announcement: Announcement) -> bool:
-        return self._restored.get(announcement.id) == (announcement.text, announcement.priority)
-
     def _over_rate(self, announcement: Announcement, source: str, now: float) -> bool:
         """A flooding publisher cannot starve the others; critical ones always get through."""
         if self._rate is None or announcement.priority >= PRIORITY_LEVELS["critical"]:
@@ -161,12 +188,12 @@ class Dispatcher:
         """Offer again what the journal kept from the last run (expired ones get their event)."""
         for announcement in announcements:
             log.info("replaying %s from the journal", announcement.id)
-            self._restored[announcement.id] = (announcement.text, announcement.priority)
             self._offer(announcement, restoring=True)
 
     def _offer(self, announcement: Announcement, restoring: bool = False) -> None:
         # Schedule (and so preempt) first; the journal's disk write comes after, off the
         # critical path; the broker is acknowledged only once this returns.
+        self._taken.add(announcement)
         self._publish(self._scheduler.offer(announcement, self._clock(), restoring))
         self._changed.set()
 
