@@ -15,6 +15,7 @@ umask 022 # the venv and config must be readable by the herald user
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 
 BASE_PACKAGES=(python3-venv python3-dev gcc libasound2-dev espeak-ng alsa-utils
+    libebur128-1 # the loudness meter (herald/audio/meter.py)
     procps) # /bin/kill, the unit's ExecReload
 BROKER_PACKAGES=(mosquitto mosquitto-clients)
 DEV_PACKAGES=("${BASE_PACKAGES[@]}" "${BROKER_PACKAGES[@]}"

@@ -36,6 +36,7 @@ UNIT_FILES = {
     "test_commands.py",
     "test_config.py",
     "test_config_reference.py",
+    "test_loudness.py",
     "test_deepgram_protocol.py",
     "test_discovery.py",
     "test_logsafe.py",
@@ -136,15 +137,25 @@ def make_daemon(
     started: list[DaemonProcess] = []
 
     def make(
-        broker: Broker, extra: str = "", device: str | None = None, mqtt: str = ""
+        broker: Broker,
+        extra: str = "",
+        device: str | None = None,
+        mqtt: str = "",
+        as_sent: bool = False,
     ) -> DaemonProcess:
-        """A daemon for this test's node; `mqtt`: more lines for its [mqtt] section."""
+        """A daemon for this test's node; `mqtt`: more lines for its [mqtt] section.
+
+        `as_sent`: every sample plays as the voice or chime made it (no loudness levelling,
+        no tail), for the tests that follow the fakes' audio sample by sample.
+        """
+        sound = "loudness_lufs = 0\ntail_ms = 0\n" if as_sent else ""
         config = write_config(
             tmp_path / f"herald-{len(started)}.toml",
             f'node_id = "{node_id}"\nstate_dir = "{tmp_path / "state"}"\n'
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_max_s = 1\n'
             + mqtt
             + f'[audio]\ndevice = "{device or capture.device}"\nchimes_dir = "{tmp_path}"\n'
+            + sound
             + extra,
         )
         daemon = DaemonProcess(config, daemon_env(alsa_config_home))

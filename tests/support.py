@@ -394,6 +394,20 @@ def espeak_reference(text: str, rate: int = RATE, voice: str = "en-us", speed: i
     return soxr.resample(samples, source_rate, rate, "HQ").astype(np.int16)
 
 
+def heard_chime(name: str, rate: int = RATE) -> npt.NDArray[np.int16]:
+    """A built-in chime as the shipped configuration plays it: at -18 LUFS, its peaks limited.
+
+    All but its last few milliseconds, which the limiter still holds when the voice begins
+    (they come out in the same place, before the first words); its whole length is
+    `len(load_chime(name, rate))`.
+    """
+    from herald.audio.chimes import load_chime
+    from herald.audio.loudness import Levelling, Loudness, Target, VoiceLevels
+
+    levelling = Levelling(Loudness(Target(), VoiceLevels(None), {}), rate)
+    return levelling.whole(load_chime(name, rate))
+
+
 def contains_speech(samples: npt.NDArray[np.int16], rate: int = RATE) -> bool:
     """Speech: loud enough, at least 0.3 s long, with both voiced stretches and pauses."""
     if len(samples) < 0.3 * rate:

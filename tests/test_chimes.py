@@ -27,6 +27,7 @@ from herald.app import announcement_defaults, build_delivery, chime_resolver
 from herald.audio import chimes
 from herald.audio.chimes import MAX_FILE_BYTES, ChimeError, load_chime
 from herald.audio.dsp import Samples, apply_gain, fade_out, ms_to_frames
+from herald.audio.meter import measure
 from herald.audio.wav import WavFileOutput
 from herald.chime_names import BUILTIN_CHIMES, payload_chime, validate_chime_spec
 from herald.config import AudioConfig, Config, LevelConfig, PrioritiesConfig
@@ -431,10 +432,14 @@ class SilentVoice(StubVoice):
         yield np.zeros(RATE // 10, dtype=np.int16)
 
 
-def daemon_config(chimes_dir: Path, normal_chime: str | bool = "soft") -> Config:
+def daemon_config(
+    chimes_dir: Path, normal_chime: str | bool = "soft", as_recorded: bool = False
+) -> Config:
+    """`as_recorded`: no loudness levelling and no tail, so the file's samples play unchanged."""
     normal = LevelConfig(ttl_s=900, chime=normal_chime)
+    sound = {"loudness_lufs": 0.0, "tail_ms": 0} if as_recorded else {}
     return Config(
-        audio=AudioConfig(sample_rate=RATE, chimes_dir=chimes_dir),
+        audio=AudioConfig(sample_rate=RATE, chimes_dir=chimes_dir, **sound),
         priorities=PrioritiesConfig(normal=normal),
     )
 
@@ -481,13 +486,33 @@ def test_a_wav_file_in_the_chimes_directory_plays_before_the_words(
 ) -> None:
     tone = sine(0.25, RATE, hz=880)
     path = write_wav(chimes_dir / "doorbell.wav", tone, 2, RATE)
-    config = daemon_config(chimes_dir)
+    config = daemon_config(chimes_dir, as_recorded=True)
     announcement = announced(config, "doorbell.wav" if by == "file name" else str(path))
 
     heard = played(config, announcement, tmp_path / "out.wav")
 
     assert np.array_equal(heard[: len(tone)], tone)
     assert len(heard) == len(tone) + RATE // 10 and not heard[len(tone) :].any()
+
+
+@pytest.mark.parametrize("level", [0.02, 0.9])
+def test_a_wav_chime_is_heard_at_the_target_loudness_whatever_its_own(
+    chimes_dir: Path, tmp_path: Path, level: float
+) -> None:
+    """A whisper of a file and a blaring one both play at `audio.loudness_lufs` (-18), measured
+    over the chime's own samples, and a tail of silence follows the last sound."""
+    tone = sine(1.0, RATE, hz=660, level=level)
+    write_wav(chimes_dir / "doorbell.wav", tone, 2, RATE)
+    config = daemon_config(chimes_dir)
+    assert measure(tone, RATE).lufs != pytest.approx(-18.0, abs=3)  # far from it, to begin with
+
+    heard = played(config, announced(config, "doorbell.wav"), tmp_path / "out.wav")
+
+    chime = heard[: len(tone)]
+    assert measure(chime, RATE).lufs == pytest.approx(-18.0, abs=0.5)
+    assert (measure(chime, RATE).true_peak_dbtp or 0) <= -1.0
+    tail = RATE * config.audio.tail_ms // 1000
+    assert len(heard) == len(tone) + RATE // 10 + tail and not heard[len(tone) :].any()
 
 
 def test_a_symbolic_link_out_of_the_chimes_directory_is_refused_when_loaded(

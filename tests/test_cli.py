@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from herald.audio.chimes import load_chime
+from herald.audio.loudness import VoiceLevels, voice_key
+from herald.config import Config
 from herald.events import Event
+from herald.voice import voice_identities
 from tests.conftest import DaemonFactory
 from tests.support import (
     Broker,
@@ -21,6 +24,7 @@ from tests.support import (
     contains_speech,
     espeak_reference,
     got,
+    heard_chime,
     similarity,
 )
 
@@ -45,10 +49,11 @@ def test_say_output_writes_a_wav_with_the_spoken_text(tmp_path: Path) -> None:
     with wave.open(str(wav_path)) as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (48000, 1, 2)
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    chime = load_chime("soft", 48000)  # a normal announcement's chime comes first
+    chime = heard_chime("soft")  # a normal announcement's chime comes first, levelled
     assert np.array_equal(samples[: len(chime)], chime)
-    assert contains_speech(samples[len(chime) :])
-    assert similarity(samples[len(chime) :], espeak_reference("Hello from Herald")) > 0.99
+    speech = samples[len(load_chime("soft", 48000)) :]
+    assert contains_speech(speech)
+    assert similarity(speech, espeak_reference("Hello from Herald")) > 0.99
 
 
 def test_say_chime_none_speaks_without_one(tmp_path: Path) -> None:
@@ -102,8 +107,20 @@ def test_check_passes_when_everything_works(
         f"✔ broker {broker.host}",
         "✔ broker keeps messages for Herald while it is away",
         f"✔ audio device '{capture.device.split(':')[0]}",
+        "✔ loudness",
         "✔ voice espeak",
     ]
+    assert "target -18 LUFS, peaks <= -1 dBTP; espeak not heard yet" in lines[4]
+
+
+def test_check_shows_what_each_voice_has_been_measured_at(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    VoiceLevels(state / "loudness.json").learn(
+        voice_key("espeak", voice_identities(Config())), "espeak", -23.4
+    )
+    config = write(tmp_path / "h.toml", f'state_dir = "{state}"\n')
+    lines = herald("check", config=config).stdout.splitlines()
+    assert "✔ loudness: target -18 LUFS, peaks <= -1 dBTP; espeak -23.4 LUFS (1 heard)" in lines
 
 
 def test_check_tells_whether_the_broker_keeps_messages_for_herald_while_it_is_away(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from herald.audio.chimes import load_chime
+from herald.audio.meter import measure
 from tests.conftest import DaemonFactory
 from tests.support import (
     Broker,
@@ -20,6 +21,7 @@ from tests.support import (
     contains_speech,
     espeak_reference,
     finished_or_failed,
+    heard_chime,
     similarity,
     wait_for,
 )
@@ -39,15 +41,49 @@ def test_published_text_is_spoken_with_its_events(
     assert events[0]["ts"] <= events[1]["ts"] <= events[2]["ts"]
     assert events[1]["voice"] == "espeak"
     played = capture.samples()
-    chime = load_chime("soft", 48000)  # the chime of a normal announcement comes first
+    chime = heard_chime("soft")  # the chime of a normal announcement comes first, levelled
     assert np.array_equal(played[: len(chime)], chime)
-    speech = played[len(chime) :]
+    speech = played[len(load_chime("soft", 48000)) :]
     assert contains_speech(speech)
     reference = espeak_reference("Hello from Herald")
-    # Exactly espeak-ng's speech reached ALSA: same samples, padded to a whole period at most.
-    assert 0 <= len(speech) - len(reference) < 960 + 64
+    # espeak-ng's speech reached ALSA, brought to -18 LUFS: the same sound, louder, its peaks
+    # limited; then the tail's 150 ms of silence, padded to a whole period at most.
+    tail = 48000 * 150 // 1000
+    assert 0 <= len(speech) - len(reference) - tail < 960 + 64
     assert similarity(speech, reference) > 0.99
+    assert not speech[len(reference) :].any()
+    heard = measure(speech, 48000)
+    assert heard.lufs == pytest.approx(-18.0, abs=1.5)
+    assert (heard.true_peak_dbtp or 0) <= -1.0
     assert events[2]["duration_s"] == pytest.approx(len(reference) / 48000, abs=0.03)
+
+
+def test_the_daemon_switches_the_amplifier_and_learns_its_voices_loudness(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    node_id: str,
+    tmp_path: Path,
+) -> None:
+    """[amp] from the config: on before the first sound, off at the stop; what espeak-ng
+    measured is kept in state_dir for the next start."""
+    switched = tmp_path / "amp.log"
+    script = 'echo "$1" >> "$0"'
+    amp = (
+        f'[amp]\non_command = ["sh", "-c", {json.dumps(script)}, "{switched}", "on"]\n'
+        f'off_command = ["sh", "-c", {json.dumps(script)}, "{switched}", "off"]\nwarmup_ms = 100\n'
+    )
+    daemon = make_daemon(broker, amp)
+    daemon.start()
+    probe.publish(f"herald/{node_id}/say", json.dumps({"text": "Amplifier test.", "id": "amp"}))
+    probe.events_until(finished_or_failed("amp"))
+    assert switched.read_text().split() == ["on"]
+    assert daemon.stop() == 0
+    assert switched.read_text().split() == ["on", "off"]
+    kept = json.loads((tmp_path / "state" / "loudness.json").read_text())["voices"]
+    ((identity, espeak),) = kept.items()
+    assert identity.startswith("espeak: en-us") and espeak["heard"] == 1
+    assert -30 < espeak["lufs"] < -12
 
 
 def test_plain_text_and_the_all_topic_are_spoken_in_arrival_order(

@@ -41,6 +41,7 @@ def deepgram_daemon(
     daemon = make_daemon(
         broker,
         f'[voice]\nengines = ["deepgram", "espeak"]\n[voice.deepgram]\nurl = "{fake.server.url}"\n',
+        as_sent=True,  # the fake's audio is followed sample by sample
     )
     daemon.env["DEEPGRAM_API_KEY"] = key
     return daemon

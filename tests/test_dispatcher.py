@@ -89,7 +89,7 @@ def test_a_redelivery_after_a_lost_connection_is_not_spoken_again() -> None:
         async with asyncio.timeout(20):
             assert dispatcher.accept(payload, "t") is not None
             await events.until("finished")
-            while dispatcher.current is not None:  # its event goes out before it is let go
+            while dispatcher.current is not None:  # noqa: ASYNC110 (let go after its event)
                 await asyncio.sleep(0.01)
             assert dispatcher.accept(payload, "t", redelivered=True) is None
             changed = json.dumps({"id": "once", "text": "Other words.", "chime": False}).encode()

@@ -55,6 +55,7 @@ def cloud_daemon(
         f'[voice]\nengines = ["deepgram"]\n[voice.deepgram]\nurl = "{fake.server.url}"\n'
         "flushes_per_minute = 100\n" + extra,
         device=device,
+        as_sent=True,  # the fake's audio and the chimes are followed sample by sample
     )
     daemon.env["DEEPGRAM_API_KEY"] = "test-key"
     daemon.start()

@@ -188,6 +188,7 @@ def cloud_daemon(
     daemon = make_daemon(
         broker,
         f'[voice]\nengines = ["deepgram", "espeak"]\n[voice.deepgram]\nurl = "{url}"\n{key_line}',
+        as_sent=True,  # the fake's audio is followed sample by sample
     )
     daemon.env.pop("DEEPGRAM_API_KEY", None)
     return daemon

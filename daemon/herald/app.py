@@ -16,11 +16,14 @@ from datetime import time as clock_time
 from pathlib import Path
 
 from herald import __version__
+from herald.amp import Amplifier
 from herald.announcement import PRIORITY_LEVELS, Announcement, Defaults, parse_priority
 from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
 from herald.audio.chimes import ChimeError, load_chime_async
-from herald.audio.dsp import Samples
+from herald.audio.dsp import Samples, keep_awake_tone
+from herald.audio.loudness import Loudness, Target, VoiceLevels
+from herald.audio.meter import MeterUnavailable, check_meter
 from herald.config import Config, ConfigError
 from herald.controls import Controls
 from herald.dispatcher import Dispatcher
@@ -33,7 +36,7 @@ from herald.scheduler import Outcome, QuietHours, Scheduler
 from herald.signals import Signals
 from herald.speaker import Delivery, Speaker
 from herald.systemd import Notifier, keep_watchdog_fed, watchdog_interval_s
-from herald.voice import Voice, build_cache, build_voices, voices_running
+from herald.voice import Voice, build_cache, build_voices, voice_identities, voices_running
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,26 @@ def build_scheduler(config: Config) -> Scheduler:
     return scheduler
 
 
-def build_delivery(config: Config) -> Delivery:
+def build_loudness(config: Config, learn: bool = True) -> Loudness | None:
+    """The loudness every sound is brought to, or None (`audio.loudness_lufs = 0`, or no meter).
+
+    `learn`: keep what the voices measure in `state_dir` (the daemon); the CLI only reads it.
+    """
+    audio = config.audio
+    if audio.loudness_lufs == 0:
+        return None
+    try:
+        check_meter()
+    except MeterUnavailable as exc:
+        log.error("loudness: %s", exc)
+        return None
+    levels = VoiceLevels(config.state_dir / "loudness.json", save=learn)
+    return Loudness(
+        Target(audio.loudness_lufs, audio.true_peak_dbtp), levels, voice_identities(config)
+    )
+
+
+def build_delivery(config: Config, learn: bool = True) -> Delivery:
     audio = config.audio
     return Delivery(
         sample_rate=audio.sample_rate,
@@ -91,6 +113,11 @@ def build_delivery(config: Config) -> Delivery:
         wake_preroll_ms=audio.wake_preroll_ms,
         idle_after_s=audio.idle_after_s,
         chime_for=chime_resolver(config),
+        loudness=build_loudness(config, learn),
+        tail_ms=audio.tail_ms,
+        keep_awake=keep_awake_tone(audio.sample_rate, audio.keep_awake_dbfs)
+        if audio.keep_awake
+        else None,
     )
 
 
@@ -161,6 +188,8 @@ class _Parts:
     bridge: MqttBridge
     voices: list[Voice]
     dispatcher: Dispatcher
+    speaker: Speaker
+    amplifier: Amplifier
 
     def status(self) -> str:
         return status_line(self.dispatcher, self.voices, self.output.problem)
@@ -185,14 +214,17 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
     bridge.adopt(life.unsent)
     life.unsent = []
     voices = build_voices(config)
+    amplifier = Amplifier(config.amp)
     delivery = replace(
         build_delivery(config),
+        amplifier=amplifier,
         live_volume=lambda: controls.volume,
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
         device_problem=node.audio_problem,
     )
+    speaker = Speaker(voices, output, node.emit, delivery, cache=build_cache(config))
     dispatcher = Dispatcher(
-        Speaker(voices, output, node.emit, delivery, cache=build_cache(config)),
+        speaker,
         life.scheduler,
         node.emit,
         announcement_defaults(config),
@@ -208,7 +240,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         config.audio.device,
         config.audio.sample_rate,
     )
-    return _Parts(node, output, bridge, voices, dispatcher)
+    return _Parts(node, output, bridge, voices, dispatcher, speaker, amplifier)
 
 
 async def _serve(config: Config, life: _Lifetime) -> None:
@@ -226,8 +258,10 @@ async def _serve(config: Config, life: _Lifetime) -> None:
     finally:
         life.unsent = parts.bridge.leftover()  # a reload's next bridge sends them first
         parts.node.close()
+        await parts.speaker.aclose()
         parts.output.drop()
         await parts.output.close()
+        await parts.amplifier.close()
 
 
 async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.TaskGroup) -> None:
@@ -237,6 +271,7 @@ async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.Ta
     dispatcher.replay(life.to_replay)  # what the journal kept from the last run
     life.to_report, life.to_replay = [], []
     speaking = tasks.create_task(dispatcher.speak_queue(), name="speak-queue")
+    parts.speaker.idle()  # (the keep-awake tone, if asked for, until the first announcement)
     ready = _become_ready(
         parts.bridge, parts.output, notifier, parts.status, parts.node.audio_problem
     )

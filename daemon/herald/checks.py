@@ -10,9 +10,11 @@ from pathlib import Path
 
 from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
+from herald.audio.loudness import VoiceLevels, voice_key
+from herald.audio.meter import MeterUnavailable, check_meter
 from herald.config import Config, ConfigError, find_secret
 from herald.mqtt.client import Inbound, MqttBridge
-from herald.voice import VoiceError, build_voices
+from herald.voice import VoiceError, build_voices, voice_identities
 
 BROKER_TIMEOUT_S = 5.0
 KEPT_MESSAGE_WAIT_S = 3.0  # how long a message kept for an absent session may take to arrive
@@ -40,8 +42,38 @@ async def run_checks(config: Config, source: Path | None) -> list[CheckResult]:
     if broker.ok:
         results.append(await check_broker_keeps_messages(config))
     results.append(await check_audio(config))
+    results.append(check_loudness(config))
     results.extend(await check_voices(config))
     return results
+
+
+def check_loudness(config: Config) -> CheckResult:
+    """The meter loads, and what each configured voice is taken to measure."""
+    target = config.audio.loudness_lufs
+    if target == 0:
+        return CheckResult("loudness", True, "off (audio.loudness_lufs = 0): each sound as made")
+    try:
+        check_meter()
+    except MeterUnavailable as exc:
+        return CheckResult(
+            "loudness", False, str(exc), "sudo apt install libebur128-1 (install.sh does)"
+        )
+    levels = VoiceLevels(config.state_dir / "loudness.json", save=False)
+    identities = voice_identities(config)
+    known = []
+    for engine in config.voice.engines:
+        identity = voice_key(engine, identities)
+        heard = levels.heard(identity)
+        taken = levels.lufs(identity, engine)
+        known.append(
+            f"{engine} {taken:.1f} LUFS ({heard} heard)" if heard else f"{engine} not heard yet"
+        )
+    return CheckResult(
+        "loudness",
+        True,
+        f"target {target:g} LUFS, peaks <= {config.audio.true_peak_dbtp:g} dBTP; "
+        + ", ".join(known),
+    )
 
 
 def check_secrets(config: Config) -> list[CheckResult]:

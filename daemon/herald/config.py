@@ -607,6 +607,36 @@ class AudioConfig(_Frozen):
         "symbolic link or `..` leading out of it. `priorities.<level>.chime` may be any WAV file",
     )
 
+    loudness_lufs: float = Field(
+        -18.0,
+        ge=-40.0,
+        le=0.0,
+        description="the integrated loudness (ITU-R BS.1770, LUFS) every voice and chime is "
+        "brought to before the volume applies; 0 plays each at its own level",
+    )
+    true_peak_dbtp: float = Field(
+        -1.0,
+        ge=-20.0,
+        le=0.0,
+        description="a limiter keeps every sound's true peak at or below this (dBTP), so a "
+        "raised voice never clips",
+    )
+    tail_ms: int = Field(
+        150,
+        ge=0,
+        le=5000,
+        description="silence after an announcement's last sound, played out before the output "
+        "is stopped: for amplifiers that fade out or cut the last word",
+    )
+    keep_awake: bool = Field(
+        False,
+        description="while idle, play an inaudible 15 Hz tone so a Bluetooth speaker or an "
+        "amplifier that sleeps on digital silence stays awake; keeps the device open",
+    )
+    keep_awake_dbfs: float = Field(
+        -50.0, ge=-80.0, le=-30.0, description="the level of the keep-awake tone, in dBFS"
+    )
+
     @field_validator("chimes_dir")
     @classmethod
     def _chimes_dir_absolute(cls, value: Path) -> Path:
@@ -619,6 +649,41 @@ class AudioConfig(_Frozen):
         return self.sample_rate * self.period_ms // 1000
 
 
+class AmpConfig(_Frozen):
+    on_command: list[str] = Field(
+        default_factory=list,
+        description="a program and its arguments that switch the amplifier on, run before the "
+        'first sound after it was off (e.g. `["pinctrl", "set", "17", "op", '
+        '"dh"]`); empty: no amplifier to switch',
+    )
+    off_command: list[str] = Field(
+        default_factory=list,
+        description="a program and its arguments that switch it off again, after `hold_s` of "
+        "silence",
+    )
+    warmup_ms: int = Field(
+        300,
+        ge=0,
+        le=10_000,
+        description="how long the amplifier needs after `on_command` before the chime and "
+        "the voice start (a relay: about 100)",
+    )
+    hold_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=86_400,
+        description="how long the amplifier stays on after the last sound (a preemption or "
+        "the next announcement in the queue never switches it off)",
+    )
+    command_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="a switch command that takes longer is stopped and logged"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.on_command)
+
+
 class Config(_Frozen):
     node_id: str = Field(
         default_factory=_default_node_id,
@@ -628,6 +693,7 @@ class Config(_Frozen):
     mqtt: MqttConfig = MqttConfig()
     voice: VoiceConfig = VoiceConfig()
     audio: AudioConfig = AudioConfig()
+    amp: AmpConfig = AmpConfig()
     queue: QueueConfig = QueueConfig()
     priorities: PrioritiesConfig = PrioritiesConfig()
     quiet_hours: QuietHoursConfig = QuietHoursConfig()

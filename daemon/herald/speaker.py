@@ -31,9 +31,13 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from herald.amp import Amplifier
 from herald.announcement import Announcement
 from herald.audio import AudioError, AudioSink
 from herald.audio.dsp import Samples, apply_gain, ms_to_frames, silence
+from herald.audio.loudness import Levelling, Loudness
 from herald.events import EventKind, EventSink, about
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import CacheKey, PhraseCache, concatenate
@@ -65,6 +69,11 @@ class Delivery:
     # Told why the device cannot be used when an announcement starts waiting for it, and None
     # once it works again (the status Home Assistant shows).
     device_problem: Callable[[str | None], None] = lambda _: None
+    # Every voice and chime brought to one loudness (None: each plays at its own level).
+    loudness: Loudness | None = None
+    tail_ms: int = 0  # silence after the last sound, played out before the output stops
+    amplifier: Amplifier | None = None  # switched on before the first sound, off when idle
+    keep_awake: Samples | None = None  # a second of inaudible tone, played while idle
 
     def gain_for(self, announcement: Announcement) -> float:
         default = self.volume if self.live_volume is None else self.live_volume()
@@ -98,6 +107,7 @@ class Speaker:
         self._unwritten: dict[CacheKey, Samples] = {}  # finished, on its way to the disk
         self._writing: set[asyncio.Task[None]] = set()
         self._from_cache = False  # the round being spoken comes from the cache
+        self._keeping_awake: asyncio.Task[None] | None = None
 
     def silence_now(self) -> None:
         """Fade and drop whatever is playing, before the speaking task even hears of it."""
@@ -106,6 +116,15 @@ class Speaker:
     async def speak(self, announcement: Announcement) -> bool:
         """Speak it to the end; True when it was heard, False when it failed or expired
         waiting for the audio device (with an event)."""
+        await self._stop_keeping_awake()
+        try:
+            return await self._speak(announcement)
+        finally:
+            if self._delivery.amplifier is not None:
+                self._delivery.amplifier.idle()
+            self._keep_awake()
+
+    async def _speak(self, announcement: Announcement) -> bool:
         faults = 0
         while True:
             try:
@@ -131,6 +150,38 @@ class Speaker:
                 raise
         self._finished(announcement, voice)
         return True
+
+    def idle(self) -> None:
+        """Nothing plays (the daemon has just started)."""
+        self._keep_awake()
+
+    def _keep_awake(self) -> None:
+        """Idle now: with `audio.keep_awake`, play the inaudible tone until the next sound."""
+        tone = self._delivery.keep_awake
+        if tone is None or self._keeping_awake is not None:
+            return
+        self._keeping_awake = asyncio.create_task(self._hum(tone), name="keep-awake")
+
+    async def _hum(self, tone: Samples) -> None:
+        try:
+            await self._output.open()
+            while True:
+                await self._output.play(tone)  # paced by the device (back-pressure)
+        except AudioError as exc:
+            log.debug("keep-awake: %s", exc)  # the next announcement reports the device
+
+    async def _stop_keeping_awake(self) -> None:
+        task, self._keeping_awake = self._keeping_awake, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._output.drop()
+
+    async def aclose(self) -> None:
+        """Stop the keep-awake tone (at the end of the run)."""
+        await self._stop_keeping_awake()
 
     async def _wait_for_device(self, announcement: Announcement) -> bool:
         """Open the output: True once it is open; False when the announcement expired waiting
@@ -169,13 +220,17 @@ class Speaker:
         self._fresh = {}
         gain = self._delivery.gain_for(announcement)
         try:
-            await self._wake_amplifier()
+            if self._delivery.amplifier is not None:
+                await self._delivery.amplifier.power_on()
+            await self._wake_output()
             voice = ""
             for round_ in range(announcement.repeat):
                 if round_:
                     await self._output.play(silence(ms_to_frames(REPEAT_PAUSE_MS, self._rate)))
                 chime = await self._delivery.chime_for(announcement) if round_ == 0 else None
                 voice = await self._say(announcement, gain, chime)
+            if self._delivery.tail_ms:  # the last word is heard out, then a little silence
+                await self._output.play(silence(ms_to_frames(self._delivery.tail_ms, self._rate)))
             await self._output.finish()
             return voice
         finally:
@@ -208,7 +263,7 @@ class Speaker:
     def _rate(self) -> int:
         return self._delivery.sample_rate
 
-    async def _wake_amplifier(self) -> None:
+    async def _wake_output(self) -> None:
         """Silence first when the output has been idle: many USB/HDMI amplifiers clip it."""
         idle = self._clock() - self._last_sound_at >= self._delivery.idle_after_s
         if idle and self._delivery.wake_preroll_ms:
@@ -217,14 +272,17 @@ class Speaker:
             )
 
     async def _say(self, announcement: Announcement, gain: float, chime: Samples | None) -> str:
-        """One round: the chime (if any) while the voice warms up, then the speech."""
-        speech = self._speech(announcement)
-        if chime is None:
+        """One round: the chime (if any) while the voice warms up, then the speech. Both pass
+        through one Levelling, in the order they are heard."""
+        levelling = Levelling(self._delivery.loudness, self._rate)
+        levelled_chime = None if chime is None else levelling.whole(chime)
+        speech = self._speech(announcement, levelling)
+        if levelled_chime is None:
             return await self._play_speech(announcement, speech, gain)
         ahead = _Lookahead(ms_to_frames(LOOKAHEAD_MS, self._rate))
         pump = asyncio.create_task(_pump(speech, ahead), name=f"voice-{announcement.id}")
         try:
-            await self._output.play(apply_gain(chime, gain))
+            await self._output.play(apply_gain(levelled_chime, gain))
             return await self._play_speech(announcement, _drain(ahead), gain)
         finally:
             pump.cancel()
@@ -254,13 +312,13 @@ class Speaker:
         return voice
 
     async def _speech(
-        self, announcement: Announcement
+        self, announcement: Announcement, levelling: Levelling
     ) -> AsyncGenerator[tuple[str, Samples], None]:
-        """The text as audio from the first voice that speaks it to the end.
+        """The text as audio from the first voice that speaks it to the end, levelled.
 
         A voice that fails, even halfway, hands the whole text to the next one: the listener may
         hear a beginning twice, but never loses the end. A voice's cached audio of the text is
-        played instead of asking the voice.
+        played instead of asking the voice (and, being whole, is levelled exactly).
         """
         self._from_cache = False
         problems: list[str] = []
@@ -268,9 +326,10 @@ class Speaker:
             key = self._cache_key(announcement, voice.name)
             if key is not None and (cached := await self._cached(key)) is not None:
                 self._from_cache = key not in self._fresh  # not a repeat of what it just said
+                levelled = np.concatenate((levelling.whole(cached), levelling.flush()))
                 step = ms_to_frames(CACHED_CHUNK_MS, self._rate)
-                for start in range(0, len(cached), step):
-                    yield voice.name, cached[start : start + step]
+                for start in range(0, len(levelled), step):
+                    yield voice.name, levelled[start : start + step]
                 return
             kept = None if key is None or not self._cache else _Kept(self._cache.max_entry_bytes)
             produced = False
@@ -280,13 +339,18 @@ class Speaker:
                         produced = True
                         if kept is not None:
                             kept.add(chunk)
-                        yield voice.name, chunk
+                        if len(levelled := levelling.live(voice.name, chunk)):
+                            yield voice.name, levelled
             except VoiceError as exc:
                 where = "halfway" if produced else "before any audio"
                 log.warning("voice %s failed %s on %s: %s", voice.name, where, announcement.id, exc)
                 problems.append(f"{voice.name}: {exc}")
+                levelling.restart()
                 continue
             if produced:
+                levelling.spoken_to_the_end(voice.name)
+                if len(held := levelling.flush()):
+                    yield voice.name, held
                 if key is not None and kept is not None and (audio := kept.samples()) is not None:
                     self._fresh[key] = audio
                 return

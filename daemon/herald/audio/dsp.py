@@ -84,3 +84,15 @@ def fade_out(samples: Samples) -> Samples:
 def ms_to_frames(ms: float, rate: int) -> int:
     """The number of frames closest to `ms` milliseconds at `rate` frames per second."""
     return round(ms * rate / 1000)
+
+
+KEEP_AWAKE_HZ = 15  # far below hearing at any level a speaker can play it; not digital silence
+
+
+def keep_awake_tone(rate: int, dbfs: float) -> Samples:
+    """One second of a KEEP_AWAKE_HZ sine at `dbfs` (a whole number of cycles: it loops)."""
+    t = np.arange(rate) / rate
+    amplitude = 32767 * 10 ** (dbfs / 20)
+    tone: Samples = np.round(amplitude * np.sin(2 * np.pi * KEEP_AWAKE_HZ * t)).astype(np.int16)
+    tone.setflags(write=False)
+    return tone

@@ -23,6 +23,7 @@ __all__ = [
     "build_cache",
     "build_voices",
     "cache_directory",
+    "voice_identities",
     "voices_running",
 ]
 
@@ -60,6 +61,16 @@ def cached_voices(config: Config) -> dict[str, str]:
         "slng": f"{slng.provider}/{slng.model_id} {slng.voice} "
         f"language={slng.language or ''} speed={slng.speed or ''}",
         "gateway": f"{gateway.url} {gateway.sample_rate}",
+    }
+
+
+def voice_identities(config: Config) -> dict[str, str]:
+    """Each engine's voice, as the loudness learned of it is kept: a change of voice (model,
+    speaker, speed) is learned afresh."""
+    espeak = config.voice.espeak
+    return {
+        **cached_voices(config),
+        "espeak": f"{espeak.voice} {espeak.speed_wpm} wpm pitch {espeak.pitch}",
     }
 
 
