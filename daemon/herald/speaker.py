@@ -107,7 +107,7 @@ class Speaker:
         self._unwritten: dict[CacheKey, Samples] = {}  # finished, on its way to the disk
         self._writing: set[asyncio.Task[None]] = set()
         self._from_cache = False  # the round being spoken comes from the cache
-        self._keeping_awake: asyncio.Task[None] | None = None
+        self._humming: Humming | None = None  # the keep-awake tone, while idle
 
     def silence_now(self) -> None:
         """Fade and drop whatever is playing, before the speaking task even hears of it."""
@@ -157,27 +157,13 @@ class Speaker:
 
     def _keep_awake(self) -> None:
         """Idle now: with `audio.keep_awake`, play the inaudible tone until the next sound."""
-        tone = self._delivery.keep_awake
-        if tone is None or self._keeping_awake is not None:
-            return
-        self._keeping_awake = asyncio.create_task(self._hum(tone), name="keep-awake")
-
-    async def _hum(self, tone: Samples) -> None:
-        try:
-            await self._output.open()
-            while True:
-                await self._output.play(tone)  # paced by the device (back-pressure)
-        except AudioError as exc:
-            log.debug("keep-awake: %s", exc)  # the next announcement reports the device
+        if self._delivery.keep_awake is not None and self._humming is None:
+            self._humming = Humming(self._output, self._delivery.keep_awake)
 
     async def _stop_keeping_awake(self) -> None:
-        task, self._keeping_awake = self._keeping_awake, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        self._output.drop()
+        humming, self._humming = self._humming, None
+        if humming is not None:
+            await humming.stop()
 
     async def aclose(self) -> None:
         """Stop the keep-awake tone (at the end of the run)."""
@@ -405,6 +391,29 @@ class Speaker:
 
     def _event(self, kind: EventKind, announcement: Announcement, **details: object) -> None:
         self._emit(about(announcement, kind, details))
+
+
+class Humming:
+    """The keep-awake tone on the output, looped until stopped (paced by the device)."""
+
+    def __init__(self, output: AudioSink, tone: Samples) -> None:
+        self._output = output
+        self._task = asyncio.create_task(self._hum(tone), name="keep-awake")
+
+    async def _hum(self, tone: Samples) -> None:
+        try:
+            await self._output.open()
+            while True:
+                await self._output.play(tone)
+        except AudioError as exc:
+            log.debug("keep-awake: %s", exc)  # the next announcement reports the device
+
+    async def stop(self) -> None:
+        """Silence it at once: the next sound takes over the device."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._output.drop()
 
 
 class _Kept:
