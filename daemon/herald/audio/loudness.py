@@ -102,7 +102,8 @@ class VoiceLevels:
         while len(self._lufs) > MAX_VOICES_KEPT:
             oldest = next(iter(self._lufs))
             del self._lufs[oldest], self._heard[oldest]
-        log.info("loudness: %s measured %.1f LUFS; taken as %.1f", engine, measured, learned)
+        level = logging.INFO if self._heard[identity] == 1 else logging.DEBUG  # news once
+        log.log(level, "loudness: %s measured %.1f LUFS; taken as %.1f", engine, measured, learned)
         self._save()
 
     def _save(self) -> None:
