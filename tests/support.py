@@ -405,7 +405,7 @@ def heard_chime(name: str, rate: int = RATE) -> npt.NDArray[np.int16]:
     from herald.audio.loudness import Levelling, Loudness, Target, VoiceLevels
 
     levelling = Levelling(Loudness(Target(), VoiceLevels(None), {}), rate)
-    return levelling.whole(load_chime(name, rate))
+    return levelling.chime(load_chime(name, rate))
 
 
 def contains_speech(samples: npt.NDArray[np.int16], rate: int = RATE) -> bool:

@@ -135,7 +135,7 @@ def test_the_gain_brings_a_sound_to_the_target_within_limits() -> None:
     assert target.gain_for(-24.0) == pytest.approx(2.0, rel=0.01)
     assert target.gain_for(-12.0) == pytest.approx(0.5, rel=0.01)
     assert target.gain_for(None) == 1.0  # silence stays silence
-    assert target.gain_for(-90.0) == pytest.approx(10 ** (24 / 20))  # at most +24 dB
+    assert target.gain_for(-90.0) == pytest.approx(10 ** (30 / 20))  # at most +30 dB
 
 
 def test_a_voice_is_learned_and_the_learning_survives_a_restart(tmp_path: Path) -> None:
@@ -154,7 +154,15 @@ def test_a_voice_is_learned_and_the_learning_survives_a_restart(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    "content", ["{", "[]", '{"voices": {"x": {"lufs": "loud", "heard": 1}}}', '{"voices": 3}']
+    "content",
+    [
+        "{",
+        "[]",
+        '{"voices": {"x": {"lufs": "loud", "heard": 1}}}',
+        '{"voices": 3}',
+        '{"voices": {"x": {"lufs": -20, "heard": 1e999}}}',  # no int of infinity
+        "[" * 100_000 + "]" * 100_000,  # deeper than the JSON parser goes
+    ],
 )
 def test_a_damaged_loudness_file_costs_one_warning_and_the_priors(
     tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture

@@ -116,6 +116,47 @@ def test_a_preemption_does_not_switch_the_amplifier_off(tmp_path: Path) -> None:
     assert [w for w, _ in switches(record)] == ["on", "off"]  # the "off" is the close, at stop
 
 
+def slow_switch_log(tmp_path: Path, seconds: float) -> tuple[AmpConfig, Path]:
+    """Like switch_log, each command taking `seconds` (a smart plug over the network)."""
+    record = tmp_path / "amp.log"
+    script = f'sleep {seconds}; echo "$1 $(date +%s.%N)" >> "$0"'
+    cfg = AmpConfig(
+        on_command=["sh", "-c", script, str(record), "on"],
+        off_command=["sh", "-c", script, str(record), "off"],
+        warmup_ms=0,
+        hold_s=1.0,
+    )
+    return cfg, record
+
+
+def test_an_announcement_cut_short_during_a_switch_never_leaves_the_amplifier_wrong(
+    tmp_path: Path,
+) -> None:
+    """Stopped while the amplifier is being switched on: it still counts as on, and is switched
+    off at the end. Stopped while it waits for a switch-off to finish: the next announcement
+    still switches it on."""
+    cfg, record = slow_switch_log(tmp_path, 0.4)
+
+    async def cut_short(speaker: Speaker, after_s: float) -> None:
+        speaking = asyncio.create_task(speaker.speak(announcement()))
+        await asyncio.sleep(after_s)
+        speaking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await speaking
+
+    async def scenario() -> None:
+        amp = Amplifier(cfg)
+        speaker = Speaker([Beep()], RecordingSink(), lambda _: None, Delivery(RATE, amplifier=amp))
+        await cut_short(speaker, 0.1)  # during the switch-on
+        await asyncio.sleep(cfg.hold_s + 0.1)  # the switch-off has begun
+        await cut_short(speaker, 0.1)  # waiting for it to finish
+        assert await speaker.speak(announcement())
+        await amp.close()
+
+    asyncio.run(scenario())
+    assert [w for w, _ in switches(record)] == ["on", "off", "on", "off"]
+
+
 def test_a_failing_switch_costs_one_log_line_and_the_announcement_is_spoken(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -135,6 +176,33 @@ def test_a_failing_switch_costs_one_log_line_and_the_announcement_is_spoken(
     assert len(lines) == 2, lines
     assert "cannot switch the amplifier on" in lines[0] and "no-such-switch" in lines[0]
     assert "sleep (switching on) took over 0 s and was stopped" in lines[1]
+
+
+class StuckSink(RecordingSink):
+    """A device that takes every sample and never plays it: play() waits (back-pressure)."""
+
+    async def play(self, samples: Samples) -> None:
+        await asyncio.Event().wait()
+
+
+def test_a_preemption_at_the_moment_the_keep_awake_tone_stops_is_not_lost() -> None:
+    async def scenario() -> None:
+        speaker = Speaker(
+            [Beep()],
+            StuckSink(),
+            lambda _: None,
+            Delivery(RATE, keep_awake=keep_awake_tone(RATE, -50)),
+        )
+        speaker.idle()
+        await asyncio.sleep(0.05)  # humming, waiting on the device
+        speaking = asyncio.create_task(speaker.speak(announcement()))
+        await asyncio.sleep(0)  # speak() is stopping the tone
+        speaking.cancel()  # and is preempted right then
+        await asyncio.wait([speaking], timeout=5)  # (a lost cancel: it waits on the device)
+        assert speaking.cancelled()
+        await speaker.aclose()
+
+    asyncio.run(scenario())
 
 
 def paced(pulse: PulseServer) -> AlsaOutput:

@@ -24,36 +24,40 @@ log = logging.getLogger(__name__)
 
 
 class Amplifier:
+    """Switches run one at a time, in order, each to its end: cancelling the announcement that
+    asked for one (a preemption, a stop) never stops a switch halfway, and the amplifier counts
+    as on from the moment its switch-on starts, so a switch-off always follows."""
+
     def __init__(self, cfg: AmpConfig) -> None:
-        self._cfg = cfg
+        self.cfg = cfg
         self.on = False
         self._off_later: asyncio.TimerHandle | None = None
-        self._switching: asyncio.Task[None] | None = None
+        self._switching: asyncio.Task[None] | None = None  # the last switch asked for
 
     async def power_on(self) -> None:
         """Make sure it is on, and warm: returns once sound may play."""
         self._cancel_off()
-        if self.on or not self._cfg.enabled:
+        if self.on or not self.cfg.enabled:
             return
-        await self._run(self._cfg.on_command, "on")
-        self.on = True  # (even if the command failed: it is not tried before every sound)
-        await asyncio.sleep(self._cfg.warmup_ms / 1000)
+        self.on = True  # (even if the command fails: it is not tried before every sound)
+        await asyncio.shield(self._switch(self.cfg.on_command, "on"))
+        await asyncio.sleep(self.cfg.warmup_ms / 1000)
 
     def idle(self) -> None:
         """Nothing plays now: switch off after `hold_s`, unless a sound comes first."""
-        if not self.on or not self._cfg.enabled or self._off_later is not None:
+        if not self.on or not self.cfg.enabled or self._off_later is not None:
             return
         loop = asyncio.get_running_loop()
-        self._off_later = loop.call_later(self._cfg.hold_s, self._switch_off)
+        self._off_later = loop.call_later(self.cfg.hold_s, self._switch_off)
 
     async def close(self) -> None:
-        """Herald stops (or reloads): switch it off now."""
+        """Herald stops (or its amplifier settings change): switch it off now."""
         self._cancel_off()
-        if self._switching is not None:
-            await self._switching
-        if self.on and self._cfg.enabled:
+        if self.on and self.cfg.enabled:
             self.on = False
-            await self._run(self._cfg.off_command, "off")
+            self._switch(self.cfg.off_command, "off")
+        if self._switching is not None:
+            await asyncio.wait([self._switching])
 
     def _cancel_off(self) -> None:
         if self._off_later is not None:
@@ -63,13 +67,23 @@ class Amplifier:
     def _switch_off(self) -> None:
         self._off_later = None
         self.on = False
-        self._switching = asyncio.create_task(self._run(self._cfg.off_command, "off"))
+        self._switch(self.cfg.off_command, "off")
+
+    def _switch(self, argv: list[str], what: str) -> asyncio.Task[None]:
+        """Run a switch after the one before it has finished; a task nobody's cancel reaches."""
+        previous = self._switching
+
+        async def in_turn() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await self._run(argv, what)
+
+        self._switching = asyncio.create_task(in_turn(), name=f"amp-{what}")
+        return self._switching
 
     async def _run(self, argv: list[str], what: str) -> None:
         if not argv:
             return
-        if self._switching is not None and what == "on":
-            await self._switching  # an "off" still running finishes first
         name = shown(argv[0], 200)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -82,8 +96,9 @@ class Amplifier:
             log.warning("amp: cannot switch the amplifier %s: %s: %s", what, name, exc.strerror)
             return
         try:
-            async with asyncio.timeout(self._cfg.command_timeout_s):
-                _, err = await process.communicate()
+            async with asyncio.timeout(self.cfg.command_timeout_s):
+                said = await _last_line(process)
+                await process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
@@ -92,14 +107,28 @@ class Amplifier:
                 "amp: %s (switching %s) took over %.0f s and was stopped",
                 name,
                 what,
-                self._cfg.command_timeout_s,
+                self.cfg.command_timeout_s,
             )
             return
         if process.returncode:
-            lines = err.decode("utf-8", "replace").strip().splitlines()
-            said = f": {shown(lines[-1], 200)}" if lines else ""
+            shown_said = f": {shown(said, 200)}" if said else ""
             log.warning(
-                "amp: %s (switching %s) exited with %d%s", name, what, process.returncode, said
+                "amp: %s (switching %s) exited with %d%s",
+                name,
+                what,
+                process.returncode,
+                shown_said,
             )
         else:
             log.info("amp: switched %s", what)
+
+
+async def _last_line(process: asyncio.subprocess.Process) -> str:
+    """The last line a command wrote to stderr, read to its end but kept short (a command
+    that writes megabytes costs a few KiB)."""
+    assert process.stderr is not None
+    tail = b""
+    while chunk := await process.stderr.read(4096):
+        tail = (tail + chunk)[-1024:]
+    lines = tail.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else ""

@@ -139,8 +139,10 @@ async def run_daemon(config: Config, reload: Callable[[], Config] | None = None)
         to_replay=journal.load() if journal is not None else [],
     )
     while True:
+        life.amplifier = await _amplifier_for(config, life.amplifier)
         await _serve(config, life)
         if life.signals.stop.is_set():
+            await life.amplifier.close()
             if journal is not None:  # only now: the broker's last acknowledgements are in it
                 journal.close()
             return 0
@@ -153,9 +155,19 @@ async def run_daemon(config: Config, reload: Callable[[], Config] | None = None)
         )
 
 
+async def _amplifier_for(config: Config, current: Amplifier | None) -> Amplifier:
+    """The amplifier as configured: the one there was if its settings did not change."""
+    if current is not None and current.cfg == config.amp:
+        return current
+    if current is not None:
+        await current.close()  # switched off with the old commands
+    return Amplifier(config.amp)
+
+
 @dataclass
 class _Lifetime:
-    """What outlives a reload: the queue and its journal, systemd's ear, the signals."""
+    """What outlives a reload: the queue and its journal, systemd's ear, the signals, and the
+    amplifier (a reload that keeps its settings does not switch it off and on)."""
 
     scheduler: Scheduler
     notifier: Notifier
@@ -164,6 +176,7 @@ class _Lifetime:
     to_replay: list[Announcement] = field(default_factory=list)  # from the journal, at start
     to_report: list[Outcome] = field(default_factory=list)  # evictions by a reload
     unsent: list[Publish] = field(default_factory=list)  # what the last bridge had not sent
+    amplifier: Amplifier | None = None
 
 
 def _reloaded(config: Config, reload: Callable[[], Config] | None) -> Config:
@@ -189,7 +202,6 @@ class _Parts:
     voices: list[Voice]
     dispatcher: Dispatcher
     speaker: Speaker
-    amplifier: Amplifier
 
     def status(self) -> str:
         return status_line(self.dispatcher, self.voices, self.output.problem)
@@ -214,10 +226,9 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
     bridge.adopt(life.unsent)
     life.unsent = []
     voices = build_voices(config)
-    amplifier = Amplifier(config.amp)
     delivery = replace(
         build_delivery(config),
-        amplifier=amplifier,
+        amplifier=life.amplifier,
         live_volume=lambda: controls.volume,
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
         device_problem=node.audio_problem,
@@ -240,7 +251,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         config.audio.device,
         config.audio.sample_rate,
     )
-    return _Parts(node, output, bridge, voices, dispatcher, speaker, amplifier)
+    return _Parts(node, output, bridge, voices, dispatcher, speaker)
 
 
 async def _serve(config: Config, life: _Lifetime) -> None:
@@ -261,7 +272,6 @@ async def _serve(config: Config, life: _Lifetime) -> None:
         await parts.speaker.aclose()
         parts.output.drop()
         await parts.output.close()
-        await parts.amplifier.close()
 
 
 async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.TaskGroup) -> None:

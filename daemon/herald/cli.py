@@ -209,7 +209,6 @@ def _say(args: argparse.Namespace, config: Config, _source: Path | None) -> int:
 async def _say_locally(
     config: Config, announcement: Announcement, output: AudioSink, show: Callable[[Event], None]
 ) -> Event:
-    from herald.amp import Amplifier
     from herald.app import build_delivery
     from herald.speaker import Speaker
     from herald.voice import build_voices, voices_running
@@ -221,16 +220,15 @@ async def _say_locally(
         final.append(event)
 
     voices = build_voices(config)
-    amplifier = Amplifier(config.amp)
-    # The daemon's loudness file is read, not written; no keep-awake tone for a single say.
-    delivery = replace(build_delivery(config, learn=False), amplifier=amplifier, keep_awake=None)
+    # The daemon's loudness file is read, not written; no keep-awake tone for a single say, and
+    # the amplifier is the daemon's to switch (this would switch it off under the daemon).
+    delivery = replace(build_delivery(config, learn=False), keep_awake=None)
     record(Event("queued", announcement.id))
     try:
         async with voices_running(voices):
             await Speaker(voices, output, record, delivery).speak(announcement)
     finally:
         await output.close()
-        await amplifier.close()
     return final[-1]
 
 

@@ -31,8 +31,6 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from herald.amp import Amplifier
 from herald.announcement import Announcement
 from herald.audio import AudioError, AudioSink
@@ -261,7 +259,7 @@ class Speaker:
         """One round: the chime (if any) while the voice warms up, then the speech. Both pass
         through one Levelling, in the order they are heard."""
         levelling = Levelling(self._delivery.loudness, self._rate)
-        levelled_chime = None if chime is None else levelling.whole(chime)
+        levelled_chime = None if chime is None else levelling.chime(chime)
         speech = self._speech(announcement, levelling)
         if levelled_chime is None:
             return await self._play_speech(announcement, speech, gain)
@@ -312,10 +310,13 @@ class Speaker:
             key = self._cache_key(announcement, voice.name)
             if key is not None and (cached := await self._cached(key)) is not None:
                 self._from_cache = key not in self._fresh  # not a repeat of what it just said
-                levelled = np.concatenate((levelling.whole(cached), levelling.flush()))
+                gain = levelling.gain_of(cached)  # whole: measured, so levelled exactly
                 step = ms_to_frames(CACHED_CHUNK_MS, self._rate)
-                for start in range(0, len(levelled), step):
-                    yield voice.name, levelled[start : start + step]
+                for start in range(0, len(cached), step):
+                    if len(piece := levelling.push(cached[start : start + step], gain)):
+                        yield voice.name, piece
+                if len(held := levelling.flush()):
+                    yield voice.name, held
                 return
             kept = None if key is None or not self._cache else _Kept(self._cache.max_entry_bytes)
             produced = False
@@ -411,9 +412,14 @@ class Humming:
     async def stop(self) -> None:
         """Silence it at once: the next sound takes over the device."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await self._task
-        self._output.drop()
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # the caller is cancelled too: pass it on
+                raise
+        finally:
+            self._output.drop()
 
 
 class _Kept:

@@ -23,12 +23,13 @@ from pathlib import Path
 
 from herald.audio.dsp import Samples, silence
 from herald.audio.limiter import PeakLimiter
-from herald.audio.meter import Meter, measure
+from herald.audio.meter import Meter
+from herald.logsafe import shown
 from herald.statefile import StateFile
 
 log = logging.getLogger(__name__)
 
-MAX_BOOST_DB = 24.0  # a voice or chime far quieter than the target is raised this much at most
+MAX_BOOST_DB = 30.0  # a voice or chime far quieter than the target is raised this much at most
 MAX_CUT_DB = 30.0
 PRIORS_LUFS = {"espeak": -21.0}  # espeak-ng's default voice, measured (tests/test_loudness.py)
 DEFAULT_PRIOR_LUFS = -20.0  # what streaming TTS services typically deliver
@@ -37,6 +38,7 @@ FIRST_WEIGHT = 1.0  # the first measurement replaces the prior (a guess)
 LATER_WEIGHT = 0.3  # and each one after that (speech varies from sentence to sentence)
 MAX_VOICES_KEPT = 32
 MAX_SOUNDS_MEASURED = 64  # chimes whose loudness is remembered
+MAX_FILE_BYTES = 64 * 1024  # loudness.json (32 voices take about 3 KiB)
 
 
 @dataclass(frozen=True)
@@ -72,17 +74,23 @@ class VoiceLevels:
 
     def _load(self, path: Path) -> None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            for identity, entry in dict(data["voices"]).items():
+            with path.open("rb") as file:
+                data = json.loads(file.read(MAX_FILE_BYTES + 1)[:MAX_FILE_BYTES])
+            for identity, entry in list(dict(data["voices"]).items())[-MAX_VOICES_KEPT:]:
                 lufs, heard = float(entry["lufs"]), int(entry["heard"])
                 if math.isfinite(lufs) and -70 < lufs < 0 and heard > 0:
                     self._lufs[str(identity)], self._heard[str(identity)] = lufs, heard
         except FileNotFoundError:
             return
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("loudness: ignoring %s (%s); the voices are learned again", path, exc)
         except OSError as exc:
             log.warning("loudness: cannot read %s: %s", path, exc.strerror or exc)
+        except Exception as exc:  # anything in a damaged file: the voices are learned again
+            log.warning(
+                "loudness: ignoring %s (%s); the voices are learned again",
+                path,
+                shown(str(exc), 100),
+            )
+            self._lufs, self._heard = {}, {}
 
     def lufs(self, identity: str, engine: str) -> float:
         """What this voice is expected to measure: learned, or the engine's prior."""
@@ -126,14 +134,16 @@ class Loudness:
     def identity(self, engine: str) -> str:
         return voice_key(engine, self._identities)
 
-    def loudness_of(self, samples: Samples, rate: int) -> float | None:
-        """A whole sound's loudness; a chime (the same read-only array each time) is measured
-        once."""
+    def loudness_of(self, samples: Samples, rate: int, remember: bool = False) -> float | None:
+        """A whole sound's loudness. `remember`: the sound is played again as this very array
+        (a chime, cached by its loader), so it is measured once."""
         key = id(samples)
         if (known := self._measured.get(key)) is not None and known[0] is samples:
             return known[1]
-        lufs = measure(samples, rate).lufs
-        if not samples.flags.writeable:  # kept by whoever made it: the id stays its own
+        meter = Meter(rate)
+        meter.add(samples)
+        lufs = meter.loudness()
+        if remember:  # the array is kept here too, so its id stays its own
             self._measured[key] = (samples, lufs)
             while len(self._measured) > MAX_SOUNDS_MEASURED:
                 self._measured.popitem(last=False)
@@ -156,12 +166,20 @@ class Levelling:
         )
         self._meter: Meter | None = None
 
-    def whole(self, samples: Samples) -> Samples:
-        """A sound heard whole (a chime, a cached phrase): brought to the target exactly."""
-        if self._loudness is None or self._limiter is None:
-            return samples
-        gain = self._loudness.target.gain_for(self._loudness.loudness_of(samples, self._rate))
-        return self._limiter.push(samples, gain)
+    def chime(self, samples: Samples) -> Samples:
+        """A chime (the same array each time it plays): brought to the target exactly."""
+        return self.push(samples, self.gain_of(samples, remember=True))
+
+    def gain_of(self, samples: Samples, remember: bool = False) -> float:
+        """The gain that brings a whole sound (a chime, a cached phrase) to the target."""
+        if self._loudness is None:
+            return 1.0
+        lufs = self._loudness.loudness_of(samples, self._rate, remember)
+        return self._loudness.target.gain_for(lufs)
+
+    def push(self, samples: Samples, gain: float) -> Samples:
+        """Samples at `gain`, through the round's limiter (a little of them held back)."""
+        return samples if self._limiter is None else self._limiter.push(samples, gain)
 
     def live(self, engine: str, chunk: Samples) -> Samples:
         """A piece of what a voice is saying: the voice's learned gain; measured as it goes."""
