@@ -13,16 +13,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from bench import overload
+from bench import overload, sound
 from bench.common import Summary
 from bench.footprint import BATCH, SETTLE_S, FootprintResult
 from bench.overload import OverloadResult
 from bench.preempt import PreemptResult
 from bench.rotation import RotationResult
 from bench.settings import Settings
+from bench.sound import SoundResult
 from bench.ttfa import TtfaResult
+from herald.audio.alsa import FADE_MS
+from herald.audio.loudness import MAX_BOOST_DB, MAX_CUT_DB
 
 PLOT = "results.png"
+SOUND_PLOT = "sound.png"  # part 6's plot
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Results:
     rotation: RotationResult | None = None
     footprint: FootprintResult | None = None
     overload: OverloadResult | None = None
+    sound: SoundResult | None = None
     failures: dict[str, str] = field(default_factory=dict)  # part -> why it has no figures
 
 
@@ -326,6 +331,248 @@ def _overload(results: Results) -> list[str]:
     return overload.markdown(results.overload)
 
 
+def _lufs(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _range(values: Sequence[float | None], digits: int = 1, between: str = " / ") -> str:
+    """min / max (one value when they agree to the digits shown)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "—"
+    low, high = f"{min(known):.{digits}f}", f"{max(known):.{digits}f}"
+    return low if low == high else f"{low}{between}{high}"
+
+
+def _verdict(passed: bool) -> str:
+    return "**PASS**" if passed else "**FAIL**"
+
+
+def _sound(results: Results) -> list[str]:
+    s, r = results.settings, results.sound
+    lines = ["## 6. Sound", ""]
+    if r is None:
+        return lines + _not_run(results, sound.PART)
+    lines += [
+        "### Loudness as heard",
+        "",
+        "Each source speaks through a real `Speaker` with the daemon's levelling "
+        "(`herald.app.build_delivery` on the default config, `state_dir` a fresh temporary "
+        "directory, so every voice starts from its prior; volume 1.0) into a recording sink; "
+        f"each voice says {s.sound_announcements} different texts, each chime is heard "
+        f"{max(1, s.sound_announcements // 2)} time(s). Each recording is measured with "
+        "Herald's meter (`herald.audio.meter`, libebur128): BS.1770 integrated loudness, gated "
+        "(a sound shorter than 400 ms over all of it), and true peak. *Source* is what the "
+        "voice, the cache or the chime delivered, before Herald. Deepgram, SLNG and the gateway "
+        "are the real voice classes against the tests' fakes on loopback: **their audio is a "
+        "sine tone** at 0.3 of full scale, not speech. The vendors are espeak-ng's speech "
+        "scaled to a level and streamed in 20 ms pieces (the loudest clips where the scaled "
+        "speech passes full scale). The cached phrases were stored at "
+        + " and ".join(f"{v:.0f}" for v in sound.CACHED_LEVELS)
+        + " LUFS in turn and each was played from the cache (a hit: the `started` event says "
+        "`cached`). A chime is measured alone: the first samples of the recording, as many as "
+        "the chime has. A voice's first announcement is levelled by its prior and is not "
+        "judged; the targets apply to a voice from its second announcement on, and to every "
+        "chime and cached phrase, which are measured whole before they play.",
+        "",
+    ]
+    rows = []
+    for src in r.sources:
+        first = src.first if src.kind == "voice" else None
+        judged = src.judged
+        rows.append(
+            _row(
+                src.label,
+                src.note + (f" ({src.problem})" if src.problem else ""),
+                len(src.heard),
+                _range([h.source_lufs for h in src.heard]),
+                "—" if first is None else f"{_lufs(first.lufs)} / {_lufs(first.true_peak_dbtp)}",
+                _range([h.lufs for h in judged], 2),
+                _range(
+                    [
+                        max(
+                            (h.true_peak_dbtp for h in judged if h.true_peak_dbtp is not None),
+                            default=None,
+                        )
+                    ],
+                    2,
+                ),
+            )
+        )
+    lines += _table(
+        [
+            "source",
+            "what it is",
+            "n",
+            "source LUFS",
+            "1st, by the prior: LUFS / dBTP",
+            "judged: LUFS (min / max)",
+            "judged: true peak max, dBTP",
+        ],
+        rows,
+    )
+    verdicts = r.verdicts()
+    lines += _table(
+        ["target (judged announcements)", "measured", "target", "verdict"],
+        [_row(v.criterion, v.value, v.target, _verdict(v.passed)) for v in verdicts],
+    )
+    firsts = r.firsts()
+    if firsts:
+        peaks = [h.true_peak_dbtp for _, h in firsts if h.true_peak_dbtp is not None]
+        lines.append(
+            "First announcements of the voices (levelled by the prior, not judged): "
+            f"{_range([h.lufs for _, h in firsts], between=' to ')} LUFS, true peak at most "
+            f"{_range([max(peaks, default=None)], 2)} dBTP."
+        )
+    for src in r.sources:
+        out = [h for h in src.judged if h.lufs is not None and abs(h.lufs - r.target_lufs) > 1.5]
+        levels = [h.source_lufs for h in out if h.source_lufs is not None]
+        if not out or not levels:
+            continue
+        if max(levels) < r.target_lufs - MAX_BOOST_DB:
+            lines.append(
+                f"*{src.label}* is {max(levels):.1f} LUFS as delivered: Herald raises a sound "
+                f"by at most {MAX_BOOST_DB:.0f} dB (`MAX_BOOST_DB`), so it is heard at "
+                f"{_range([h.lufs for h in out], between=' to ')} LUFS."
+            )
+        elif min(levels) > r.target_lufs + MAX_CUT_DB:
+            lines.append(
+                f"*{src.label}* is {min(levels):.1f} LUFS as delivered: Herald lowers a sound by "
+                f"at most {MAX_CUT_DB:.0f} dB (`MAX_CUT_DB`)."
+            )
+        else:
+            lines.append(
+                f"*{src.label}* is heard at {_range([h.lufs for h in out], between=' to ')} "
+                "LUFS, more than 1.5 LU from the target."
+            )
+    lines.append("")
+    return lines + _sound_device(results, r) + [f"![Part 6: sound]({SOUND_PLOT})", ""]
+
+
+def _sound_device(results: Results, r: SoundResult) -> list[str]:
+    s = results.settings
+    lines = [
+        "### A preemption cut",
+        "",
+        "espeak-ng's speech, levelled to the target"
+        + (f" ({r.signal_lufs:.1f} LUFS measured)" if r.signal_lufs is not None else "")
+        + ", plays through a real `AlsaOutput` on `herald_paced` (ALSA's PulseAudio plugin "
+        "into a null sink that plays in real time); "
+        f"{sound.CUT_AFTER_S[0]} to {sound.CUT_AFTER_S[1]} s after it starts the output is "
+        "dropped as the Speaker drops it (`drop()`, and the playing task cancelled), "
+        f"{s.sound_cuts} times. `parec` records the sink's monitor. The recording is matched "
+        f"with the signal sample for sample (within ±{sound.DIFFERS}) shortly before its sound "
+        "ends; the cut starts where it parts from the signal and runs to the first silent "
+        "sample. A step is |x[n+1] - x[n]| in int16 units, taken from 1 ms before the cut to "
+        "the silence after it. Beside it, **the output's fade alone**: "
+        "`AlsaOutput._drop_with_fade` given a stand-in PCM that holds the same signal, at the "
+        "same points (what the fade would make of the cut if it reached the sink).",
+        "",
+    ]
+    if r.device_problem:
+        return [*lines, f"No figures: {r.device_problem}", ""]
+    cuts = [c for c in r.cuts if not c.problem]
+    step = r.signal_step or 1.0
+    measures: list[tuple[str, list[float], str]] = [
+        ("largest step at the cut, as recorded", r.cut_values("step"), ".0f"),
+        (
+            f"the same ÷ the signal's largest step ({r.signal_step:.0f})",
+            [v / step for v in r.cut_values("step")],
+            ".3f",
+        ),
+        (
+            "a cut without a fade at the same points (the size of the signal there)",
+            r.cut_values("hard_step"),
+            ".0f",
+        ),
+        ("the output's fade alone (offline): largest step", r.cut_values("offline_step"), ".0f"),
+        (
+            f"the signal's own largest step there (1 ms before, {FADE_MS} ms after)",
+            r.cut_values("local_step"),
+            ".0f",
+        ),
+        ("sound recorded after the parting (the fade heard), ms", r.cut_values("fade_ms"), ".1f"),
+        ("the output's log: drop asked → silent, ms", r.cut_values("silent_ms"), ".1f"),
+    ]
+    rows = []
+    for name, values, fmt in measures:
+        if values:
+            rows.append(
+                _row(
+                    name,
+                    len(values),
+                    format(float(np.median(values)), fmt),
+                    format(max(values), fmt),
+                )
+            )
+        else:
+            rows.append(_row(name, 0, "—", "—"))
+    lines += _table(["measure", "n", "p50", "max"], rows)
+    faded = sum(1 for c in cuts if (c.fade_ms or 0) >= 1.0)
+    boundary = sum(1 for c in cuts if c.on_period)
+    problems = [c.problem for c in r.cuts if c.problem]
+    lines.append(
+        f"Cuts measured: {len(cuts)} of {len(r.cuts)}"
+        + (f" (not: {problems[0]})" if problems else "")
+        + f". In {len(cuts) - faded} of them the recording goes from the signal straight to "
+        "digital silence (under 1 ms of sound after the parting), "
+        f"and {boundary} fell on a boundary of the output's 20 ms periods."
+    )
+    lost = [t.start_lost_ms for t in r.tails if not t.problem and t.start_lost_ms is not None]
+    if cuts and faded == 0 and lost and min(lost) >= FADE_MS:
+        lines.append(
+            f"The first {min(lost):.0f} ms or more of every announcement of the tail table are "
+            "missing from the recording as well: longer than the fade, which the output writes "
+            "after `pcm.drop()`, as the start of a new sound. That is a likely reason the fade "
+            "is not in it; what a sound card plays was not measured."
+        )
+    lines += [
+        "",
+        "### The tail",
+        "",
+        "A voice says 0.5 s of noise (200 Hz to 2 kHz) and then a 50 ms burst at 3 kHz: the "
+        "marker is its last 50 ms. A Speaker with the daemon's levelling speaks it through a "
+        "real `AlsaOutput` on `herald_paced`, alternately with `audio.tail_ms` at its default "
+        f"({r.tail_ms}) and at 0, {s.sound_tails} times each. What the output was given is kept; "
+        "the monitor's recording is matched with it shortly before the marker. *Received*: the "
+        "recording's energy from the marker's start to 30 ms after its end, over the same of "
+        "what the output was given. *Start missing*: how much of the start of the sound the "
+        "recording lacks.",
+        "",
+    ]
+    rows = []
+    for tail_ms in (r.tail_ms, 0):
+        values = r.tail_values(tail_ms)
+        lost = [
+            t.start_lost_ms
+            for t in r.tails
+            if t.tail_ms == tail_ms and not t.problem and t.start_lost_ms is not None
+        ]
+        rows.append(
+            _row(
+                f"{tail_ms} ms" + (" (default)" if tail_ms == r.tail_ms else ""),
+                len(values),
+                f"{np.median(values) * 100:.1f} %" if values else "—",
+                f"{min(values) * 100:.1f} %" if values else "—",
+                f"{np.median(lost):.1f} / {max(lost):.1f}" if lost else "—",
+            )
+        )
+    lines += _table(
+        [
+            "`audio.tail_ms`",
+            "n",
+            "marker energy received, p50",
+            "min",
+            "start missing, ms (p50 / max)",
+        ],
+        rows,
+    )
+    problems = [t.problem for t in r.tails if t.problem]
+    if problems:
+        lines += [f"Not measured: {len(problems)} ({problems[0]}).", ""]
+    return lines
+
+
 # --- the reading --------------------------------------------------------------------------------
 
 
@@ -390,9 +637,65 @@ def _reading(results: Results) -> list[str]:
             f"after {f.announcements} announcements, and used {f.idle_cpu_ms:.0f} ms of CPU "
             f"(ticks) in {f.idle_s:.0f} s of idling, waking {f.idle_wakeups} times."
         )
-    if not sentences:
+    if not sentences and results.sound is None:
         return []
-    return ["## Reading", "", " ".join(sentences), ""]
+    lines = ["## Reading", ""]
+    if sentences:
+        lines += [" ".join(sentences), ""]
+    if results.sound is not None:
+        lines += [_reading_sound(results.sound), ""]
+    return lines
+
+
+def _reading_sound(r: SoundResult) -> str:
+    """How to read part 6, with its figures."""
+    text = (
+        "Part 6 reads in three steps. In its first table, *source LUFS* is how loud each "
+        "voice, cached phrase or chime is as delivered, and the last two columns are how loud "
+        "it is heard: the spread of the source column against that of the judged column is "
+        "what the levelling does. A voice's first announcement is levelled by a prior (a "
+        "guess) and is shown apart; from the second on Herald knows the voice."
+    )
+    verdicts = r.verdicts()
+    if verdicts:
+        failed = [v.criterion for v in verdicts if not v.passed]
+        judged = [h.lufs for _, h in r.judged() if h.lufs is not None]
+        text += (
+            f" Here the judged announcements are heard at {min(judged):.1f} to "
+            f"{max(judged):.1f} LUFS (target {r.target_lufs:.0f}); "
+            + (
+                "every target is met."
+                if not failed
+                else "not met: " + "; ".join(failed) + " (see the lines under the table)."
+            )
+        )
+    text += (
+        " The cut table compares the largest sample step a preemption leaves in what reached "
+        "the sink with the largest step the speech itself has: at or below 1, the cut steps no "
+        "further than the voice does on its own; *the fade heard* says whether the output's "
+        f"{FADE_MS} ms fade reached the sink at all, and *the output's fade alone* is "
+        "what it makes of the same cuts."
+    )
+    steps = r.cut_values("step")
+    if steps and not r.device_problem:
+        fades = r.cut_values("fade_ms")
+        text += (
+            f" Here the largest step at a cut is {np.median(steps):.0f} at the median and "
+            f"{max(steps):.0f} at most ({max(steps) / (r.signal_step or 1):.2f} of the "
+            f"signal's own {r.signal_step:.0f}), and the fade was heard in "
+            f"{sum(1 for f in fades if f >= 1.0)} of {len(fades)} cuts."
+        )
+    text += (
+        " The tail table is the share of an announcement's last 50 ms that reached the sink, "
+        "with and without the silence Herald plays after the last sound."
+    )
+    with_tail, without = r.tail_values(r.tail_ms), r.tail_values(0)
+    if with_tail and without:
+        text += (
+            f" Here the least received was {min(with_tail) * 100:.0f} % with {r.tail_ms} ms "
+            f"and {min(without) * 100:.0f} % without."
+        )
+    return text
 
 
 def _caveats(results: Results) -> list[str]:
@@ -414,6 +717,10 @@ def _caveats(results: Results) -> list[str]:
         "home, to measure latency rather than the limits.",
         f"- Everything shares this machine's {results.machine.get('cores', '?')} cores: the "
         "benchmark, the daemon, the fake, mosquitto, the cold client and PulseAudio.",
+        "- Part 6's cloud voices are the tests' fakes, whose audio is a sine tone: their "
+        "levelling is shown, not how a real service's speech varies from sentence to sentence "
+        "(the scaled espeak-ng vendors stand in for that). Its cut and tail are what "
+        "PulseAudio's null sink passed to its monitor, not what a sound card plays.",
         "",
     ]
 
@@ -444,7 +751,13 @@ def write(results: Results, out: Path) -> Path:
         f"{s.startups} timed start(s); random seed {s.seed}. The daemon runs with its default "
         'config but for the broker, the device, the fake\'s URL, `engines = ["deepgram", '
         '"espeak"]` and the lifted rate limits; an announcement spoken by espeak-ng (the '
-        "fallback) is not counted.",
+        "fallback) is not counted."
+        + (
+            f" Part 6: {s.sound_announcements} announcements per voice, {s.sound_cuts} "
+            f"preemption cuts, {s.sound_tails} announcements per `tail_ms` setting."
+            if sound.PART in s.parts
+            else ""
+        ),
         "",
     ]
     body = [
@@ -453,6 +766,7 @@ def write(results: Results, out: Path) -> Path:
         *_rotation(results),
         *_footprint(results),
         *_overload(results),
+        *_sound(results),
         *_reading(results),
         f"![Time to first audio, preemption and rotation]({PLOT})",
         "",
@@ -463,6 +777,8 @@ def write(results: Results, out: Path) -> Path:
     if results.overload is not None:
         overload.write(results.overload, out)
     plot(results, out / PLOT)
+    if results.sound is not None:
+        plot_sound(results.sound, out / SOUND_PLOT, s.smoke)
     return path
 
 
@@ -553,6 +869,106 @@ def plot(results: Results, path: Path) -> None:
     figure.suptitle(
         f"Herald benchmark: first byte {s.first_byte_ms:.0f} ms, round trip "
         f"{s.round_trip_ms:.0f} ms{' (smoke mode)' if s.smoke else ''}"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --- part 6's plot ------------------------------------------------------------------------------
+
+
+def _plot_loudness(ax: Axes, r: SoundResult) -> None:
+    target = r.target_lufs
+    ax.axvspan(target - 1.5, target + 1.5, color="green", alpha=0.12, label="target ±1.5 LU")
+    ax.axvline(target, color="green", linewidth=1)
+    labels = [src.label for src in r.sources]
+    for y, src in enumerate(r.sources):
+        sources = [h.source_lufs for h in src.heard if h.source_lufs is not None]
+        ax.plot(sources, [y] * len(sources), "x", color="grey", markersize=5)
+        judged = [h.lufs for h in src.judged if h.lufs is not None]
+        ax.plot(judged, [y] * len(judged), "o", color="tab:blue", markersize=4)
+        first = src.first
+        if src.kind == "voice" and first is not None and first.lufs is not None:
+            ax.plot([first.lufs], [y], "o", mfc="none", color="tab:orange", markersize=7)
+    ax.plot([], [], "x", color="grey", label="as delivered (source)")
+    ax.plot([], [], "o", mfc="none", color="tab:orange", label="heard: a voice's 1st (prior)")
+    ax.plot([], [], "o", color="tab:blue", label="heard: judged")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("integrated loudness, LUFS (BS.1770, libebur128)")
+    ax.set_title("6.1 Loudness as delivered and as heard")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+
+
+def _plot_cut(ax: Axes, r: SoundResult) -> None:
+    title = "6.2 The cut with the largest step"
+    e = r.example
+    if e is None:
+        _empty(ax, title, r.device_problem or "no cut measured")
+        return
+    ms = (np.arange(len(e.recorded)) + e.start) / sound.RATE * 1000
+    ax.plot(ms, e.signal, color="grey", linewidth=0.8, linestyle="--", label="the signal")
+    ax.plot(ms, e.offline, color="tab:orange", linewidth=1, label="the output's fade alone")
+    ax.plot(ms, e.recorded, color="tab:blue", linewidth=1.2, label="recorded on the sink")
+    ax.set_xlabel("ms into the signal")
+    ax.set_ylabel("sample (int16)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
+
+
+def _plot_steps(ax: Axes, r: SoundResult) -> None:
+    title = "6.2 Largest step at each cut"
+    cuts = [c for c in r.cuts if not c.problem and c.step is not None]
+    if r.device_problem or not cuts:
+        _empty(ax, title, r.device_problem or "no cut measured")
+        return
+    x = np.arange(len(cuts))
+    series = [
+        ("recorded on the sink", [c.step or 0.0 for c in cuts], "o"),
+        ("the output's fade alone", [c.offline_step or 0.0 for c in cuts], "s"),
+        ("the signal's own, there", [c.local_step for c in cuts], "_"),
+    ]
+    for label, values, marker in series:
+        ax.plot(x, values, marker, label=label, markersize=6, alpha=0.8)
+    ax.axhline(r.signal_step, color="grey", linestyle=":", label="the signal's largest step")
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(x, [str(k + 1) for k in x])
+    ax.set_xlabel("cut")
+    ax.set_ylabel("|x[n+1] - x[n]| (int16)")
+    ax.set_title(title)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+
+
+def _plot_tail(ax: Axes, r: SoundResult) -> None:
+    title = "6.3 The marker (last 50 ms) received"
+    if r.device_problem or not r.tails:
+        _empty(ax, title, r.device_problem or "not measured")
+        return
+    for x, tail_ms in enumerate((r.tail_ms, 0)):
+        values = [v * 100 for v in r.tail_values(tail_ms)]
+        ax.plot([x] * len(values), values, "o", alpha=0.6)
+    ax.set_xticks([0, 1], [f"tail_ms = {r.tail_ms}", "tail_ms = 0"])
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("% of the marker's energy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def plot_sound(r: SoundResult, path: Path, smoke: bool = False) -> None:
+    figure = plt.figure(figsize=(9, 11))
+    grid = figure.add_gridspec(3, 2, height_ratios=[1.6, 1, 1])
+    _plot_loudness(figure.add_subplot(grid[0, :]), r)
+    _plot_cut(figure.add_subplot(grid[1, :]), r)
+    _plot_steps(figure.add_subplot(grid[2, 0]), r)
+    _plot_tail(figure.add_subplot(grid[2, 1]), r)
+    figure.suptitle(
+        f"Herald benchmark, part 6: sound (target {r.target_lufs:.0f} LUFS, ceiling "
+        f"{r.ceiling_dbtp:.0f} dBTP){' (smoke mode)' if smoke else ''}"
     )
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run                 # the full run (about 25 minutes)
     .venv/bin/python -m bench.run --smoke --out /tmp/bench   # every part, briefly (under 2 minutes)
     .venv/bin/python -m bench.run --parts overload --out /tmp/bench   # one part (here: 5)
+    .venv/bin/python -m bench.run --parts sound --out /tmp/bench      # part 6 (about a minute)
 
 Every process it needs (mosquitto, the fake Deepgram server, PulseAudio, the daemon, the
 cold-connect client) is started in a private temporary directory and stopped at the end.
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import environment, footprint, overload, preempt, report, rotation, ttfa
+from bench import environment, footprint, overload, preempt, report, rotation, sound, ttfa
 from bench.common import Workspace, log
 from bench.settings import PARTS, SMOKE, Settings
 from tests.support import REPO
@@ -52,6 +53,11 @@ def parse(argv: Sequence[str]) -> Settings:
     parser.add_argument("--footprint-count", type=int, help="announcements in part 4 (1000)")
     parser.add_argument("--idle-s", type=float, help="the idle window of part 4 (60)")
     parser.add_argument("--startups", type=int, help="starts timed to READY (5)")
+    parser.add_argument(
+        "--sound-announcements", type=int, help="announcements per voice in part 6 (5)"
+    )
+    parser.add_argument("--sound-cuts", type=int, help="preemption cuts in part 6 (8)")
+    parser.add_argument("--sound-tails", type=int, help="tails per tail_ms setting in part 6 (5)")
     parser.add_argument("--seed", type=int, help="random seed (1)")
     parser.add_argument(
         "--parts",
@@ -109,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "preempt": preempt.run,
         "rotation": rotation.run,
         "footprint": footprint.run,
+        "sound": sound.run,
         "overload": functools.partial(overload.run, options=overload_options),
     }
     ws = Workspace.create(root)
@@ -128,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     results.minutes = (time.monotonic() - began) / 60
     path = report.write(results, settings.out)
-    log(f"wrote {path} and {settings.out / report.PLOT}")
+    plots = [report.PLOT, *([report.SOUND_PLOT] if results.sound is not None else [])]
+    log(f"wrote {path} and {', '.join(str(settings.out / plot) for plot in plots)}")
     return 1 if results.failures else 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PARTS = ("ttfa", "preempt", "rotation", "footprint")
+PARTS = ("ttfa", "preempt", "rotation", "footprint", "sound")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class Settings:
     footprint_count: int = 1000  # announcements between the two RSS readings
     idle_s: float = 60.0  # the idle window whose CPU time is measured
     startups: int = 5  # starts timed to READY
+    sound_announcements: int = 5  # per voice in part 6 (the first one is levelled by a prior)
+    sound_cuts: int = 8  # preemption cuts recorded on the paced device in part 6
+    sound_tails: int = 5  # announcements with the default tail_ms, and as many with none
     seed: int = 1
     parts: tuple[str, ...] = PARTS
     command: str = field(default="python -m bench.run")
@@ -43,4 +46,7 @@ SMOKE = {
     "footprint_count": 20,
     "idle_s": 3.0,
     "startups": 1,
+    "sound_announcements": 3,
+    "sound_cuts": 2,
+    "sound_tails": 2,
 }

@@ -14,7 +14,13 @@ import pytest
 
 from tests.support import REPO
 
-PARTS = ("## 1. Time to first audio", "## 2. Preemption", "## 3. Rotation", "## 4. Footprint")
+PARTS = (
+    "## 1. Time to first audio",
+    "## 2. Preemption",
+    "## 3. Rotation",
+    "## 4. Footprint",
+    "## 6. Sound",
+)
 NUMBER_CELL = re.compile(r"\|\s*\**-?\d+(\.\d+)?\**( / -?\d+(\.\d+)?)*( ms| MiB)?\s*\|")
 
 
@@ -53,7 +59,17 @@ def test_the_benchmark_in_smoke_mode_writes_every_part_and_a_plot(tmp_path: Path
     )
     assert re.search(r"waited for a handshake\*\* \| \*\*\d+\*\*", section(results, PARTS[2]))
     assert "the scenario broke" not in results  # each overload scenario ran to its figures
+    sound = section(results, PARTS[4])
+    for heading in ("### Loudness as heard", "### A preemption cut", "### The tail"):
+        assert heading in sound, sound
+    for source in ("| espeak-ng |", "| Deepgram |", "| cached phrase |", "| chime alarm |"):
+        line = next(line for line in sound.splitlines() if line.startswith(source))
+        assert re.search(r"\| -\d+\.\d\d( / -\d+\.\d\d)? \| -\d+\.\d\d \|$", line), line
+    verdicts = re.findall(r"\| \*\*(PASS|FAIL)\*\* \|", sound)
+    assert len(verdicts) >= 3, sound  # a verdict per target, whichever it is
+    assert re.search(r"largest step at the cut, as recorded \| [1-9]\d* \| \d+ \|", sound), sound
+    assert re.search(r"\| 150 ms \(default\) \| [1-9]\d* \| \d+\.\d % \|", sound), sound
 
-    png = tmp_path / "results.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "(results.png)" in results
+    for plot in ("results.png", "sound.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({plot})" in results
