@@ -535,3 +535,32 @@ class FakeDeepgramThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+
+# --- MPD, for the ducking tests -----------------------------------------------------------------
+
+
+def mpd_answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def mpd_command(port: int, command: str) -> dict[str, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        stream = conn.makefile("rw")
+        stream.readline()  # OK MPD x.y.z
+        stream.write(command + "\n")
+        stream.flush()
+        answer: dict[str, str] = {}
+        while (line := stream.readline().strip()) and not line.startswith(("OK", "ACK")):
+            key, _, value = line.partition(": ")
+            answer[key] = value
+        assert not line.startswith("ACK"), line
+        return answer
+
+
+def mpd_volume(address: str) -> int:
+    return int(mpd_command(int(address.rpartition(":")[2]), "status")["volume"])

@@ -18,10 +18,13 @@ from tests.support import (
     Broker,
     Capture,
     MqttProbe,
+    PulseServer,
     contains_speech,
     espeak_reference,
     finished_or_failed,
     heard_chime,
+    mpd_command,
+    mpd_volume,
     similarity,
     wait_for,
 )
@@ -84,6 +87,31 @@ def test_the_daemon_switches_the_amplifier_and_learns_its_voices_loudness(
     ((identity, espeak),) = kept.items()
     assert identity.startswith("espeak: en-us") and espeak["heard"] == 1
     assert -30 < espeak["lufs"] < -12
+
+
+def test_the_daemon_puts_back_what_a_crash_left_ducked_and_ducks_its_announcements(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str, tmp_path: Path,
+    mpd: str, pulse: PulseServer,
+) -> None:  # fmt: skip
+    """[ducking] from the config: an MPD a killed Herald left at 7 is put back to 70 at the
+    start; an announcement lowers it and puts it back."""
+    state = tmp_path / "state"
+    state.mkdir()
+    port = int(mpd.rpartition(":")[2])
+    mpd_command(port, "setvol 7")
+    lowered = {"backend": "mpd", "address": mpd, "before": 70, "set": 7}
+    (state / "ducked.json").write_text(json.dumps({"lowered": [lowered]}))
+    daemon = make_daemon(
+        broker, f'[ducking]\nenabled = true\nmpd = "{mpd}"\n', device="herald_paced"
+    )
+    daemon.start()
+    assert mpd_volume(mpd) == 70 and not (state / "ducked.json").exists()
+    text = "The music is lowered while this is said, and comes back afterwards."
+    probe.publish(f"herald/{node_id}/say", json.dumps({"text": text, "id": "duck"}))
+    probe.events_until(lambda events: any(e["event"] == "started" for e in events))
+    assert mpd_volume(mpd) == 7  # down while it speaks (it is a few seconds long)
+    probe.events_until(finished_or_failed("duck"))
+    wait_for(lambda: mpd_volume(mpd) == 70, 10, "the music back")
 
 
 def test_plain_text_and_the_all_topic_are_spoken_in_arrival_order(

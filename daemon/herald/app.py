@@ -24,9 +24,10 @@ from herald.audio.chimes import ChimeError, load_chime_async
 from herald.audio.dsp import Samples, keep_awake_tone
 from herald.audio.loudness import Loudness, Target, VoiceLevels
 from herald.audio.meter import MeterUnavailable, check_meter
-from herald.config import Config, ConfigError
+from herald.config import Config, ConfigError, DuckingConfig
 from herald.controls import Controls
 from herald.dispatcher import Dispatcher
+from herald.duck import Ducker, build_ducker
 from herald.journal import QueueJournal
 from herald.mqtt.client import MqttBridge, Publish
 from herald.mqtt.discovery import NodeInfo, removal_messages
@@ -140,9 +141,11 @@ async def run_daemon(config: Config, reload: Callable[[], Config] | None = None)
     )
     while True:
         life.amplifier = await _amplifier_for(config, life.amplifier)
+        life.ducker = await _ducker_for(config, life)
         await _serve(config, life)
         if life.signals.stop.is_set():
             await life.amplifier.close()
+            await life.ducker.close()
             if journal is not None:  # only now: the broker's last acknowledgements are in it
                 journal.close()
             return 0
@@ -164,6 +167,20 @@ async def _amplifier_for(config: Config, current: Amplifier | None) -> Amplifier
     return Amplifier(config.amp)
 
 
+async def _ducker_for(config: Config, life: _Lifetime) -> Ducker:
+    """The ducking as configured: the one there was if its settings did not change. At the
+    first start, what a crash left lowered is put back first."""
+    if life.ducker is not None and life.ducking == config.ducking:
+        return life.ducker
+    if life.ducker is not None:
+        await life.ducker.close()  # the music comes back before the new settings apply
+    ducker = build_ducker(config)
+    if life.ducker is None:
+        await ducker.recover()
+    life.ducking = config.ducking
+    return ducker
+
+
 @dataclass
 class _Lifetime:
     """What outlives a reload: the queue and its journal, systemd's ear, the signals, and the
@@ -177,6 +194,8 @@ class _Lifetime:
     to_report: list[Outcome] = field(default_factory=list)  # evictions by a reload
     unsent: list[Publish] = field(default_factory=list)  # what the last bridge had not sent
     amplifier: Amplifier | None = None
+    ducker: Ducker | None = None
+    ducking: DuckingConfig | None = None  # the settings the ducker was built with
 
 
 def _reloaded(config: Config, reload: Callable[[], Config] | None) -> Config:
@@ -229,6 +248,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
     delivery = replace(
         build_delivery(config),
         amplifier=life.amplifier,
+        ducker=life.ducker,
         live_volume=lambda: controls.volume,
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
         device_problem=node.audio_problem,

@@ -684,6 +684,36 @@ class AmpConfig(_Frozen):
         return bool(self.on_command)
 
 
+class DuckingConfig(_Frozen):
+    enabled: bool = Field(
+        False, description="lower the other audio on this speaker while Herald speaks"
+    )
+    level_db: float = Field(
+        -20.0, ge=-60.0, le=0.0, description="how far the other audio is lowered, in dB"
+    )
+    ramp_ms: int = Field(
+        200, ge=0, le=5000, description="each way, the volume moves over this long"
+    )
+    pulse: bool = Field(
+        False,
+        description="lower the other streams of the PulseAudio or PipeWire server Herald "
+        "plays to, each on its own volume (needs `pactl`)",
+    )
+    pulse_server: str = Field(
+        "",
+        description="that server, as `pactl --server` takes it (e.g. `unix:/run/user/1000/"
+        "pulse/native`); empty: pactl's default",
+    )
+    mpd: str = Field(
+        "", description="an MPD to lower, as `host:port` (port 6600 if left out); empty: none"
+    )
+    mpd_password_file: Path | None = Field(
+        None,
+        description="a file holding the MPD password, if it has one (or the MPD_PASSWORD "
+        "environment variable, or the systemd credential `mpd_password`)",
+    )
+
+
 class Config(_Frozen):
     node_id: str = Field(
         default_factory=_default_node_id,
@@ -694,6 +724,7 @@ class Config(_Frozen):
     voice: VoiceConfig = VoiceConfig()
     audio: AudioConfig = AudioConfig()
     amp: AmpConfig = AmpConfig()
+    ducking: DuckingConfig = DuckingConfig()
     queue: QueueConfig = QueueConfig()
     priorities: PrioritiesConfig = PrioritiesConfig()
     quiet_hours: QuietHoursConfig = QuietHoursConfig()

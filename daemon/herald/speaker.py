@@ -36,6 +36,7 @@ from herald.announcement import Announcement
 from herald.audio import AudioError, AudioSink
 from herald.audio.dsp import Samples, apply_gain, ms_to_frames, silence
 from herald.audio.loudness import Levelling, Loudness
+from herald.duck import Ducker
 from herald.events import EventKind, EventSink, about
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import CacheKey, PhraseCache, concatenate
@@ -71,6 +72,7 @@ class Delivery:
     loudness: Loudness | None = None
     tail_ms: int = 0  # silence after the last sound, played out before the output stops
     amplifier: Amplifier | None = None  # switched on before the first sound, off when idle
+    ducker: Ducker | None = None  # the other audio, lowered before the first sound
     keep_awake: Samples | None = None  # a second of inaudible tone, played while idle
 
     def gain_for(self, announcement: Announcement) -> float:
@@ -120,6 +122,8 @@ class Speaker:
         finally:
             if self._delivery.amplifier is not None:
                 self._delivery.amplifier.idle()
+            if self._delivery.ducker is not None:
+                self._delivery.ducker.idle()
             self._keep_awake()
 
     async def _speak(self, announcement: Announcement) -> bool:
@@ -204,8 +208,7 @@ class Speaker:
         self._fresh = {}
         gain = self._delivery.gain_for(announcement)
         try:
-            if self._delivery.amplifier is not None:
-                await self._delivery.amplifier.power_on()
+            await self._make_room()
             await self._wake_output()
             voice = ""
             for round_ in range(announcement.repeat):
@@ -246,6 +249,15 @@ class Speaker:
     @property
     def _rate(self) -> int:
         return self._delivery.sample_rate
+
+    async def _make_room(self) -> None:
+        """Before the first sound: the amplifier on and warm, the other audio lowered."""
+        getting_ready = []
+        if self._delivery.amplifier is not None:
+            getting_ready.append(self._delivery.amplifier.power_on())
+        if self._delivery.ducker is not None:
+            getting_ready.append(self._delivery.ducker.duck())
+        await asyncio.gather(*getting_ready)
 
     async def _wake_output(self) -> None:
         """Silence first when the output has been idle: many USB/HDMI amplifiers clip it."""

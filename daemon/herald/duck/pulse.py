@@ -1,0 +1,120 @@
+"""Ducking on a PulseAudio or PipeWire (pipewire-pulse) server, through `pactl`.
+
+Every other stream (sink input) on the server Herald plays to is lowered by `level_db` on its
+own volume, in the server's dB scale (what `pactl` prints: PulseAudio's volumes are cubic, so
+-20 dB multiplies the raw value by 10^(-20/60)); the sink's master volume is not touched, nor is
+Herald's own stream (its `application.process.id` is Herald's). The ramp is a few steps
+linear in dB. A stream is put back only if it still is the same stream (index and process id)
+with the volume Herald set; a user who moved it meanwhile keeps their volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from herald.duck import DuckError, Lowered
+from herald.logsafe import shown
+
+PACTL_TIMEOUT_S = 3.0
+STEP_S = 0.04  # a ramp moves the volume this often
+
+
+class PulseDucking:
+    name = "pulse"
+
+    def __init__(self, server: str = "") -> None:
+        self._server = ["--server", server] if server else []
+
+    async def lower(self, level_db: float, ramp_s: float) -> list[Lowered]:
+        factor = 10 ** (level_db / 60)
+        lowered = []
+        for stream in await self._streams():
+            if stream.get("properties", {}).get("application.process.id") == str(os.getpid()):
+                continue  # Herald's own
+            before = _volumes(stream)
+            lowered.append(
+                Lowered(
+                    index=stream["index"],
+                    pid=stream.get("properties", {}).get("application.process.id"),
+                    before=before,
+                    set=[max(round(v * factor), 0) for v in before],
+                )
+            )
+        await asyncio.gather(*(self._ramp(item, "before", "set", ramp_s) for item in lowered))
+        return lowered
+
+    async def restore(self, lowered: Sequence[Lowered], ramp_s: float) -> None:
+        now = {stream["index"]: stream for stream in await self._streams()}
+        back = []
+        for item in lowered:
+            stream = now.get(item.get("index"))
+            if stream is None:
+                continue  # the player stopped meanwhile
+            same = stream.get("properties", {}).get("application.process.id") == item.get("pid")
+            if same and _volumes(stream) == list(item.get("set", [])):
+                back.append(item)
+        await asyncio.gather(*(self._ramp(item, "set", "before", ramp_s) for item in back))
+
+    async def _ramp(self, item: Lowered, start: str, end: str, ramp_s: float) -> None:
+        first, last = list(item[start]), list(item[end])
+        steps = max(1, round(ramp_s / STEP_S))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for step in range(1, steps + 1):
+            share = step / steps
+            values = [_between(a, b, share) for a, b in zip(first, last, strict=True)]
+            await self._pactl("set-sink-input-volume", str(item["index"]), *map(str, values))
+            if step < steps:  # on a clock: slow calls shorten the waits, not lengthen the ramp
+                await asyncio.sleep(max(began + ramp_s * step / steps - loop.time(), 0))
+
+    async def _streams(self) -> list[dict[str, Any]]:
+        out = await self._pactl("-f", "json", "list", "sink-inputs")
+        try:
+            streams = json.loads(out)
+        except ValueError as exc:
+            raise DuckError(f"pactl printed no JSON ({exc}); pactl 16 or later is needed") from None
+        return [s for s in streams if isinstance(s, dict) and "index" in s]
+
+    async def _pactl(self, *args: str) -> str:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "pactl",
+                *self._server,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise DuckError(f"cannot run pactl: {exc.strerror}") from None
+        try:
+            async with asyncio.timeout(PACTL_TIMEOUT_S):
+                out, err = await process.communicate()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise DuckError(f"pactl took over {PACTL_TIMEOUT_S:.0f} s") from None
+        if process.returncode:
+            said = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no reason"]
+            raise DuckError(f"pactl: {shown(said[0], 200)}")
+        return out.decode("utf-8", "replace")
+
+
+def _volumes(stream: dict[str, Any]) -> list[int]:
+    """A stream's raw volume per channel, in its channel map's order."""
+    volume = stream.get("volume", {})
+    return [int(channel["value"]) for channel in volume.values() if "value" in channel]
+
+
+def _between(a: int, b: int, share: float) -> int:
+    """The raw volume `share` of the way from a to b, in dB (cubic volumes: geometric)."""
+    if share >= 1:
+        return b
+    if a <= 0 or b <= 0:
+        return round(a + (b - a) * share)
+    ratio: float = (b / a) ** share
+    return round(a * ratio)

@@ -1,0 +1,285 @@
+"""Ducking with the real programs: a second stream on a PulseAudio server (pacat) and a real
+MPD; their volumes as they report them (pactl, MPD's status), sampled while Herald speaks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from herald.announcement import NO_DEFAULTS, Announcement, parse_payload
+from herald.audio.alsa import AlsaOutput
+from herald.audio.dsp import Samples
+from herald.config import AudioConfig
+from herald.duck import Ducker
+from herald.duck.mpd import MpdDucking
+from herald.duck.pulse import PulseDucking
+from herald.speaker import Delivery, Speaker
+from tests.fake_slng import RecordingSink
+from tests.support import RATE, PulseServer, free_port, mpd_volume, wait_for
+from tests.test_voice_and_speaker import StubVoice
+
+DUCKED = 10 ** (-20 / 60)  # -20 dB in PulseAudio's cubic volume scale
+
+
+class Tone(StubVoice):
+    """Says every text as `seconds` of a tone, at the pace of a sound card."""
+
+    name = "tone"
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        t = np.arange(round(seconds * RATE)) / RATE
+        self.audio = np.round(np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+
+    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
+        for start in range(0, len(self.audio), 960):
+            yield self.audio[start : start + 960]
+            await asyncio.sleep(0.02)
+
+
+def announcement(ident: str = "a") -> Announcement:
+    payload = json.dumps({"id": ident, "text": "Hi.", "chime": False}).encode()
+    return parse_payload(payload, 16384, 0.0, NO_DEFAULTS)
+
+
+# --- PulseAudio ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def music(pulse: PulseServer) -> Iterator[subprocess.Popen[bytes]]:
+    """A music player's stream on the server Herald plays to (silence, at full volume)."""
+    player = subprocess.Popen(
+        ["pacat", "--server", pulse.server, "--playback", "--raw", "--format=s16le",
+         "--rate=48000", "--channels=2", "--property=application.name=music", "/dev/zero"],
+    )  # fmt: skip
+    wait_for(lambda: music_volume(pulse, player) is not None, 10, "the music stream")
+    yield player
+    player.terminate()
+    player.wait(5)
+
+
+def streams(pulse: PulseServer) -> list[dict[str, object]]:
+    out = subprocess.run(
+        ["pactl", "--server", pulse.server, "-f", "json", "list", "sink-inputs"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    parsed: list[dict[str, object]] = json.loads(out)
+    return parsed
+
+
+def volume_of(stream: dict[str, object]) -> int:
+    volume = stream["volume"]
+    assert isinstance(volume, dict)
+    return int(next(iter(volume.values()))["value"])
+
+
+def music_volume(pulse: PulseServer, player: subprocess.Popen[bytes]) -> int | None:
+    for stream in streams(pulse):
+        properties = stream["properties"]
+        assert isinstance(properties, dict)
+        if properties.get("application.process.id") == str(player.pid):
+            return volume_of(stream)
+    return None
+
+
+def set_music_volume(pulse: PulseServer, player: subprocess.Popen[bytes], value: int) -> None:
+    for stream in streams(pulse):
+        properties = stream["properties"]
+        assert isinstance(properties, dict)
+        if properties.get("application.process.id") == str(player.pid):
+            subprocess.run(
+                ["pactl", "--server", pulse.server, "set-sink-input-volume",
+                 str(stream["index"]), str(value), str(value)], check=True,
+            )  # fmt: skip
+
+
+class Sampler:
+    """Samples a volume every 20 ms in a thread: (time.monotonic(), value)."""
+
+    def __init__(self, read: object) -> None:
+        self.seen: list[tuple[float, int | None]] = []
+        self._read = read
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seen.append((time.monotonic(), self._read()))  # type: ignore[operator]
+            self._stop.wait(0.02)
+
+    def stop(self) -> list[tuple[float, int | None]]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.seen
+
+
+class FirstSoundSink(RecordingSink):
+    """Notes when the first sound is played and, right then, the music's volume."""
+
+    def __init__(self, music_volume: Callable[[], int | None] = lambda: None) -> None:
+        super().__init__(clock=time.monotonic)
+        self._music_volume = music_volume
+        self.music_at_first: int | None = None
+
+    async def play(self, samples: Samples) -> None:
+        if self.first_at is None:
+            self.music_at_first = self._music_volume()
+        await super().play(samples)
+
+
+def pulse_ducker(pulse: PulseServer, state: Path | None = None) -> Ducker:
+    return Ducker([PulseDucking(pulse.server)], -20.0, 200, state)
+
+
+def test_the_music_is_down_before_the_first_sound_and_back_after_the_last(
+    pulse: PulseServer, music: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    full = music_volume(pulse, music)
+    assert full == 65536
+    sampler = Sampler(lambda: music_volume(pulse, music))
+    sink = FirstSoundSink(lambda: music_volume(pulse, music))
+    ended: list[float] = []
+
+    async def scenario() -> None:
+        ducker = pulse_ducker(pulse, tmp_path / "ducked.json")
+        speaker = Speaker([Tone(0.6)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
+        assert await speaker.speak(announcement("one"))
+        assert await speaker.speak(announcement("two"))  # back to back: still down
+        ended.append(time.monotonic())
+        await asyncio.sleep(1.5)
+        await ducker.close()
+
+    asyncio.run(scenario())
+    seen = sampler.stop()
+    assert sink.first_at is not None
+    down = round(full * DUCKED)
+    assert sink.music_at_first == down  # down, ramp and all, before the first sound
+    during = [v for t, v in seen if sink.first_at + 0.05 <= t <= ended[0]]
+    after = [v for t, v in seen if t >= ended[0] + 1.2]
+    assert during and set(during) == {down}  # down all along, between the two as well
+    assert after and set(after) == {full}  # and back exactly
+    ups = sum(1 for (_, a), (_, b) in itertools.pairwise(seen) if b and a and b > a)
+    assert ups <= max(1, round(0.2 / 0.04)), seen  # one ramp up, no bounce between the two
+    assert not (tmp_path / "ducked.json").exists()  # nothing left to put back
+
+
+def test_herald_own_stream_is_not_lowered(
+    pulse: PulseServer, music: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    ours: list[int] = []
+
+    async def scenario() -> None:
+        output = AlsaOutput(AudioConfig(device="herald_paced", sample_rate=RATE))
+        ducker = pulse_ducker(pulse)
+        speaker = Speaker([Tone(1.5)], output, lambda _: None, Delivery(RATE, ducker=ducker))
+        speaking = asyncio.create_task(speaker.speak(announcement()))
+        await asyncio.sleep(1.0)
+        for stream in await asyncio.to_thread(streams, pulse):
+            properties = stream["properties"]
+            assert isinstance(properties, dict)
+            if properties.get("application.process.id") == str(os.getpid()):
+                ours.append(volume_of(stream))
+        assert await speaking
+        await output.close()
+        await ducker.close()
+
+    asyncio.run(scenario())
+    assert ours == [65536]
+
+
+def test_a_volume_the_user_set_while_ducked_stands(
+    pulse: PulseServer, music: subprocess.Popen[bytes]
+) -> None:
+    async def scenario() -> None:
+        ducker = pulse_ducker(pulse)
+        speaker = Speaker(
+            [Tone(1.0)], RecordingSink(), lambda _: None, Delivery(RATE, ducker=ducker)
+        )
+        speaking = asyncio.create_task(speaker.speak(announcement()))
+        await asyncio.sleep(0.6)
+        await asyncio.to_thread(set_music_volume, pulse, music, 30000)  # the user's hand
+        assert await speaking
+        await ducker.close()
+
+    asyncio.run(scenario())
+    assert music_volume(pulse, music) == 30000
+
+
+def test_what_a_crash_left_lowered_is_put_back_at_the_next_start(
+    pulse: PulseServer, music: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    state = tmp_path / "ducked.json"
+
+    async def crashed() -> None:
+        await pulse_ducker(pulse, state).duck()  # and then nothing: killed while ducked
+
+    async def next_start() -> None:
+        await pulse_ducker(pulse, state).recover()
+
+    asyncio.run(crashed())
+    assert music_volume(pulse, music) == round(65536 * DUCKED)
+    assert json.loads(state.read_text())["lowered"][0]["backend"] == "pulse"
+    asyncio.run(next_start())
+    assert music_volume(pulse, music) == 65536
+    assert not state.exists()
+
+
+# --- MPD -----------------------------------------------------------------------------------------
+
+
+def test_mpd_is_lowered_to_a_tenth_and_put_back(mpd: str) -> None:
+    """70 at -20 dB is 7, before the first sound; back to 70 after the last."""
+    assert mpd_volume(mpd) == 70
+    sampler = Sampler(lambda: mpd_volume(mpd))
+    sink = FirstSoundSink(lambda: mpd_volume(mpd))
+    ended: list[float] = []
+
+    async def scenario() -> None:
+        ducker = Ducker([MpdDucking(mpd)], -20.0, 200, None)
+        speaker = Speaker([Tone(0.6)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
+        assert await speaker.speak(announcement())
+        ended.append(time.monotonic())
+        await asyncio.sleep(1.2)
+        await ducker.close()
+
+    asyncio.run(scenario())
+    seen = sampler.stop()
+    assert sink.first_at is not None
+    assert sink.music_at_first == 7  # down before the first sound
+    assert {v for t, v in seen if sink.first_at + 0.05 <= t <= ended[0]} == {7}
+    assert mpd_volume(mpd) == 70
+
+
+def test_an_unreachable_player_is_said_once_and_never_holds_up_speech(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nobody listens
+
+    async def scenario() -> list[float]:
+        ducker = Ducker([MpdDucking(address)], -20.0, 200, None)
+        waits = []
+        for n in range(3):
+            sink = FirstSoundSink()
+            speaker = Speaker([Tone(0.2)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
+            asked = time.monotonic()
+            assert await speaker.speak(announcement(f"a{n}"))
+            assert sink.first_at is not None
+            waits.append(sink.first_at - asked)
+            await asyncio.sleep(0.6)  # restored (nothing to restore) before the next
+        await ducker.close()
+        return waits
+
+    waits = asyncio.run(scenario())
+    assert max(waits) < 0.2 + 1.0  # at most the ramp and the grace, once; then not at all
+    lines = [r.getMessage() for r in caplog.records if r.name == "herald.duck"]
+    assert len(lines) == 1 and "mpd cannot lower" in lines[0] and address in lines[0], lines
