@@ -23,7 +23,7 @@ DEV_PACKAGES=("${BASE_PACKAGES[@]}" "${BROKER_PACKAGES[@]}"
     openssl   # certificates for the TLS test
     systemd   # systemd-analyze, for tests/test_unit_file.py
     debootstrap # the Debian 13 root of the tests, with Home Assistant (tests/debian13/env.sh)
-    mpd)         # a real MPD for the ducking tests (tests/test_ducking.py)
+    mpd snapserver snapclient) # real players for the ducking tests (tests/test_ducking.py)
 
 SERVICE_USER=herald
 SYSTEM_CONFIG=/etc/herald/herald.toml

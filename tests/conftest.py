@@ -19,8 +19,8 @@ from tests.support import (
     PulseServer,
     daemon_env,
     free_port,
-    mpd_answers,
     mpd_command,
+    port_answers,
     wait_for,
     write_alsa_config,
     write_config,
@@ -206,7 +206,7 @@ def mpd(tmp_path: Path) -> Iterator[str]:
         ["mpd", "--no-daemon", "--stderr", str(config)],
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "mpd.log").open("wb"),
     )  # fmt: skip
-    wait_for(lambda: mpd_answers(port), 15, "mpd to listen")
+    wait_for(lambda: port_answers(port), 15, "mpd to listen")
     mpd_command(port, "setvol 70")
     yield f"127.0.0.1:{port}"
     process.terminate()

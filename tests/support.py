@@ -540,7 +540,7 @@ class FakeDeepgramThread:
 # --- MPD, for the ducking tests -----------------------------------------------------------------
 
 
-def mpd_answers(port: int) -> bool:
+def port_answers(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except OSError:

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -23,9 +24,10 @@ from herald.config import AudioConfig
 from herald.duck import Ducker
 from herald.duck.mpd import MpdDucking
 from herald.duck.pulse import PulseDucking
+from herald.duck.snapcast import SnapcastDucking
 from herald.speaker import Delivery, Speaker
 from tests.fake_slng import RecordingSink
-from tests.support import RATE, PulseServer, free_port, mpd_volume, wait_for
+from tests.support import RATE, PulseServer, free_port, mpd_volume, port_answers, wait_for
 from tests.test_voice_and_speaker import StubVoice
 
 DUCKED = 10 ** (-20 / 60)  # -20 dB in PulseAudio's cubic volume scale
@@ -283,3 +285,109 @@ def test_an_unreachable_player_is_said_once_and_never_holds_up_speech(
     assert max(waits) < 0.2 + 1.0  # at most the ramp and the grace, once; then not at all
     lines = [r.getMessage() for r in caplog.records if r.name == "herald.duck"]
     assert len(lines) == 1 and "mpd cannot lower" in lines[0] and address in lines[0], lines
+
+
+# --- Snapcast -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def snapcast(tmp_path: Path) -> Iterator[str]:
+    """A real snapserver (a pipe source, control on loopback) with one snapclient, "room1",
+    playing into nothing; the control's address."""
+    control, stream = free_port(), free_port()
+    config = tmp_path / "snapserver.conf"
+    config.write_text(
+        f"[server]\ndatadir = {tmp_path}\n[http]\nenabled = false\n"
+        f"[tcp]\nenabled = true\nbind_to_address = 127.0.0.1\nport = {control}\n"
+        f"[stream]\nbind_to_address = 127.0.0.1\nport = {stream}\n"
+        f"source = pipe://{tmp_path / 'fifo'}?name=default\n[logging]\nsink = null\n"
+    )
+    log = (tmp_path / "snapcast.log").open("wb")
+    server = subprocess.Popen(["snapserver", "-c", str(config)], stdout=log, stderr=log)
+    wait_for(lambda: port_answers(control), 15, "snapserver's control")
+    client = subprocess.Popen(
+        ["snapclient", "-h", "127.0.0.1", "-p", str(stream), "--player", "file:filename=null",
+         "--hostID", "room1", "--logsink", "null"],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    address = f"127.0.0.1:{control}"
+    wait_for(lambda: snap_volume(address) is not None, 15, "snapclient to join")
+    snap_set_volume(address, 80)
+    yield address
+    for process in (client, server):
+        process.terminate()
+        process.wait(10)
+
+
+def snap_call(address: str, method: str, params: dict[str, object] | None = None) -> object:
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        stream = conn.makefile("rw")
+        request = {
+            "id": 7,
+            "jsonrpc": "2.0",
+            "method": method,
+            **({"params": params} if params else {}),
+        }
+        stream.write(json.dumps(request) + "\r\n")
+        stream.flush()
+        while True:
+            reply = json.loads(stream.readline())
+            if reply.get("id") == 7:
+                return reply["result"]
+
+
+def snap_volume(address: str) -> int | None:
+    status = snap_call(address, "Server.GetStatus")
+    assert isinstance(status, dict)
+    for group in status["server"]["groups"]:
+        for client in group["clients"]:
+            if client["id"] == "room1" and client["connected"]:
+                return int(client["config"]["volume"]["percent"])
+    return None
+
+
+def snap_set_volume(address: str, percent: int) -> None:
+    volume = {"muted": False, "percent": percent}
+    snap_call(address, "Client.SetVolume", {"id": "room1", "volume": volume})
+
+
+def test_this_rooms_snapcast_client_is_lowered_and_put_back(snapcast: str) -> None:
+    """80 at -20 dB is 8, before the first sound; back to 80 after the last."""
+    sink = FirstSoundSink(lambda: snap_volume(snapcast))
+    ended: list[float] = []
+
+    async def scenario() -> None:
+        ducker = Ducker([SnapcastDucking(snapcast, "room1")], -20.0, 200, None)
+        speaker = Speaker([Tone(0.6)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
+        assert await speaker.speak(announcement())
+        ended.append(time.monotonic())
+        assert snap_volume(snapcast) == 8  # still down as the last sound ends
+        await asyncio.sleep(1.2)
+        await ducker.close()
+
+    asyncio.run(scenario())
+    assert sink.music_at_first == 8
+    assert snap_volume(snapcast) == 80
+
+
+def test_a_snapcast_client_the_server_does_not_know_is_said_once(
+    snapcast: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        ducker = Ducker([SnapcastDucking(snapcast, "kitchen")], -20.0, 200, None)
+        speaker = Speaker(
+            [Tone(0.2)], RecordingSink(), lambda _: None, Delivery(RATE, ducker=ducker)
+        )
+        for n in range(2):
+            assert await speaker.speak(announcement(f"a{n}"))
+            await asyncio.sleep(0.6)
+        await ducker.close()
+
+    asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.name == "herald.duck"]
+    assert lines == [
+        "ducking: snapcast cannot lower: snapserver knows no client 'kitchen' "
+        "(said once until it works again)"
+    ]
+    assert snap_volume(snapcast) == 80

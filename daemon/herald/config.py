@@ -707,6 +707,16 @@ class DuckingConfig(_Frozen):
     mpd: str = Field(
         "", description="an MPD to lower, as `host:port` (port 6600 if left out); empty: none"
     )
+    snapcast: str = Field(
+        "",
+        description="a snapserver's control, as `host:port` (port 1705 if left out), whose "
+        "client in this room is lowered; empty: none",
+    )
+    snapcast_client: str = Field(
+        "",
+        description="that client's id (`snapclient --hostID`) or host name; empty: this "
+        "machine's host name",
+    )
     mpd_password_file: Path | None = Field(
         None,
         description="a file holding the MPD password, if it has one (or the MPD_PASSWORD "

@@ -3,10 +3,11 @@
 `Ducker` decides when: it lowers every configured player before Herald's first sound (the chime
 included) and puts them back once the last sound of the last announcement has played out and
 nothing followed within RESTORE_AFTER_S; announcements that follow or preempt each other keep
-the music down and restore it once. Each backend (`pulse.py`: the other streams of the
-PulseAudio / PipeWire server; `mpd.py`: an MPD) knows how: what it lowered comes back as a
-`Lowered` (the value before and the value it set), and it restores a player only if it still
-has the value it set (a user who changed the volume meanwhile keeps their value).
+the music down and restore it once. Each backend knows how (`pulse.py`: the other streams of
+the PulseAudio / PipeWire server; `mpd.py`: an MPD; `snapcast.py`: this room's Snapcast
+client): what it lowered comes back as a `Lowered` (the value before and the value it set),
+and it restores a player only if it still has the value it set (a user who changed the volume
+meanwhile keeps their value).
 
 What is lowered is kept in `state_dir/ducked.json` until it is restored, so a crash while the
 music is down is put right at the next start. A backend that cannot be reached is logged once
@@ -225,4 +226,8 @@ def build_ducker(config: Config) -> Ducker:
 
         password = read_secret(cfg.mpd_password_file, "MPD_PASSWORD", "mpd_password")
         backends.append(MpdDucking(cfg.mpd, password))
+    if cfg.enabled and cfg.snapcast:
+        from herald.duck.snapcast import SnapcastDucking
+
+        backends.append(SnapcastDucking(cfg.snapcast, cfg.snapcast_client))
     return Ducker(backends, cfg.level_db, cfg.ramp_ms, config.state_dir / "ducked.json")
