@@ -11,23 +11,33 @@ import socket
 import subprocess
 import threading
 import time
+import wave
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from herald.announcement import NO_DEFAULTS, Announcement, parse_payload
+from herald.announcement import NO_DEFAULTS, PRIORITY_LEVELS, Announcement, parse_payload
 from herald.audio.alsa import AlsaOutput
 from herald.audio.dsp import Samples
 from herald.config import AudioConfig
-from herald.duck import Ducker
+from herald.duck import Backend, Ducker
 from herald.duck.mpd import MpdDucking
 from herald.duck.pulse import PulseDucking
 from herald.duck.snapcast import SnapcastDucking
 from herald.speaker import Delivery, Speaker
 from tests.fake_slng import RecordingSink
-from tests.support import RATE, PulseServer, free_port, mpd_volume, port_answers, wait_for
+from tests.support import (
+    RATE,
+    PulseServer,
+    free_port,
+    mpd_command,
+    mpd_volume,
+    port_answers,
+    wait_for,
+)
 from tests.test_voice_and_speaker import StubVoice
 
 DUCKED = 10 ** (-20 / 60)  # -20 dB in PulseAudio's cubic volume scale
@@ -391,3 +401,70 @@ def test_a_snapcast_client_the_server_does_not_know_is_said_once(
         "(said once until it works again)"
     ]
     assert snap_volume(snapcast) == 80
+
+
+# --- pausing for the most urgent ----------------------------------------------------------------
+
+
+def critical(ident: str = "c") -> Announcement:
+    payload = json.dumps({"id": ident, "text": "Fire!", "chime": False, "priority": "critical"})
+    return parse_payload(payload.encode(), 16384, 0.0, NO_DEFAULTS)
+
+
+def speak_with(ducker: Ducker, announcement: Announcement, read: Callable[[], object]) -> object:
+    """Speak it with the ducker; what `read` said at the first sound. Then everything is put
+    back (the ducker closes)."""
+    sink = FirstSoundSink(read)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        speaker = Speaker([Tone(0.4)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
+        assert await speaker.speak(announcement)
+        await ducker.close()
+
+    asyncio.run(scenario())
+    return sink.music_at_first
+
+
+def test_a_critical_announcement_pauses_mpd_and_it_plays_on_afterwards(
+    mpd: str, tmp_path: Path
+) -> None:
+    port = int(mpd.rpartition(":")[2])
+    track = tmp_path / "music" / "music.wav"  # the fixture's music_directory
+    with wave.open(str(track), "wb") as out:  # a minute of near-silence to play
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(np.ones(8000 * 60, dtype="<i2").tobytes())
+    mpd_command(port, "update")
+    wait_for(lambda: "music.wav" in str(mpd_command(port, "listall")), 10, "mpd to find it")
+    mpd_command(port, "add music.wav")
+    mpd_command(port, "play")
+    wait_for(lambda: mpd_command(port, "status")["state"] == "play", 10, "mpd to play")
+
+    def state_and_volume() -> tuple[str, int]:
+        status = mpd_command(port, "status")
+        return status["state"], int(status["volume"])
+
+    pausing = Ducker([MpdDucking(mpd)], -20.0, 200, None, PRIORITY_LEVELS["critical"])
+    assert speak_with(pausing, critical(), state_and_volume) == ("pause", 70)
+    assert state_and_volume() == ("play", 70)
+    lowering = Ducker([MpdDucking(mpd)], -20.0, 200, None, PRIORITY_LEVELS["critical"])
+    assert speak_with(lowering, announcement(), state_and_volume) == ("play", 7)  # normal: lower
+    assert state_and_volume() == ("play", 70)
+
+
+def test_a_critical_announcement_mutes_the_other_streams_and_snapcast(
+    pulse: PulseServer, music: subprocess.Popen[bytes], snapcast: str
+) -> None:
+    def muted() -> tuple[bool, bool]:
+        pid = str(music.pid)
+        stream: Any = next(s for s in streams(pulse) if pid in json.dumps(s["properties"]))
+        status: Any = snap_call(snapcast, "Server.GetStatus")
+        client = next(c for g in status["server"]["groups"] for c in g["clients"])
+        return bool(stream["mute"]), bool(client["config"]["volume"]["muted"])
+
+    backends: list[Backend] = [PulseDucking(pulse.server), SnapcastDucking(snapcast, "room1")]
+    ducker = Ducker(backends, -20.0, 200, None, PRIORITY_LEVELS["high"])
+    assert speak_with(ducker, critical(), muted) == (True, True)
+    assert muted() == (False, False)
+    assert music_volume(pulse, music) == 65536 and snap_volume(snapcast) == 80  # untouched

@@ -707,6 +707,11 @@ class DuckingConfig(_Frozen):
     mpd: str = Field(
         "", description="an MPD to lower, as `host:port` (port 6600 if left out); empty: none"
     )
+    pause_from: Literal["", "low", "normal", "high", "critical"] = Field(
+        "",
+        description="announcements of this priority or above pause the players instead "
+        "(MPD pauses; Snapcast and PulseAudio streams are muted); empty: always lower",
+    )
     snapcast: str = Field(
         "",
         description="a snapserver's control, as `host:port` (port 1705 if left out), whose "

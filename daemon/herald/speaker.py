@@ -208,7 +208,7 @@ class Speaker:
         self._fresh = {}
         gain = self._delivery.gain_for(announcement)
         try:
-            await self._make_room()
+            await self._make_room(announcement)
             await self._wake_output()
             voice = ""
             for round_ in range(announcement.repeat):
@@ -250,13 +250,13 @@ class Speaker:
     def _rate(self) -> int:
         return self._delivery.sample_rate
 
-    async def _make_room(self) -> None:
+    async def _make_room(self, announcement: Announcement) -> None:
         """Before the first sound: the amplifier on and warm, the other audio lowered."""
         getting_ready = []
         if self._delivery.amplifier is not None:
             getting_ready.append(self._delivery.amplifier.power_on())
         if self._delivery.ducker is not None:
-            getting_ready.append(self._delivery.ducker.duck())
+            getting_ready.append(self._delivery.ducker.duck(announcement.priority))
         await asyncio.gather(*getting_ready)
 
     async def _wake_output(self) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from herald.announcement import PRIORITY_LEVELS
 from herald.config import Config, read_secret
 from herald.logsafe import shown
 from herald.statefile import StateFile
@@ -49,8 +50,14 @@ class Backend(Protocol):
         """Lower the player(s) by `level_db`, ramped over `ramp_s`; what was lowered."""
         ...
 
+    async def pause(self) -> list[Lowered]:
+        """Pause (or mute) the player(s) at once, for the most urgent announcements; what was
+        paused (kind "pause")."""
+        ...
+
     async def restore(self, lowered: Sequence[Lowered], ramp_s: float) -> None:
-        """Put back what `lower` lowered, unless the user changed it meanwhile."""
+        """Put back what `lower` lowered and `pause` paused, unless the user changed it
+        meanwhile (paused ones play again first, then the volumes come back up)."""
         ...
 
 
@@ -63,8 +70,13 @@ class Ducker:
         level_db: float,
         ramp_ms: int,
         state: Path | None,
+        pause_from: int | None = None,
     ) -> None:
+        """`pause_from`: announcements of this priority or above pause (mute) the players
+        instead of lowering them (None: never)."""
         self._backends = {b.name: b for b in backends}
+        self._pause_from = pause_from
+        self.paused = False
         self._level_db = level_db
         self._ramp_s = ramp_ms / 1000
         self._file = None if state is None else StateFile(state, "what the ducking lowered")
@@ -75,15 +87,18 @@ class Ducker:
         self._working: asyncio.Task[None] | None = None  # the last lowering or restoring
         self._failing: set[str] = set()
 
-    async def duck(self) -> None:
-        """Before a sound: the music goes down. Waited for at most the ramp and WAIT_GRACE_S,
-        and not at all for a backend that failed last time (it is tried all the same)."""
+    async def duck(self, priority: int = 0) -> None:
+        """Before a sound: the music goes down (or pauses, from `pause_from` up). Waited for at
+        most the ramp and WAIT_GRACE_S, and not at all for a backend that failed last time (it
+        is tried all the same)."""
         self._cancel_restore()
-        if self.down or not self._backends:
-            return
+        pause = self._pause_from is not None and priority >= self._pause_from
+        if not self._backends or (self.down and (self.paused or not pause)):
+            return  # (a pausing one that cuts in while the music is only lowered pauses it)
         self.down = True
+        self.paused = self.paused or pause
         lowering = {name: asyncio.Event() for name in self._backends if name not in self._failing}
-        self._in_turn(self._lower(lowering))
+        self._in_turn(self._lower(lowering, pause))
         if lowering:
             waits = [asyncio.create_task(done.wait()) for done in lowering.values()]
             _, late = await asyncio.wait(waits, timeout=self._ramp_s + WAIT_GRACE_S)
@@ -119,7 +134,7 @@ class Ducker:
 
     def _restore_now(self) -> None:
         self._restore_later = None
-        self.down = False
+        self.down = self.paused = False
         self._in_turn(self._restore_lowered())
 
     def _in_turn(self, work: Any) -> asyncio.Task[None]:
@@ -134,18 +149,23 @@ class Ducker:
         self._working = asyncio.create_task(after(), name="ducking")
         return self._working
 
-    async def _lower(self, lowering: dict[str, asyncio.Event]) -> None:
+    async def _lower(self, lowering: dict[str, asyncio.Event], pause: bool) -> None:
         results = await asyncio.gather(
-            *(self._lower_one(b, lowering.get(b.name)) for b in self._backends.values())
+            *(self._lower_one(b, lowering.get(b.name), pause) for b in self._backends.values())
         )
-        self._lowered = [item for lowered in results for item in lowered]
+        self._lowered += [item for lowered in results for item in lowered]
         self._save()
 
-    async def _lower_one(self, backend: Backend, done: asyncio.Event | None) -> list[Lowered]:
+    async def _lower_one(
+        self, backend: Backend, done: asyncio.Event | None, pause: bool
+    ) -> list[Lowered]:
         try:
-            lowered = await backend.lower(self._level_db, self._ramp_s)
+            if pause:
+                lowered = await backend.pause()
+            else:
+                lowered = await backend.lower(self._level_db, self._ramp_s)
         except DuckError as exc:
-            self._failed(backend.name, f"cannot lower: {exc}")
+            self._failed(backend.name, f"cannot {'pause' if pause else 'lower'}: {exc}")
             return []
         finally:
             if done is not None:
@@ -230,4 +250,6 @@ def build_ducker(config: Config) -> Ducker:
         from herald.duck.snapcast import SnapcastDucking
 
         backends.append(SnapcastDucking(cfg.snapcast, cfg.snapcast_client))
-    return Ducker(backends, cfg.level_db, cfg.ramp_ms, config.state_dir / "ducked.json")
+    pause_from = None if not cfg.pause_from else PRIORITY_LEVELS[cfg.pause_from]
+    state = config.state_dir / "ducked.json"
+    return Ducker(backends, cfg.level_db, cfg.ramp_ms, state, pause_from)

@@ -1,5 +1,9 @@
 """Ducking an MPD (Music Player Daemon), through its protocol (python-mpd2's asyncio client).
 
+For the most urgent announcements (`ducking.pause_from`) a playing MPD is paused instead, and
+plays on afterwards if it is still paused then (a user who stopped it or played meanwhile
+keeps that).
+
 MPD's volume is 0-100 on whatever mixer it has: lowering by `level_db` scales it by
 10^(level_db/20) (70 becomes 7 at -20 dB), in a few steps over the ramp. It is put back only if
 MPD still has the volume Herald set. An MPD without a volume control (`volume: -1`) is said so
@@ -39,12 +43,25 @@ class MpdDucking:
             raise DuckError(f"MPD at {self._host}:{self._port}: {shown(str(exc), 120)}") from None
         return [Lowered(address=f"{self._host}:{self._port}", before=before, set=target)]
 
+    async def pause(self) -> list[Lowered]:
+        try:
+            async with self._client() as client:
+                if (await client.status()).get("state") != "play":
+                    return []  # nothing playing: nothing to pause
+                await client.pause(1)
+        except (OSError, ConnectionError, MPDError) as exc:
+            raise DuckError(f"MPD at {self._host}:{self._port}: {shown(str(exc), 120)}") from None
+        return [Lowered(address=f"{self._host}:{self._port}", kind="pause")]
+
     async def restore(self, lowered: Sequence[Lowered], ramp_s: float) -> None:
         try:
             async with self._client() as client:
+                paused = any(item.get("kind") == "pause" for item in lowered)
+                if paused and (await client.status()).get("state") == "pause":  # else: theirs
+                    await client.pause(0)
                 now = await self._volume(client)
                 for item in lowered:
-                    if now == item.get("set"):  # else the user set a volume meanwhile: theirs
+                    if item.get("kind") != "pause" and now == item.get("set"):
                         await self._ramp(client, now, int(item["before"]), ramp_s)
         except (OSError, ConnectionError, MPDError) as exc:
             raise DuckError(f"MPD at {self._host}:{self._port}: {shown(str(exc), 120)}") from None

@@ -5,7 +5,9 @@ own volume, in the server's dB scale (what `pactl` prints: PulseAudio's volumes 
 -20 dB multiplies the raw value by 10^(-20/60)); the sink's master volume is not touched, nor is
 Herald's own stream (its `application.process.id` is Herald's). The ramp is a few steps
 linear in dB. A stream is put back only if it still is the same stream (index and process id)
-with the volume Herald set; a user who moved it meanwhile keeps their volume.
+with the volume Herald set; a user who moved it meanwhile keeps their volume. For the most
+urgent announcements (`ducking.pause_from`) the streams are muted instead, and unmuted
+afterwards if they still are.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ class PulseDucking:
         factor = 10 ** (level_db / 60)
         lowered = []
         for stream in await self._streams():
-            if stream.get("properties", {}).get("application.process.id") == str(os.getpid()):
-                continue  # Herald's own
+            if not self._theirs(stream):
+                continue
             before = _volumes(stream)
             lowered.append(
                 Lowered(
                     index=stream["index"],
-                    pid=stream.get("properties", {}).get("application.process.id"),
+                    pid=_pid(stream),
                     before=before,
                     set=[max(round(v * factor), 0) for v in before],
                 )
@@ -47,17 +49,33 @@ class PulseDucking:
         await asyncio.gather(*(self._ramp(item, "before", "set", ramp_s) for item in lowered))
         return lowered
 
+    async def pause(self) -> list[Lowered]:
+        paused = []
+        for stream in await self._streams():
+            if not self._theirs(stream) or stream.get("mute"):
+                continue
+            await self._pactl("set-sink-input-mute", str(stream["index"]), "1")
+            paused.append(Lowered(index=stream["index"], pid=_pid(stream), kind="pause"))
+        return paused
+
     async def restore(self, lowered: Sequence[Lowered], ramp_s: float) -> None:
         now = {stream["index"]: stream for stream in await self._streams()}
         back = []
         for item in lowered:
             stream = now.get(item.get("index"))
-            if stream is None:
+            if stream is None or _pid(stream) != item.get("pid"):
                 continue  # the player stopped meanwhile
-            same = stream.get("properties", {}).get("application.process.id") == item.get("pid")
-            if same and _volumes(stream) == list(item.get("set", [])):
+            if item.get("kind") == "pause":
+                if stream.get("mute"):  # else someone unmuted it already
+                    await self._pactl("set-sink-input-mute", str(item["index"]), "0")
+            elif _volumes(stream) == list(item.get("set", [])):
                 back.append(item)
         await asyncio.gather(*(self._ramp(item, "set", "before", ramp_s) for item in back))
+
+    @staticmethod
+    def _theirs(stream: dict[str, Any]) -> bool:
+        """Not Herald's own stream."""
+        return _pid(stream) != str(os.getpid())
 
     async def _ramp(self, item: Lowered, start: str, end: str, ramp_s: float) -> None:
         first, last = list(item[start]), list(item[end])
@@ -102,6 +120,12 @@ class PulseDucking:
             said = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no reason"]
             raise DuckError(f"pactl: {shown(said[0], 200)}")
         return out.decode("utf-8", "replace")
+
+
+def _pid(stream: dict[str, Any]) -> str | None:
+    """The process id of the program that plays the stream, as the server knows it."""
+    pid = stream.get("properties", {}).get("application.process.id")
+    return None if pid is None else str(pid)
 
 
 def _volumes(stream: dict[str, Any]) -> list[int]:

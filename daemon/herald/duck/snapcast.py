@@ -3,8 +3,9 @@
 The client is found by its id (`snapclient --hostID`) or its host name (default: this
 machine's), among the clients the server knows; its 0-100 volume is scaled by 10^(level_db/20)
 in a few steps over the ramp, with `Client.SetVolume`. It is put back only if it still has the
-volume Herald set. The control speaks newline-delimited JSON-RPC 2.0 on TCP (port 1705); the
-server's notifications that arrive meanwhile are skipped.
+volume Herald set. For the most urgent announcements (`ducking.pause_from`) the client is
+muted instead, and unmuted afterwards if it still is. The control speaks newline-delimited
+JSON-RPC 2.0 on TCP (port 1705); the server's notifications that arrive meanwhile are skipped.
 """
 
 from __future__ import annotations
@@ -40,12 +41,28 @@ class SnapcastDucking:
             await self._ramp(control, client["id"], before, target, ramp_s)
         return [Lowered(client=client["id"], before=before, set=target)]
 
+    async def pause(self) -> list[Lowered]:
+        async with _Control(self._host, self._port) as control:
+            client = await self._find(control)
+            volume = dict(client["config"]["volume"])
+            if volume.get("muted"):
+                return []
+            await control.call(
+                "Client.SetVolume", {"id": client["id"], "volume": {**volume, "muted": True}}
+            )
+        return [Lowered(client=client["id"], kind="pause")]
+
     async def restore(self, lowered: Sequence[Lowered], ramp_s: float) -> None:
         async with _Control(self._host, self._port) as control:
             client = await self._find(control)
-            now = int(client["config"]["volume"]["percent"])
-            for item in lowered:
-                if item.get("client") == client["id"] and now == item.get("set"):
+            volume = dict(client["config"]["volume"])
+            mine = [item for item in lowered if item.get("client") == client["id"]]
+            if volume.get("muted") and any(item.get("kind") == "pause" for item in mine):
+                volume["muted"] = False
+                await control.call("Client.SetVolume", {"id": client["id"], "volume": volume})
+            now = int(volume["percent"])
+            for item in mine:
+                if item.get("kind") != "pause" and now == item.get("set"):
                     await self._ramp(control, client["id"], now, int(item["before"]), ramp_s)
 
     async def _find(self, control: _Control) -> dict[str, Any]:
