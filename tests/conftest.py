@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,13 +14,11 @@ from tests.support import (
     Broker,
     Capture,
     DaemonProcess,
+    MpdServer,
     MqttProbe,
     PulseServer,
     daemon_env,
-    free_port,
     mpd_command,
-    port_answers,
-    wait_for,
     write_alsa_config,
     write_config,
 )
@@ -191,23 +188,16 @@ def pulse(alsa_config_home: Path) -> Iterator[PulseServer]:
 
 
 @pytest.fixture
-def mpd(tmp_path: Path) -> Iterator[str]:
-    """A real MPD on loopback with a null output and a software mixer; its address."""
-    port = free_port()
-    music = tmp_path / "music"
-    music.mkdir()
-    config = tmp_path / "mpd.conf"
-    config.write_text(
-        f'music_directory "{music}"\nbind_to_address "127.0.0.1"\nport "{port}"\n'
-        f'state_file "{tmp_path / "mpd.state"}"\n'
-        'audio_output {\n type "null"\n name "silence"\n mixer_type "software"\n}\n'
-    )
-    process = subprocess.Popen(
-        ["mpd", "--no-daemon", "--stderr", str(config)],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "mpd.log").open("wb"),
-    )  # fmt: skip
-    wait_for(lambda: port_answers(port), 15, "mpd to listen")
-    mpd_command(port, "setvol 70")
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(10)
+def mpd_server(tmp_path: Path) -> Iterator[MpdServer]:
+    """A real MPD on loopback with a null output and a software mixer, at volume 70."""
+    server = MpdServer(tmp_path)
+    server.start()
+    mpd_command(server.port, "setvol 70")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mpd(mpd_server: MpdServer) -> str:
+    """That MPD's address."""
+    return mpd_server.address

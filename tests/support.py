@@ -540,6 +540,42 @@ class FakeDeepgramThread:
 # --- MPD, for the ducking tests -----------------------------------------------------------------
 
 
+@dataclass
+class MpdServer:
+    """A real MPD on loopback (a null output, a software mixer), in `home`; stop and start it
+    again on the same port (a player that goes away and comes back)."""
+
+    home: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.port = free_port()
+        (self.home / "music").mkdir(exist_ok=True)
+        self.config = self.home / "mpd.conf"
+        self.config.write_text(
+            f'music_directory "{self.home / "music"}"\nbind_to_address "127.0.0.1"\n'
+            f'port "{self.port}"\nstate_file "{self.home / "mpd.state"}"\n'
+            'audio_output {\n type "null"\n name "silence"\n mixer_type "software"\n}\n'
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["mpd", "--no-daemon", "--stderr", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=(self.home / "mpd.log").open("ab"),
+        )  # fmt: skip
+        wait_for(lambda: port_answers(self.port), 15, "mpd to listen")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
 def port_answers(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()

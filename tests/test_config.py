@@ -8,8 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from herald.config import Config, ConfigError, SecretSource, find_secret, load_config, read_secret
+from herald.config import (
+    Config,
+    ConfigError,
+    SecretSource,
+    find_secret,
+    host_and_port,
+    load_config,
+    read_secret,
+)
 from tests.support import REPO
 
 
@@ -233,3 +242,23 @@ def test_an_unreadable_credentials_directory_is_not_a_crash(tmp_path: Path, monk
     assert result.returncode == 0, result.stderr
     assert "readable by root and the service only" in result.stdout
     assert "secret" not in result.stdout.replace("readable", "")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("localhost", ("localhost", 6600)),
+        ("music.local:6601", ("music.local", 6601)),
+        ("[::1]", ("::1", 6600)),
+        ("[fe80::1]:7000", ("fe80::1", 7000)),
+    ],
+)
+def test_a_players_address_is_a_host_and_a_port(value: str, expected: tuple[str, int]) -> None:
+    assert host_and_port(value, 6600) == expected
+    assert Config.model_validate({"ducking": {"mpd": value}}).ducking.mpd == value
+
+
+@pytest.mark.parametrize("value", ["localhost:x", "host:", ":6600", "::1", "[::1", "h:70000"])
+def test_a_bad_players_address_is_refused_with_a_reason(value: str) -> None:
+    with pytest.raises(ValidationError, match=r"port|host|IPv6"):
+        Config.model_validate({"ducking": {"snapcast": value}})

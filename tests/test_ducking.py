@@ -22,8 +22,8 @@ import pytest
 from herald.announcement import NO_DEFAULTS, PRIORITY_LEVELS, Announcement, parse_payload
 from herald.audio.alsa import AlsaOutput
 from herald.audio.dsp import Samples
-from herald.config import AudioConfig
-from herald.duck import Backend, Ducker
+from herald.config import AudioConfig, host_and_port
+from herald.duck import BACKEND_TIMEOUT_S, WAIT_GRACE_S, Backend, Ducker
 from herald.duck.mpd import MpdDucking
 from herald.duck.pulse import PulseDucking
 from herald.duck.snapcast import SnapcastDucking
@@ -31,6 +31,7 @@ from herald.speaker import Delivery, Speaker
 from tests.fake_slng import RecordingSink
 from tests.support import (
     RATE,
+    MpdServer,
     PulseServer,
     free_port,
     mpd_command,
@@ -189,6 +190,7 @@ def test_herald_own_stream_is_not_lowered(
     pulse: PulseServer, music: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     ours: list[int] = []
+    theirs: list[int | None] = []
 
     async def scenario() -> None:
         output = AlsaOutput(AudioConfig(device="herald_paced", sample_rate=RATE))
@@ -201,12 +203,14 @@ def test_herald_own_stream_is_not_lowered(
             assert isinstance(properties, dict)
             if properties.get("application.process.id") == str(os.getpid()):
                 ours.append(volume_of(stream))
+        theirs.append(await asyncio.to_thread(music_volume, pulse, music))
         assert await speaking
         await output.close()
         await ducker.close()
 
     asyncio.run(scenario())
     assert ours == [65536]
+    assert theirs == [round(65536 * DUCKED)]  # while the other one is down
 
 
 def test_a_volume_the_user_set_while_ducked_stands(
@@ -257,7 +261,7 @@ def test_mpd_is_lowered_to_a_tenth_and_put_back(mpd: str) -> None:
     ended: list[float] = []
 
     async def scenario() -> None:
-        ducker = Ducker([MpdDucking(mpd)], -20.0, 200, None)
+        ducker = Ducker([MpdDucking(*host_and_port(mpd, 6600))], -20.0, 200, None)
         speaker = Speaker([Tone(0.6)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
         assert await speaker.speak(announcement())
         ended.append(time.monotonic())
@@ -278,7 +282,7 @@ def test_an_unreachable_player_is_said_once_and_never_holds_up_speech(
     address = f"127.0.0.1:{free_port()}"  # nobody listens
 
     async def scenario() -> list[float]:
-        ducker = Ducker([MpdDucking(address)], -20.0, 200, None)
+        ducker = Ducker([MpdDucking(*host_and_port(address, 6600))], -20.0, 200, None)
         waits = []
         for n in range(3):
             sink = FirstSoundSink()
@@ -368,7 +372,9 @@ def test_this_rooms_snapcast_client_is_lowered_and_put_back(snapcast: str) -> No
     ended: list[float] = []
 
     async def scenario() -> None:
-        ducker = Ducker([SnapcastDucking(snapcast, "room1")], -20.0, 200, None)
+        ducker = Ducker(
+            [SnapcastDucking(*host_and_port(snapcast, 1705), "room1")], -20.0, 200, None
+        )
         speaker = Speaker([Tone(0.6)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
         assert await speaker.speak(announcement())
         ended.append(time.monotonic())
@@ -385,7 +391,9 @@ def test_a_snapcast_client_the_server_does_not_know_is_said_once(
     snapcast: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        ducker = Ducker([SnapcastDucking(snapcast, "kitchen")], -20.0, 200, None)
+        ducker = Ducker(
+            [SnapcastDucking(*host_and_port(snapcast, 1705), "kitchen")], -20.0, 200, None
+        )
         speaker = Speaker(
             [Tone(0.2)], RecordingSink(), lambda _: None, Delivery(RATE, ducker=ducker)
         )
@@ -445,10 +453,14 @@ def test_a_critical_announcement_pauses_mpd_and_it_plays_on_afterwards(
         status = mpd_command(port, "status")
         return status["state"], int(status["volume"])
 
-    pausing = Ducker([MpdDucking(mpd)], -20.0, 200, None, PRIORITY_LEVELS["critical"])
+    pausing = Ducker(
+        [MpdDucking(*host_and_port(mpd, 6600))], -20.0, 200, None, PRIORITY_LEVELS["critical"]
+    )
     assert speak_with(pausing, critical(), state_and_volume) == ("pause", 70)
     assert state_and_volume() == ("play", 70)
-    lowering = Ducker([MpdDucking(mpd)], -20.0, 200, None, PRIORITY_LEVELS["critical"])
+    lowering = Ducker(
+        [MpdDucking(*host_and_port(mpd, 6600))], -20.0, 200, None, PRIORITY_LEVELS["critical"]
+    )
     assert speak_with(lowering, announcement(), state_and_volume) == ("play", 7)  # normal: lower
     assert state_and_volume() == ("play", 70)
 
@@ -463,8 +475,131 @@ def test_a_critical_announcement_mutes_the_other_streams_and_snapcast(
         client = next(c for g in status["server"]["groups"] for c in g["clients"])
         return bool(stream["mute"]), bool(client["config"]["volume"]["muted"])
 
-    backends: list[Backend] = [PulseDucking(pulse.server), SnapcastDucking(snapcast, "room1")]
+    backends: list[Backend] = [
+        PulseDucking(pulse.server),
+        SnapcastDucking(*host_and_port(snapcast, 1705), "room1"),
+    ]
     ducker = Ducker(backends, -20.0, 200, None, PRIORITY_LEVELS["high"])
     assert speak_with(ducker, critical(), muted) == (True, True)
     assert muted() == (False, False)
     assert music_volume(pulse, music) == 65536 and snap_volume(snapcast) == 80  # untouched
+
+
+# --- what goes wrong ----------------------------------------------------------------------------
+
+
+def test_a_player_that_hangs_costs_at_most_the_wait_and_a_stop_is_not_held_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An "MPD" that greets and then never answers: speech starts after the ramp and the
+    grace at most, the next announcement does not wait for it at all, it is said once, and
+    closing is bounded by the backend's time limit."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+
+    def greet_and_hang() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.sendall(b"OK MPD 0.23.5\n")
+            held.append(conn)
+
+    threading.Thread(target=greet_and_hang, daemon=True).start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    async def scenario() -> tuple[list[float], float]:
+        ducker = Ducker([MpdDucking(*host_and_port(address, 6600))], -20.0, 200, None)
+        waits = []
+        for n in range(2):
+            sink = FirstSoundSink()
+            speaker = Speaker([Tone(0.2)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
+            asked = time.monotonic()
+            assert await speaker.speak(announcement(f"a{n}"))
+            assert sink.first_at is not None
+            waits.append(sink.first_at - asked)
+        closing = time.monotonic()
+        await ducker.close()
+        return waits, time.monotonic() - closing
+
+    try:
+        waits, closing_s = asyncio.run(scenario())
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+    assert waits[0] < 0.2 + WAIT_GRACE_S + 0.5, waits
+    assert closing_s < 2 * (0.2 + BACKEND_TIMEOUT_S) + 1, closing_s  # a lowering, a restoring
+    lines = [r.getMessage() for r in caplog.records if r.name == "herald.duck"]
+    assert len(lines) == 1 and "mpd cannot lower: no answer in time" in lines[0], lines
+
+
+def test_a_preemption_during_the_lowering_still_speaks_over_lowered_music(
+    pulse: PulseServer, music: subprocess.Popen[bytes]
+) -> None:
+    async def scenario() -> int | None:
+        ducker = Ducker([PulseDucking(pulse.server)], -20.0, 400, None)
+        sink = FirstSoundSink(lambda: music_volume(pulse, music))
+        speaker = Speaker([Tone(0.3)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
+        first = asyncio.create_task(speaker.speak(announcement("low")))
+        await asyncio.sleep(0.1)  # the music is on its way down
+        first.cancel()  # preempted
+        await asyncio.wait([first])
+        assert await speaker.speak(announcement("urgent"))
+        await ducker.close()
+        return sink.music_at_first
+
+    assert asyncio.run(scenario()) == round(65536 * DUCKED)
+    assert music_volume(pulse, music) == 65536
+
+
+def test_a_player_away_when_it_should_be_put_back_is_put_back_when_it_returns(
+    mpd_server: MpdServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "ducked.json"
+
+    async def scenario() -> None:
+        ducker = Ducker([MpdDucking("127.0.0.1", mpd_server.port)], -20.0, 200, state)
+        speaker = Speaker(
+            [Tone(0.2)], RecordingSink(), lambda _: None, Delivery(RATE, ducker=ducker)
+        )
+        assert await speaker.speak(announcement())
+        await asyncio.to_thread(mpd_server.stop)  # the player goes away while ducked
+        await asyncio.sleep(1.0)  # the restore fails: kept
+        assert json.loads(state.read_text())["lowered"][0]["set"] == 7
+        await asyncio.to_thread(mpd_server.start)  # back (its state file keeps volume 7)
+        assert mpd_volume(mpd_server.address) == 7
+        await ducker.close()  # tried again
+
+    asyncio.run(scenario())
+    assert mpd_volume(mpd_server.address) == 70
+    assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"backend": "pulse", "index": [1]},
+        {"backend": "pulse", "index": 0, "pid": "1", "before": [1, 2, 3], "set": "x"},
+        {"backend": "mpd", "before": "loud"},
+        {"backend": 3},
+        "not even a dict",
+    ],
+)
+def test_a_damaged_ducked_file_never_stops_a_start(
+    item: object, pulse: PulseServer, mpd: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "ducked.json"
+    state.write_text(json.dumps({"lowered": [item]}))
+    backends: list[Backend] = [PulseDucking(pulse.server), MpdDucking(*host_and_port(mpd, 6600))]
+
+    async def start() -> None:
+        await Ducker(backends, -20.0, 200, state).recover()
+
+    asyncio.run(start())
+    assert not state.exists()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert mpd_volume(mpd) == 70

@@ -684,6 +684,28 @@ class AmpConfig(_Frozen):
         return bool(self.on_command)
 
 
+def host_and_port(value: str, default_port: int) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6 address]` or `[v6 address]:port`. Raises ValueError."""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("write an IPv6 address as [address] or [address]:port")
+        port = rest[1:] if rest else ""
+    elif value.count(":") > 1:
+        raise ValueError("write an IPv6 address as [address] or [address]:port")
+    else:
+        host, colon, port = value.partition(":")
+        if colon and not port:
+            raise ValueError("give the port after the ':', or leave both out")
+    if not host:
+        raise ValueError("give a host name or address")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"the port must be a number from 1 to 65535, not '{port[:20]}'")
+    return host, int(port)
+
+
 class DuckingConfig(_Frozen):
     enabled: bool = Field(
         False, description="lower the other audio on this speaker while Herald speaks"
@@ -722,6 +744,14 @@ class DuckingConfig(_Frozen):
         description="that client's id (`snapclient --hostID`) or host name; empty: this "
         "machine's host name",
     )
+
+    @field_validator("mpd", "snapcast")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            host_and_port(value, 1)
+        return value
+
     mpd_password_file: Path | None = Field(
         None,
         description="a file holding the MPD password, if it has one (or the MPD_PASSWORD "

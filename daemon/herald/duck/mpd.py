@@ -13,12 +13,11 @@ once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 from mpd.asyncio import MPDClient  # type: ignore[import-untyped]
 from mpd.base import MPDError  # type: ignore[import-untyped]
 
-from herald.duck import DuckError, Lowered
+from herald.duck import DuckError, Lowered, Note
 from herald.logsafe import shown
 
 CONNECT_TIMEOUT_S = 3.0
@@ -28,58 +27,56 @@ STEP_S = 0.04
 class MpdDucking:
     name = "mpd"
 
-    def __init__(self, address: str, password: str | None = None) -> None:
-        host, _, port = address.rpartition(":")
-        self._host, self._port = (host or address), int(port) if host else 6600
+    def __init__(self, host: str, port: int = 6600, password: str | None = None) -> None:
+        self._host, self._port = host, port
         self._password = password
 
-    async def lower(self, level_db: float, ramp_s: float) -> list[Lowered]:
-        try:
-            async with self._client() as client:
-                before = await self._volume(client)
-                target = round(before * 10 ** (level_db / 20))
-                await self._ramp(client, before, target, ramp_s)
-        except (OSError, ConnectionError, MPDError) as exc:
-            raise DuckError(f"MPD at {self._host}:{self._port}: {shown(str(exc), 120)}") from None
-        return [Lowered(address=f"{self._host}:{self._port}", before=before, set=target)]
+    @property
+    def _address(self) -> str:
+        return f"{self._host}:{self._port}"
 
-    async def pause(self) -> list[Lowered]:
-        try:
-            async with self._client() as client:
-                if (await client.status()).get("state") != "play":
-                    return []  # nothing playing: nothing to pause
+    async def lower(self, level_db: float, ramp_s: float, note: Note) -> None:
+        async with self._client() as client:
+            before = await self._volume(client)
+            item = Lowered(address=self._address, before=before)
+            item["set"] = round(before * 10 ** (level_db / 20))
+            note(item)
+            await self._ramp(client, before, item, ramp_s)
+            item["set"] = await self._volume(client)  # as MPD's mixer rounded it
+
+    async def pause(self, note: Note) -> None:
+        async with self._client() as client:
+            if (await client.status()).get("state") == "play":  # else: nothing to pause
+                note(Lowered(address=self._address, kind="pause"))
                 await client.pause(1)
-        except (OSError, ConnectionError, MPDError) as exc:
-            raise DuckError(f"MPD at {self._host}:{self._port}: {shown(str(exc), 120)}") from None
-        return [Lowered(address=f"{self._host}:{self._port}", kind="pause")]
 
-    async def restore(self, lowered: Sequence[Lowered], ramp_s: float) -> None:
-        try:
-            async with self._client() as client:
-                paused = any(item.get("kind") == "pause" for item in lowered)
-                if paused and (await client.status()).get("state") == "pause":  # else: theirs
+    async def restore(self, item: Lowered, ramp_s: float) -> None:
+        async with self._client() as client:
+            if item.get("kind") == "pause":
+                if (await client.status()).get("state") == "pause":  # else: the user's doing
                     await client.pause(0)
-                now = await self._volume(client)
-                for item in lowered:
-                    if item.get("kind") != "pause" and now == item.get("set"):
-                        await self._ramp(client, now, int(item["before"]), ramp_s)
-        except (OSError, ConnectionError, MPDError) as exc:
-            raise DuckError(f"MPD at {self._host}:{self._port}: {shown(str(exc), 120)}") from None
+                return
+            now = await self._volume(client)
+            if abs(now - int(item["set"])) <= 1:  # else the user set a volume: theirs stands
+                await self._ramp(client, now, Lowered(set=int(item["before"])), ramp_s)
 
-    async def _ramp(self, client: MPDClient, start: int, end: int, ramp_s: float) -> None:
+    async def _ramp(self, client: MPDClient, start: int, item: Lowered, ramp_s: float) -> None:
+        """From `start` to item["set"]; item["set"] follows each step (a ramp cut short is
+        put back from where it stopped)."""
+        end = int(item["set"])
         steps = max(1, min(round(ramp_s / STEP_S), abs(end - start)))
         loop = asyncio.get_running_loop()
         began = loop.time()
         for step in range(1, steps + 1):
-            await client.setvol(round(start + (end - start) * step / steps))
+            item["set"] = round(start + (end - start) * step / steps)
+            await client.setvol(item["set"])
             if step < steps:  # on a clock: slow calls shorten the waits, not lengthen the ramp
                 await asyncio.sleep(max(began + ramp_s * step / steps - loop.time(), 0))
 
     async def _volume(self, client: MPDClient) -> int:
-        status = await client.status()
-        volume = int(status.get("volume", -1))
+        volume = int((await client.status()).get("volume", -1))
         if volume < 0:
-            raise DuckError(f"MPD at {self._host}:{self._port} has no volume control")
+            raise DuckError(f"MPD at {self._address} has no volume control")
         return volume
 
     def _client(self) -> _Connected:
@@ -107,5 +104,8 @@ class _Connected:
             raise DuckError(f"MPD at {host}:{port}: {shown(str(exc), 120)}") from None
         return self._client
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
         self._client.disconnect()
+        if isinstance(exc, (OSError, ConnectionError, MPDError)):  # during a command
+            host, port = self._where
+            raise DuckError(f"MPD at {host}:{port}: {shown(str(exc), 120)}") from None

@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Sequence
 from typing import Any
 
-from herald.duck import DuckError, Lowered
+from herald.duck import DuckError, Lowered, Note
 from herald.logsafe import shown
 
 PACTL_TIMEOUT_S = 3.0
@@ -31,46 +30,35 @@ class PulseDucking:
     def __init__(self, server: str = "") -> None:
         self._server = ["--server", server] if server else []
 
-    async def lower(self, level_db: float, ramp_s: float) -> list[Lowered]:
+    async def lower(self, level_db: float, ramp_s: float, note: Note) -> None:
         factor = 10 ** (level_db / 60)
         lowered = []
         for stream in await self._streams():
             if not self._theirs(stream):
                 continue
             before = _volumes(stream)
-            lowered.append(
-                Lowered(
-                    index=stream["index"],
-                    pid=_pid(stream),
-                    before=before,
-                    set=[max(round(v * factor), 0) for v in before],
-                )
-            )
+            after = [max(round(v * factor), 0) for v in before]
+            item = Lowered(index=stream["index"], pid=_pid(stream), before=before, set=after)
+            note(item)
+            lowered.append(item)
         await asyncio.gather(*(self._ramp(item, "before", "set", ramp_s) for item in lowered))
-        return lowered
 
-    async def pause(self) -> list[Lowered]:
-        paused = []
+    async def pause(self, note: Note) -> None:
         for stream in await self._streams():
             if not self._theirs(stream) or stream.get("mute"):
                 continue
-            await self._pactl("set-sink-input-mute", str(stream["index"]), "1")
-            paused.append(Lowered(index=stream["index"], pid=_pid(stream), kind="pause"))
-        return paused
+            note(Lowered(index=stream["index"], pid=_pid(stream), kind="pause"))
+            await self._quietly("set-sink-input-mute", str(stream["index"]), "1")
 
-    async def restore(self, lowered: Sequence[Lowered], ramp_s: float) -> None:
-        now = {stream["index"]: stream for stream in await self._streams()}
-        back = []
-        for item in lowered:
-            stream = now.get(item.get("index"))
-            if stream is None or _pid(stream) != item.get("pid"):
-                continue  # the player stopped meanwhile
-            if item.get("kind") == "pause":
-                if stream.get("mute"):  # else someone unmuted it already
-                    await self._pactl("set-sink-input-mute", str(item["index"]), "0")
-            elif _volumes(stream) == list(item.get("set", [])):
-                back.append(item)
-        await asyncio.gather(*(self._ramp(item, "set", "before", ramp_s) for item in back))
+    async def restore(self, item: Lowered, ramp_s: float) -> None:
+        stream = {s["index"]: s for s in await self._streams()}.get(item.get("index"))
+        if stream is None or _pid(stream) != item.get("pid"):
+            return  # the player stopped meanwhile
+        if item.get("kind") == "pause":
+            if stream.get("mute"):  # else someone unmuted it already
+                await self._quietly("set-sink-input-mute", str(item["index"]), "0")
+        elif _volumes(stream) == [int(v) for v in item["set"]]:  # else: the user's volume
+            await self._ramp(item, "set", "before", ramp_s)
 
     @staticmethod
     def _theirs(stream: dict[str, Any]) -> bool:
@@ -78,16 +66,30 @@ class PulseDucking:
         return _pid(stream) != str(os.getpid())
 
     async def _ramp(self, item: Lowered, start: str, end: str, ramp_s: float) -> None:
-        first, last = list(item[start]), list(item[end])
+        """From item[start] to item[end]. Lowering, item["set"] follows each step (a ramp cut
+        short is put back from where it stopped)."""
+        first, last = [int(v) for v in item[start]], [int(v) for v in item[end]]
         steps = max(1, round(ramp_s / STEP_S))
         loop = asyncio.get_running_loop()
         began = loop.time()
         for step in range(1, steps + 1):
             share = step / steps
             values = [_between(a, b, share) for a, b in zip(first, last, strict=True)]
-            await self._pactl("set-sink-input-volume", str(item["index"]), *map(str, values))
+            index = str(item["index"])
+            if not await self._quietly("set-sink-input-volume", index, *map(str, values)):
+                return  # the stream is gone (its player stopped)
+            if end == "set":
+                item["set"] = values
             if step < steps:  # on a clock: slow calls shorten the waits, not lengthen the ramp
                 await asyncio.sleep(max(began + ramp_s * step / steps - loop.time(), 0))
+
+    async def _quietly(self, *args: str) -> bool:
+        """A pactl call on one stream: False if it failed (the stream went away meanwhile)."""
+        try:
+            await self._pactl(*args)
+        except DuckError:
+            return False
+        return True
 
     async def _streams(self) -> list[dict[str, Any]]:
         out = await self._pactl("-f", "json", "list", "sink-inputs")
@@ -95,7 +97,7 @@ class PulseDucking:
             streams = json.loads(out)
         except ValueError as exc:
             raise DuckError(f"pactl printed no JSON ({exc}); pactl 16 or later is needed") from None
-        return [s for s in streams if isinstance(s, dict) and "index" in s]
+        return [s for s in streams if isinstance(s, dict) and isinstance(s.get("index"), int)]
 
     async def _pactl(self, *args: str) -> str:
         try:
@@ -130,8 +132,10 @@ def _pid(stream: dict[str, Any]) -> str | None:
 
 def _volumes(stream: dict[str, Any]) -> list[int]:
     """A stream's raw volume per channel, in its channel map's order."""
-    volume = stream.get("volume", {})
-    return [int(channel["value"]) for channel in volume.values() if "value" in channel]
+    volume = stream.get("volume")
+    if not isinstance(volume, dict):
+        return []
+    return [int(c["value"]) for c in volume.values() if isinstance(c, dict) and "value" in c]
 
 
 def _between(a: int, b: int, share: float) -> int:

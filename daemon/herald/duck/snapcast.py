@@ -14,10 +14,9 @@ import asyncio
 import itertools
 import json
 import socket
-from collections.abc import Sequence
 from typing import Any
 
-from herald.duck import DuckError, Lowered
+from herald.duck import DuckError, Lowered, Note
 from herald.logsafe import shown
 
 TIMEOUT_S = 3.0
@@ -28,66 +27,84 @@ MAX_LINE = 1024 * 1024  # a server with many clients says a lot in Server.GetSta
 class SnapcastDucking:
     name = "snapcast"
 
-    def __init__(self, address: str, client: str = "") -> None:
-        host, _, port = address.rpartition(":")
-        self._host, self._port = (host or address), int(port) if host else 1705
+    def __init__(self, host: str, port: int = 1705, client: str = "") -> None:
+        self._host, self._port = host, port
         self._client = client or socket.gethostname()
 
-    async def lower(self, level_db: float, ramp_s: float) -> list[Lowered]:
+    async def lower(self, level_db: float, ramp_s: float, note: Note) -> None:
         async with _Control(self._host, self._port) as control:
-            client = await self._find(control)
-            before = int(client["config"]["volume"]["percent"])
-            target = round(before * 10 ** (level_db / 20))
-            await self._ramp(control, client["id"], before, target, ramp_s)
-        return [Lowered(client=client["id"], before=before, set=target)]
+            client = await self._find(control, self._client)
+            volume = _volume(client)
+            before = int(volume["percent"])
+            item = Lowered(client=client["id"], before=before)
+            item["set"] = round(before * 10 ** (level_db / 20))
+            note(item)
+            await self._ramp(control, client["id"], volume, item, ramp_s)
 
-    async def pause(self) -> list[Lowered]:
+    async def pause(self, note: Note) -> None:
         async with _Control(self._host, self._port) as control:
-            client = await self._find(control)
-            volume = dict(client["config"]["volume"])
-            if volume.get("muted"):
-                return []
-            await control.call(
-                "Client.SetVolume", {"id": client["id"], "volume": {**volume, "muted": True}}
-            )
-        return [Lowered(client=client["id"], kind="pause")]
+            client = await self._find(control, self._client)
+            volume = _volume(client)
+            if not volume.get("muted"):
+                note(Lowered(client=client["id"], kind="pause"))
+                await control.call(
+                    "Client.SetVolume", {"id": client["id"], "volume": {**volume, "muted": True}}
+                )
 
-    async def restore(self, lowered: Sequence[Lowered], ramp_s: float) -> None:
+    async def restore(self, item: Lowered, ramp_s: float) -> None:
         async with _Control(self._host, self._port) as control:
-            client = await self._find(control)
-            volume = dict(client["config"]["volume"])
-            mine = [item for item in lowered if item.get("client") == client["id"]]
-            if volume.get("muted") and any(item.get("kind") == "pause" for item in mine):
-                volume["muted"] = False
-                await control.call("Client.SetVolume", {"id": client["id"], "volume": volume})
-            now = int(volume["percent"])
-            for item in mine:
-                if item.get("kind") != "pause" and now == item.get("set"):
-                    await self._ramp(control, client["id"], now, int(item["before"]), ramp_s)
+            try:
+                client = await self._find(control, str(item["client"]))
+            except DuckError:
+                return  # the client is gone (a room that left): nothing to put back
+            volume = _volume(client)
+            if item.get("kind") == "pause":
+                if volume.get("muted"):  # else someone unmuted it already
+                    volume = {**volume, "muted": False}
+                    await control.call("Client.SetVolume", {"id": client["id"], "volume": volume})
+            elif abs(int(volume["percent"]) - int(item["set"])) <= 1:  # else: the user's
+                back = Lowered(set=int(item["before"]))
+                await self._ramp(control, client["id"], volume, back, ramp_s)
 
-    async def _find(self, control: _Control) -> dict[str, Any]:
+    async def _find(self, control: _Control, wanted: str) -> dict[str, Any]:
         status = await control.call("Server.GetStatus")
         try:
             clients = [c for g in status["server"]["groups"] for c in g["clients"]]
         except (KeyError, TypeError):
             raise DuckError("snapserver's status has no clients list") from None
         for client in clients:
-            if self._client in (client.get("id"), client.get("host", {}).get("name")):
-                return dict(client)
-        raise DuckError(f"snapserver knows no client '{shown(self._client, 60)}'")
+            if isinstance(client, dict) and wanted in (
+                client.get("id"),
+                (client.get("host") or {}).get("name"),
+            ):
+                _volume(client)  # (checked here: a reply without one is the server's fault)
+                return client
+        raise DuckError(f"snapserver knows no client '{shown(wanted, 60)}'")
 
     async def _ramp(
-        self, control: _Control, client: str, start: int, end: int, ramp_s: float
+        self, control: _Control, client: str, volume: dict[str, Any], item: Lowered, ramp_s: float
     ) -> None:
+        """From the volume it has to item["set"], keeping its mute as it is (a muted room stays
+        so); item["set"] follows each step (a ramp cut short is put back from where it was)."""
+        start, end = int(volume["percent"]), int(item["set"])
         steps = max(1, min(round(ramp_s / STEP_S), abs(end - start)))
         loop = asyncio.get_running_loop()
         began = loop.time()
         for step in range(1, steps + 1):
             percent = round(start + (end - start) * step / steps)
-            volume = {"muted": False, "percent": percent}
-            await control.call("Client.SetVolume", {"id": client, "volume": volume})
+            await control.call(
+                "Client.SetVolume", {"id": client, "volume": {**volume, "percent": percent}}
+            )
             if step < steps:  # on a clock: slow calls shorten the waits, not lengthen the ramp
                 await asyncio.sleep(max(began + ramp_s * step / steps - loop.time(), 0))
+
+
+def _volume(client: dict[str, Any]) -> dict[str, Any]:
+    """A client's volume as the server reports it: {"muted": bool, "percent": 0-100}."""
+    volume = (client.get("config") or {}).get("volume")
+    if not isinstance(volume, dict) or not isinstance(volume.get("percent"), int):
+        raise DuckError("snapserver reported a client without a volume")
+    return {"muted": bool(volume.get("muted")), "percent": volume["percent"]}
 
 
 class _Control:
