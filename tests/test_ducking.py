@@ -603,3 +603,18 @@ def test_a_damaged_ducked_file_never_stops_a_start(
     assert not state.exists()
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert mpd_volume(mpd) == 70
+
+
+def test_a_muted_snapcast_room_stays_muted(snapcast: str) -> None:
+    snap_call(
+        snapcast, "Client.SetVolume", {"id": "room1", "volume": {"muted": True, "percent": 80}}
+    )
+
+    def volume() -> tuple[bool, int]:
+        status: Any = snap_call(snapcast, "Server.GetStatus")
+        client = next(c for g in status["server"]["groups"] for c in g["clients"])
+        return bool(client["config"]["volume"]["muted"]), int(client["config"]["volume"]["percent"])
+
+    ducker = Ducker([SnapcastDucking(*host_and_port(snapcast, 1705), "room1")], -20.0, 200, None)
+    assert speak_with(ducker, announcement(), volume) == (True, 8)
+    assert volume() == (True, 80)
