@@ -191,10 +191,12 @@ def pulse(alsa_config_home: Path) -> Iterator[PulseServer]:
 def mpd_server(tmp_path: Path) -> Iterator[MpdServer]:
     """A real MPD on loopback with a null output and a software mixer, at volume 70."""
     server = MpdServer(tmp_path)
-    server.start()
-    mpd_command(server.port, "setvol 70")
-    yield server
-    server.stop()
+    try:
+        server.start()
+        mpd_command(server.port, "setvol 70")
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

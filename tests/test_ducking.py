@@ -74,10 +74,12 @@ def music(pulse: PulseServer) -> Iterator[subprocess.Popen[bytes]]:
         ["pacat", "--server", pulse.server, "--playback", "--raw", "--format=s16le",
          "--rate=48000", "--channels=2", "--property=application.name=music", "/dev/zero"],
     )  # fmt: skip
-    wait_for(lambda: music_volume(pulse, player) is not None, 10, "the music stream")
-    yield player
-    player.terminate()
-    player.wait(5)
+    try:
+        wait_for(lambda: music_volume(pulse, player) is not None, 10, "the music stream")
+        yield player
+    finally:
+        player.terminate()
+        player.wait(5)
 
 
 def streams(pulse: PulseServer) -> list[dict[str, object]]:
@@ -317,20 +319,21 @@ def snapcast(tmp_path: Path) -> Iterator[str]:
         f"source = pipe://{tmp_path / 'fifo'}?name=default\n[logging]\nsink = null\n"
     )
     log = (tmp_path / "snapcast.log").open("wb")
-    server = subprocess.Popen(["snapserver", "-c", str(config)], stdout=log, stderr=log)
-    wait_for(lambda: port_answers(control), 15, "snapserver's control")
-    client = subprocess.Popen(
-        ["snapclient", "-h", "127.0.0.1", "-p", str(stream), "--player", "file:filename=null",
-         "--hostID", "room1", "--logsink", "null"],
-        stdout=subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
-    address = f"127.0.0.1:{control}"
-    wait_for(lambda: snap_volume(address) is not None, 15, "snapclient to join")
-    snap_set_volume(address, 80)
-    yield address
-    for process in (client, server):
-        process.terminate()
-        process.wait(10)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        started.append(subprocess.Popen(["snapserver", "-c", str(config)], stdout=log, stderr=log))
+        wait_for(lambda: port_answers(control), 15, "snapserver's control")
+        client = ["snapclient", "-h", "127.0.0.1", "-p", str(stream), "--player",
+                  "file:filename=null", "--hostID", "room1", "--logsink", "null"]  # fmt: skip
+        started.append(subprocess.Popen(client, stdout=subprocess.DEVNULL, stderr=log))
+        address = f"127.0.0.1:{control}"
+        wait_for(lambda: snap_volume(address) is not None, 15, "snapclient to join")
+        snap_set_volume(address, 80)
+        yield address
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            process.wait(10)
 
 
 def snap_call(address: str, method: str, params: dict[str, object] | None = None) -> object:
