@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from bench import overload, sound
-from bench.common import Summary
+from bench import ducking, overload, sound
+from bench.common import SOUND_THRESHOLD, Summary
+from bench.ducking import DuckingResult
 from bench.footprint import BATCH, SETTLE_S, FootprintResult
 from bench.overload import OverloadResult
 from bench.preempt import PreemptResult
@@ -42,6 +43,7 @@ class Results:
     footprint: FootprintResult | None = None
     overload: OverloadResult | None = None
     sound: SoundResult | None = None
+    ducking: DuckingResult | None = None
     failures: dict[str, str] = field(default_factory=dict)  # part -> why it has no figures
 
 
@@ -573,6 +575,130 @@ def _sound_device(results: Results, r: SoundResult) -> list[str]:
     return lines
 
 
+def _ducking(results: Results) -> list[str]:
+    r = results.ducking
+    lines = ["## 7. Ducking", ""]
+    if r is None:
+        return lines + _not_run(results, ducking.PART)
+    players = ", ".join(f"{name} {version}" for name, version in r.versions.items())
+    volumes = ", ".join(
+        f"{run.label} {run.before} → {run.ducked}" for run in r.backends if run.problem is None
+    )
+    speech = f", {r.speech_ms:.0f} ms from its first sound to its last" if r.speech_ms else ""
+    warmup = {0: "", 1: "; the first after each start is not counted"}.get(
+        r.warmup, f"; the first {r.warmup} after each start are not counted"
+    )
+    lines += [
+        "For each backend in turn, a fresh daemon with `[ducking] enabled = true` at its "
+        f"defaults (`level_db` {r.level_db:.0f}, `ramp_ms` {r.ramp_ms}) and that backend "
+        "alone; espeak-ng alone, output `herald_paced` (PulseAudio's null sink: real time). "
+        f'{r.announcements} announcements per backend, all "{r.text}" (espeak-ng{speech}; '
+        "no chime), published one at a time (QoS 1), each once the music is back from the one "
+        f"before{warmup}. The players are real ({players}; all on loopback): an MPD with a "
+        "null output and a software mixer, playing a silent track at volume 70; a `pacat` "
+        "stream of silence on the daemon's PulseAudio server at 100 %; a snapserver with one "
+        "snapclient at 80. Each reports its volume to the benchmark, stamped on arrival: "
+        "**MPD** `idle mixer` on a connection of its own, then `status` for the value; "
+        "**PulseAudio** `pactl subscribe` (a change event on the music's stream), then "
+        "`pactl -f json list sink-inputs` for the value (read after each event, not polled); "
+        "**Snapcast** the control port's `Client.OnVolumeChanged` notifications (the server's "
+        "word: when the snapclient applies it was not measured). A volume is reached at the "
+        "change that set it (the last change before the first report of it). *Down*: from "
+        f"just before the publish to the ducked volume ({volumes}; a PulseAudio stream's raw "
+        "volume). *Back*: to the original volume. *The last sound*: the last sample beyond "
+        f"±{SOUND_THRESHOLD} in a `parec` recording of the sink's monitor, timed as in part 2 "
+        f"(the sink's {r.sink_latency_ms:.0f} ms latency added; ±5 ms); *`finished`*: that "
+        "event's `ts` (wall clock, 1 ms steps), which the daemon sends once the output has "
+        "played out.",
+        "",
+    ]
+    rows = []
+    names = [
+        ("down_first", "publish → first step down"),
+        ("down", "**publish → down**"),
+        ("finished", "last sound → `finished` event"),
+        ("up_first", "last sound → first step up"),
+        ("back", "**last sound → back**"),
+        ("back_finished", "`finished` → back"),
+    ]
+    for run in r.backends:
+        if run.problem is not None:
+            rows.append(_row(run.label, f"not measured: {run.problem}", "", "", "", ""))
+            continue
+        for key, name in names:
+            rows.append(_row(run.label, name, *_summary_cells(Summary.of(run.values(key)))))
+    lines += _table(["backend", "measure", "n", "p50 ms", "p95 ms", "max ms"], rows)
+    measured = [run for run in r.backends if run.problem is None]
+    lead = [v for run in measured for v in run.values("lead")]
+    counted = sum(len(run.trials) for run in measured)
+    if lead:
+        before = sum(1 for v in lead if v > 0)
+        lines.append(
+            f"The music was reported down before Herald's first sound reached the sink in "
+            f"{before} of {len(lead)} announcements ({np.median(lead):.0f} ms before it at the "
+            f"median, {min(lead):.0f} ms at the least)."
+        )
+    firsts = [
+        f"{run.label} {_ms(float(np.median(down)))} / {_ms(float(np.median(back)))}"
+        for run in measured
+        if (down := run.values("down", run.warmup)) and (back := run.values("back", run.warmup))
+    ]
+    if firsts:
+        lines.append(
+            "The first announcement after each start (not counted), down / back in ms: "
+            + "; ".join(firsts)
+            + "."
+        )
+    problems = [p for run in measured for p in run.problems()]
+    warnings = [w for run in r.backends for w in run.warnings]
+    lines.append(
+        f"Announcements counted: {counted - len(problems)} of {counted}"
+        + (f"; not: {len(problems)} ({problems[0]})" if problems else "")
+        + ". The daemon's ducking warnings: "
+        + (f"{len(warnings)} ({warnings[0]})" if warnings else "none")
+        + "."
+        + (f" The recording: {r.recording_problem}." if r.recording_problem else "")
+    )
+    lines.append("")
+    if text := _ducking_bounds(r):
+        lines += [text, ""]
+    return lines
+
+
+def _ducking_bounds(r: DuckingResult) -> str:
+    """What bounds the two measures, with the figures (medians pooled over the backends)."""
+    runs = [run for run in r.backends if run.problem is None]
+    keys = ("down", "down_first", "ramp_down", "ramp_up", "back", "finished", "back_finished")
+    pooled = {key: [v for run in runs for v in run.values(key)] for key in keys}
+    if not all(pooled.values()):
+        return ""
+    m = {key: float(np.median(values)) for key, values in pooled.items()}
+    restore_ms = r.restore_after_s * 1000
+    rest_ms = m["back_finished"] - restore_ms - m["ramp_up"]
+    trailing = (
+        f"espeak-ng's own {r.espeak_trailing_ms:.0f} ms of silence after its last sound, "
+        if r.espeak_trailing_ms is not None
+        else "the silence the voice ends with, "
+    )
+    return (
+        f"What bounds them (medians over the backends). *Down* is the ramp, by design: "
+        f"`ramp_ms` {r.ramp_ms} in steps, the first at once and the last {m['ramp_down']:.0f} "
+        "ms later, and Herald's first sound waits for it; before the first step come the "
+        "MQTT hop, the queue and the backend's first call (a `pactl` process per call; a TCP "
+        f"connection to MPD or Snapcast): {m['down_first']:.0f} ms. {m['down']:.0f} ms in "
+        f"all. *Back* is by design too: the music comes back `RESTORE_AFTER_S` "
+        f"({r.restore_after_s} s) after the announcement has played out, so that the next "
+        "one of a queue keeps it down, and then ramps up: from the `finished` event that is "
+        f"{m['back_finished']:.0f} ms ({restore_ms:.0f} + {m['ramp_up']:.0f} of ramp + "
+        f"{rest_ms:.0f} for the backend's calls). The announcement plays out "
+        f"{m['finished']:.0f} ms after its last sound is heard: {trailing}`audio.tail_ms` "
+        f"({r.tail_ms}) and the output's drain. So {m['back']:.0f} ms from the last sound to "
+        f"the music back, of which {r.tail_ms + restore_ms + m['ramp_up']:.0f} ms is "
+        "Herald's design (tail, wait, ramp) and the voice's own trailing silence most of the "
+        "rest: a voice that ends sooner gets the music back sooner."
+    )
+
+
 # --- the reading --------------------------------------------------------------------------------
 
 
@@ -757,6 +883,12 @@ def write(results: Results, out: Path) -> Path:
             f"preemption cuts, {s.sound_tails} announcements per `tail_ms` setting."
             if sound.PART in s.parts
             else ""
+        )
+        + (
+            f" Part 7: {s.ducking_announcements} announcements per ducking backend (after one "
+            "not counted)."
+            if ducking.PART in s.parts
+            else ""
         ),
         "",
     ]
@@ -767,6 +899,7 @@ def write(results: Results, out: Path) -> Path:
         *_footprint(results),
         *_overload(results),
         *_sound(results),
+        *_ducking(results),
         *_reading(results),
         f"![Time to first audio, preemption and rotation]({PLOT})",
         "",

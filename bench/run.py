@@ -1,12 +1,14 @@
 """Run Herald's benchmark and write RESULTS.md and results.png.
 
-    .venv/bin/python -m bench.run                 # the full run (about 25 minutes)
-    .venv/bin/python -m bench.run --smoke --out /tmp/bench   # every part, briefly (under 2 minutes)
+    .venv/bin/python -m bench.run                 # the full run (about 27 minutes)
+    .venv/bin/python -m bench.run --smoke --out /tmp/bench   # every part, briefly (about 2 minutes)
     .venv/bin/python -m bench.run --parts overload --out /tmp/bench   # one part (here: 5)
     .venv/bin/python -m bench.run --parts sound --out /tmp/bench      # part 6 (about a minute)
+    .venv/bin/python -m bench.run --parts ducking --out /tmp/bench    # part 7 (about 2 minutes)
 
 Every process it needs (mosquitto, the fake Deepgram server, PulseAudio, the daemon, the
-cold-connect client) is started in a private temporary directory and stopped at the end.
+cold-connect client, part 7's music players) is started in a private temporary directory and
+stopped at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import environment, footprint, overload, preempt, report, rotation, sound, ttfa
+from bench import ducking, environment, footprint, overload, preempt, report, rotation, sound, ttfa
 from bench.common import Workspace, log
 from bench.settings import PARTS, SMOKE, Settings
 from tests.support import REPO
@@ -58,6 +60,9 @@ def parse(argv: Sequence[str]) -> Settings:
     )
     parser.add_argument("--sound-cuts", type=int, help="preemption cuts in part 6 (8)")
     parser.add_argument("--sound-tails", type=int, help="tails per tail_ms setting in part 6 (5)")
+    parser.add_argument(
+        "--ducking-announcements", type=int, help="announcements per backend in part 7 (20)"
+    )
     parser.add_argument("--seed", type=int, help="random seed (1)")
     parser.add_argument(
         "--parts",
@@ -116,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rotation": rotation.run,
         "footprint": footprint.run,
         "sound": sound.run,
+        "ducking": ducking.run,
         "overload": functools.partial(overload.run, options=overload_options),
     }
     ws = Workspace.create(root)

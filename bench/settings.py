@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PARTS = ("ttfa", "preempt", "rotation", "footprint", "sound")
+PARTS = ("ttfa", "preempt", "rotation", "footprint", "sound", "ducking")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Settings:
     sound_announcements: int = 5  # per voice in part 6 (the first one is levelled by a prior)
     sound_cuts: int = 8  # preemption cuts recorded on the paced device in part 6
     sound_tails: int = 5  # announcements with the default tail_ms, and as many with none
+    ducking_announcements: int = 20  # per ducking backend in part 7 (after one not counted)
     seed: int = 1
     parts: tuple[str, ...] = PARTS
     command: str = field(default="python -m bench.run")
@@ -49,4 +50,5 @@ SMOKE = {
     "sound_announcements": 3,
     "sound_cuts": 2,
     "sound_tails": 2,
+    "ducking_announcements": 3,
 }

@@ -20,6 +20,7 @@ PARTS = (
     "## 3. Rotation",
     "## 4. Footprint",
     "## 6. Sound",
+    "## 7. Ducking",
 )
 NUMBER_CELL = re.compile(r"\|\s*\**-?\d+(\.\d+)?\**( / -?\d+(\.\d+)?)*( ms| MiB)?\s*\|")
 
@@ -69,6 +70,12 @@ def test_the_benchmark_in_smoke_mode_writes_every_part_and_a_plot(tmp_path: Path
     assert len(verdicts) >= 3, sound  # a verdict per target, whichever it is
     assert re.search(r"largest step at the cut, as recorded \| [1-9]\d* \| \d+ \|", sound), sound
     assert re.search(r"\| 150 ms \(default\) \| [1-9]\d* \| \d+\.\d % \|", sound), sound
+    ducking = section(results, PARTS[5])
+    for backend in ("MPD", "PulseAudio", "Snapcast"):
+        for measure in (r"\*\*publish → down\*\*", r"\*\*last sound → back\*\*"):
+            row = rf"\| {backend} \| {measure} \| [1-9]\d* \| \d+\.\d \| \d+\.\d \| \d+\.\d \|"
+            assert re.search(row, ducking), ducking
+    assert "What bounds them" in ducking, ducking
 
     for plot in ("results.png", "sound.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
