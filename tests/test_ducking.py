@@ -278,6 +278,20 @@ def test_mpd_is_lowered_to_a_tenth_and_put_back(mpd: str) -> None:
     assert mpd_volume(mpd) == 70
 
 
+async def waits_for_first_sound(ducker: Ducker, count: int, between_s: float = 0) -> list[float]:
+    """Speak `count` announcements with the ducker; how long each waited for its first sound."""
+    waits = []
+    for n in range(count):
+        sink = FirstSoundSink()
+        speaker = Speaker([Tone(0.2)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
+        asked = time.monotonic()
+        assert await speaker.speak(announcement(f"a{n}"))
+        assert sink.first_at is not None
+        waits.append(sink.first_at - asked)
+        await asyncio.sleep(between_s)
+    return waits
+
+
 def test_an_unreachable_player_is_said_once_and_never_holds_up_speech(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -285,15 +299,7 @@ def test_an_unreachable_player_is_said_once_and_never_holds_up_speech(
 
     async def scenario() -> list[float]:
         ducker = Ducker([MpdDucking(*host_and_port(address, 6600))], -20.0, 200, None)
-        waits = []
-        for n in range(3):
-            sink = FirstSoundSink()
-            speaker = Speaker([Tone(0.2)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
-            asked = time.monotonic()
-            assert await speaker.speak(announcement(f"a{n}"))
-            assert sink.first_at is not None
-            waits.append(sink.first_at - asked)
-            await asyncio.sleep(0.6)  # restored (nothing to restore) before the next
+        waits = await waits_for_first_sound(ducker, 3, between_s=0.6)  # restored between
         await ducker.close()
         return waits
 
@@ -516,14 +522,7 @@ def test_a_player_that_hangs_costs_at_most_the_wait_and_a_stop_is_not_held_up(
 
     async def scenario() -> tuple[list[float], float]:
         ducker = Ducker([MpdDucking(*host_and_port(address, 6600))], -20.0, 200, None)
-        waits = []
-        for n in range(2):
-            sink = FirstSoundSink()
-            speaker = Speaker([Tone(0.2)], sink, lambda _: None, Delivery(RATE, ducker=ducker))
-            asked = time.monotonic()
-            assert await speaker.speak(announcement(f"a{n}"))
-            assert sink.first_at is not None
-            waits.append(sink.first_at - asked)
+        waits = await waits_for_first_sound(ducker, 2)
         closing = time.monotonic()
         await ducker.close()
         return waits, time.monotonic() - closing

@@ -47,14 +47,15 @@ def announcement(ident: str = "a", **fields: object) -> Announcement:
     return parse_payload(payload, 16384, 0.0, NO_DEFAULTS)
 
 
-def switch_log(tmp_path: Path) -> tuple[AmpConfig, Path]:
-    """An amplifier whose switch commands append "on <time>" / "off <time>" to a file."""
+def switch_log(tmp_path: Path, seconds: float = 0, warmup_ms: int = 300) -> tuple[AmpConfig, Path]:
+    """An amplifier whose switch commands append "on <time>" / "off <time>" to a file, each
+    taking `seconds` first (a smart plug over the network)."""
     record = tmp_path / "amp.log"
-    script = 'echo "$1 $(date +%s.%N)" >> "$0"'
+    script = f'sleep {seconds}; echo "$1 $(date +%s.%N)" >> "$0"'
     cfg = AmpConfig(
         on_command=["sh", "-c", script, str(record), "on"],
         off_command=["sh", "-c", script, str(record), "off"],
-        warmup_ms=300,
+        warmup_ms=warmup_ms,
         hold_s=1.0,
     )
     return cfg, record
@@ -116,26 +117,13 @@ def test_a_preemption_does_not_switch_the_amplifier_off(tmp_path: Path) -> None:
     assert [w for w, _ in switches(record)] == ["on", "off"]  # the "off" is the close, at stop
 
 
-def slow_switch_log(tmp_path: Path, seconds: float) -> tuple[AmpConfig, Path]:
-    """Like switch_log, each command taking `seconds` (a smart plug over the network)."""
-    record = tmp_path / "amp.log"
-    script = f'sleep {seconds}; echo "$1 $(date +%s.%N)" >> "$0"'
-    cfg = AmpConfig(
-        on_command=["sh", "-c", script, str(record), "on"],
-        off_command=["sh", "-c", script, str(record), "off"],
-        warmup_ms=0,
-        hold_s=1.0,
-    )
-    return cfg, record
-
-
 def test_an_announcement_cut_short_during_a_switch_never_leaves_the_amplifier_wrong(
     tmp_path: Path,
 ) -> None:
     """Stopped while the amplifier is being switched on: it still counts as on, and is switched
     off at the end. Stopped while it waits for a switch-off to finish: the next announcement
     still switches it on."""
-    cfg, record = slow_switch_log(tmp_path, 0.4)
+    cfg, record = switch_log(tmp_path, seconds=0.4, warmup_ms=0)
 
     async def cut_short(speaker: Speaker, after_s: float) -> None:
         speaking = asyncio.create_task(speaker.speak(announcement()))
