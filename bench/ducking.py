@@ -49,11 +49,13 @@ from herald.config import AudioConfig, DuckingConfig
 from herald.duck import RESTORE_AFTER_S
 from tests.support import (
     RATE,
+    MpdServer,
     PulseServer,
+    SnapServer,
     espeak_reference,
-    free_port,
     mpd_command,
-    port_answers,
+    snap_set_volume,
+    snap_volume,
     wait_for,
 )
 
@@ -347,7 +349,7 @@ class SnapWatch(VolumeWatch):
         self._sock = socket.create_connection(("127.0.0.1", control), timeout=10)
         self._sock.settimeout(None)
         self._file = self._sock.makefile("r", encoding="utf-8")
-        volume = snap_volume(control)
+        volume = snap_volume(f"127.0.0.1:{self._control}", SNAP_CLIENT)
         if volume is None:
             raise RuntimeError("the snapclient is not connected")
         self.readings.append((time.monotonic(), volume))
@@ -369,32 +371,6 @@ class SnapWatch(VolumeWatch):
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
-
-
-def snap_call(control: int, method: str, params: dict[str, Any] | None = None) -> Any:
-    with socket.create_connection(("127.0.0.1", control), timeout=5) as conn:
-        stream = conn.makefile("rw", encoding="utf-8")
-        request = {"id": 1, "jsonrpc": "2.0", "method": method}
-        stream.write(json.dumps({**request, **({"params": params} if params else {})}) + "\r\n")
-        stream.flush()
-        while True:
-            reply = json.loads(stream.readline())
-            if reply.get("id") == 1:
-                return reply.get("result")
-
-
-def snap_volume(control: int) -> int | None:
-    status = snap_call(control, "Server.GetStatus")
-    for group in status["server"]["groups"]:
-        for client in group["clients"]:
-            if client["id"] == SNAP_CLIENT and client["connected"]:
-                return int(client["config"]["volume"]["percent"])
-    return None
-
-
-def snap_set_volume(control: int, percent: int) -> None:
-    volume = {"muted": False, "percent": percent}
-    snap_call(control, "Client.SetVolume", {"id": SNAP_CLIENT, "volume": volume})
 
 
 # --- the players --------------------------------------------------------------------------------
@@ -431,28 +407,16 @@ def _version(argv: list[str]) -> str:
 def mpd_player(root: Path) -> Iterator[Player]:
     """A real MPD on loopback (null output, software mixer) playing a minute of silence on
     repeat, at volume 70."""
-    port = free_port()
-    music = root / "music"
-    music.mkdir()
-    with wave.open(str(music / "silence.wav"), "wb") as out:
+    server = MpdServer(root)
+    with wave.open(str(root / "music" / "silence.wav"), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(8000)
         out.writeframes(np.zeros(8000 * 60, dtype="<i2").tobytes())
-    config = root / "mpd.conf"
-    config.write_text(
-        f'music_directory "{music}"\nbind_to_address "127.0.0.1"\nport "{port}"\n'
-        f'state_file "{root / "mpd.state"}"\n'
-        'audio_output {\n type "null"\n name "silence"\n mixer_type "software"\n}\n'
-    )
-    with (root / "mpd.log").open("wb") as errors:
-        process = subprocess.Popen(
-            ["mpd", "--no-daemon", "--stderr", str(config)],
-            stdout=subprocess.DEVNULL, stderr=errors,
-        )  # fmt: skip
     watch: MpdWatch | None = None
     try:
-        wait_for(lambda: port_answers(port), 15, "mpd to listen")
+        server.start()
+        port = server.port
         mpd_command(port, "update")
         wait_for(lambda: "silence.wav" in str(mpd_command(port, "listall")), 10, "mpd's update")
         for command in ("add silence.wav", "repeat 1", "play", f"setvol {MPD_VOLUME}"):
@@ -464,11 +428,11 @@ def mpd_player(root: Path) -> Iterator[Player]:
             mpd_command(port, f"setvol {value}")
 
         watch.prime(set_volume, MPD_VOLUME)
-        yield Player(watch, f'mpd = "127.0.0.1:{port}"\n', MPD_VOLUME)
+        yield Player(watch, f'mpd = "{server.address}"\n', MPD_VOLUME)
     finally:
         if watch is not None:
             watch.stop()
-        _stop(process)
+        server.stop()
 
 
 @contextlib.contextmanager
@@ -501,39 +465,19 @@ def pulse_player(pulse: PulseServer) -> Iterator[Player]:
 def snapcast_player(root: Path) -> Iterator[Player]:
     """A real snapserver (a pipe source, control on loopback) with one snapclient, playing
     into nothing, at volume 80."""
-    control, stream = free_port(), free_port()
-    config = root / "snapserver.conf"
-    config.write_text(
-        f"[server]\ndatadir = {root}\n[http]\nenabled = false\n"
-        f"[tcp]\nenabled = true\nbind_to_address = 127.0.0.1\nport = {control}\n"
-        f"[stream]\nbind_to_address = 127.0.0.1\nport = {stream}\n"
-        f"source = pipe://{root / 'fifo'}?name=default\n[logging]\nsink = null\n"
-    )
-    processes: list[subprocess.Popen[bytes]] = []
+    server = SnapServer(root, SNAP_CLIENT)
     watch: SnapWatch | None = None
     try:
-        with (root / "snapcast.log").open("wb") as errors:
-            processes.append(
-                subprocess.Popen(["snapserver", "-c", str(config)], stdout=errors, stderr=errors)
-            )
-            wait_for(lambda: port_answers(control), 15, "snapserver's control")
-            client = subprocess.Popen(
-                ["snapclient", "-h", "127.0.0.1", "-p", str(stream), "--player",
-                 "file:filename=null", "--hostID", SNAP_CLIENT, "--logsink", "null"],
-                stdout=subprocess.DEVNULL, stderr=errors,
-            )  # fmt: skip
-            processes.append(client)
-        wait_for(lambda: snap_volume(control) is not None, 15, "snapclient to join")
-        snap_set_volume(control, SNAP_VOLUME)
-        watch = SnapWatch(control)
-        watch.prime(lambda v: snap_set_volume(control, v), SNAP_VOLUME)
-        config_line = f'snapcast = "127.0.0.1:{control}"\nsnapcast_client = "{SNAP_CLIENT}"\n'
+        server.start()
+        snap_set_volume(server.address, SNAP_VOLUME, SNAP_CLIENT)
+        watch = SnapWatch(server.control)
+        watch.prime(lambda v: snap_set_volume(server.address, v, SNAP_CLIENT), SNAP_VOLUME)
+        config_line = f'snapcast = "{server.address}"\nsnapcast_client = "{SNAP_CLIENT}"\n'
         yield Player(watch, config_line, SNAP_VOLUME)
     finally:
         if watch is not None:
             watch.stop()
-        for process in reversed(processes):
-            _stop(process)
+        server.stop()
 
 
 # --- the part -----------------------------------------------------------------------------------

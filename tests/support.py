@@ -576,6 +576,78 @@ class MpdServer:
         self.process = None
 
 
+@dataclass
+class SnapServer:
+    """A real snapserver (a pipe source, its control on loopback) with one snapclient, whose
+    `--hostID` is `client`, playing into nothing."""
+
+    home: Path
+    client: str = "room1"
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.control, self._stream = free_port(), free_port()
+        self.config = self.home / "snapserver.conf"
+        self.config.write_text(
+            f"[server]\ndatadir = {self.home}\n[http]\nenabled = false\n"
+            f"[tcp]\nenabled = true\nbind_to_address = 127.0.0.1\nport = {self.control}\n"
+            f"[stream]\nbind_to_address = 127.0.0.1\nport = {self._stream}\n"
+            f"source = pipe://{self.home / 'fifo'}?name=default\n[logging]\nsink = null\n"
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.control}"
+
+    def start(self) -> None:
+        """Both running, and the client known to the server."""
+        with (self.home / "snapcast.log").open("ab") as log:
+            server = ["snapserver", "-c", str(self.config)]
+            self.processes.append(subprocess.Popen(server, stdout=log, stderr=log))
+            wait_for(lambda: port_answers(self.control), 15, "snapserver's control")
+            client = ["snapclient", "-h", "127.0.0.1", "-p", str(self._stream),
+                      "--player", "file:filename=null", "--hostID", self.client,
+                      "--logsink", "null"]  # fmt: skip
+            self.processes.append(subprocess.Popen(client, stdout=subprocess.DEVNULL, stderr=log))
+        wait_for(lambda: snap_volume(self.address, self.client) is not None, 15, "snapclient")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
+        self.processes.clear()
+
+
+def snap_call(address: str, method: str, params: dict[str, Any] | None = None) -> Any:
+    """One JSON-RPC call to a snapserver's control; its result (notifications skipped)."""
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        stream = conn.makefile("rw", encoding="utf-8")
+        request = {"id": 7, "jsonrpc": "2.0", "method": method}
+        stream.write(json.dumps({**request, **({"params": params} if params else {})}) + "\r\n")
+        stream.flush()
+        while True:
+            reply = json.loads(stream.readline())
+            if reply.get("id") == 7:
+                return reply["result"]
+
+
+def snap_volume(address: str, client: str = "room1") -> int | None:
+    """A connected client's volume (0-100), as the snapserver reports it."""
+    status = snap_call(address, "Server.GetStatus")
+    for group in status["server"]["groups"]:
+        for known in group["clients"]:
+            if known["id"] == client and known["connected"]:
+                return int(known["config"]["volume"]["percent"])
+    return None
+
+
+def snap_set_volume(address: str, percent: int, client: str = "room1") -> None:
+    volume = {"muted": False, "percent": percent}
+    snap_call(address, "Client.SetVolume", {"id": client, "volume": volume})
+
+
 def port_answers(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -33,10 +33,13 @@ from tests.support import (
     RATE,
     MpdServer,
     PulseServer,
+    SnapServer,
     free_port,
     mpd_command,
     mpd_volume,
-    port_answers,
+    snap_call,
+    snap_set_volume,
+    snap_volume,
     wait_for,
 )
 from tests.test_voice_and_speaker import StubVoice
@@ -314,65 +317,14 @@ def test_an_unreachable_player_is_said_once_and_never_holds_up_speech(
 
 @pytest.fixture
 def snapcast(tmp_path: Path) -> Iterator[str]:
-    """A real snapserver (a pipe source, control on loopback) with one snapclient, "room1",
-    playing into nothing; the control's address."""
-    control, stream = free_port(), free_port()
-    config = tmp_path / "snapserver.conf"
-    config.write_text(
-        f"[server]\ndatadir = {tmp_path}\n[http]\nenabled = false\n"
-        f"[tcp]\nenabled = true\nbind_to_address = 127.0.0.1\nport = {control}\n"
-        f"[stream]\nbind_to_address = 127.0.0.1\nport = {stream}\n"
-        f"source = pipe://{tmp_path / 'fifo'}?name=default\n[logging]\nsink = null\n"
-    )
-    log = (tmp_path / "snapcast.log").open("wb")
-    started: list[subprocess.Popen[bytes]] = []
+    """A real snapserver with one snapclient, "room1", at volume 80; the control's address."""
+    server = SnapServer(tmp_path)
     try:
-        started.append(subprocess.Popen(["snapserver", "-c", str(config)], stdout=log, stderr=log))
-        wait_for(lambda: port_answers(control), 15, "snapserver's control")
-        client = ["snapclient", "-h", "127.0.0.1", "-p", str(stream), "--player",
-                  "file:filename=null", "--hostID", "room1", "--logsink", "null"]  # fmt: skip
-        started.append(subprocess.Popen(client, stdout=subprocess.DEVNULL, stderr=log))
-        address = f"127.0.0.1:{control}"
-        wait_for(lambda: snap_volume(address) is not None, 15, "snapclient to join")
-        snap_set_volume(address, 80)
-        yield address
+        server.start()
+        snap_set_volume(server.address, 80)
+        yield server.address
     finally:
-        for process in reversed(started):
-            process.terminate()
-            process.wait(10)
-
-
-def snap_call(address: str, method: str, params: dict[str, object] | None = None) -> object:
-    host, _, port = address.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=5) as conn:
-        stream = conn.makefile("rw")
-        request = {
-            "id": 7,
-            "jsonrpc": "2.0",
-            "method": method,
-            **({"params": params} if params else {}),
-        }
-        stream.write(json.dumps(request) + "\r\n")
-        stream.flush()
-        while True:
-            reply = json.loads(stream.readline())
-            if reply.get("id") == 7:
-                return reply["result"]
-
-
-def snap_volume(address: str) -> int | None:
-    status = snap_call(address, "Server.GetStatus")
-    assert isinstance(status, dict)
-    for group in status["server"]["groups"]:
-        for client in group["clients"]:
-            if client["id"] == "room1" and client["connected"]:
-                return int(client["config"]["volume"]["percent"])
-    return None
-
-
-def snap_set_volume(address: str, percent: int) -> None:
-    volume = {"muted": False, "percent": percent}
-    snap_call(address, "Client.SetVolume", {"id": "room1", "volume": volume})
+        server.stop()
 
 
 def test_this_rooms_snapcast_client_is_lowered_and_put_back(snapcast: str) -> None:
