@@ -70,7 +70,6 @@ class PeakLimiter:
         self._signal: Floats = np.zeros(_BEFORE)  # what came before (already out), then new
         self._gain = 1.0
         self._real = 0  # of the samples after the history, how many are input (not padding)
-        self.reduced_blocks = 0  # blocks played below unity gain (for the benchmark)
 
     @property
     def latency(self) -> int:
@@ -109,7 +108,6 @@ class PeakLimiter:
         for k in range(blocks):
             ends[k + 1] = min(allowed[k], allowed[k + 1], ends[k] * self._rise, 1.0)
         self._gain = float(ends[-1])
-        self.reduced_blocks += int(np.count_nonzero(ends[1:] < 1.0))
         # Across each block, a straight line from the gain at its start to the one at its end.
         steps = np.arange(1, b + 1) / b
         gains = (ends[:-1, None] + (ends[1:] - ends[:-1])[:, None] * steps[None, :]).ravel()
