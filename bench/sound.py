@@ -553,6 +553,9 @@ class TeeSink:
         self.chunks.append(samples.copy())
         await self.inner.play(samples)
 
+    def place(self, at: float) -> None:
+        self.inner.place(at)
+
     async def finish(self) -> None:
         await self.inner.finish()
 

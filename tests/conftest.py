@@ -19,6 +19,7 @@ from tests.support import (
     PulseServer,
     daemon_env,
     mpd_command,
+    room_sinks,
     write_alsa_config,
     write_config,
 )
@@ -144,8 +145,10 @@ def make_daemon(
         device: str | None = None,
         mqtt: str = "",
         as_sent: bool = False,
+        node: str | None = None,
     ) -> DaemonProcess:
-        """A daemon for this test's node; `mqtt`: more lines for its [mqtt] section.
+        """A daemon for this test's node (or for `node`, with a state directory of its own);
+        `mqtt`: more lines for its [mqtt] section.
 
         `as_sent`: every sample plays as the voice or chime made it (no loudness levelling,
         no tail), for the tests that follow the fakes' audio sample by sample.
@@ -153,7 +156,8 @@ def make_daemon(
         sound = "loudness_lufs = 0\ntail_ms = 0\n" if as_sent else ""
         config = write_config(
             tmp_path / f"herald-{len(started)}.toml",
-            f'node_id = "{node_id}"\nstate_dir = "{tmp_path / "state"}"\n'
+            f'node_id = "{node or node_id}"\n'
+            f'state_dir = "{tmp_path / ("state" if node is None else f"state-{node}")}"\n'
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nreconnect_max_s = 1\n'
             + mqtt
             + f'[audio]\ndevice = "{device or capture.device}"\nchimes_dir = "{tmp_path}"\n'
@@ -182,6 +186,16 @@ def probe(broker: Broker, node_id: str) -> Iterator[MqttProbe]:
 def pulse(alsa_config_home: Path) -> Iterator[PulseServer]:
     """A real-time paced output: ALSA PCM 'herald_paced' plays into a PulseAudio null sink."""
     server = PulseServer(alsa_config_home)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rooms(alsa_config_home: Path) -> Iterator[PulseServer]:
+    """Rooms on one clock: ALSA PCM 'herald_room:SINK=roomN' plays into channel N-1 of one
+    null sink, `rooms`, recorded with `record(path, "rooms", ROOMS)`."""
+    server = PulseServer(alsa_config_home, name="pulse-rooms", sinks=room_sinks())
     server.start()
     yield server
     server.stop()

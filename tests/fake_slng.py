@@ -287,6 +287,7 @@ class RecordingSink:
         self.chunks: list[Samples] = []
         self.first_at: float | None = None
         self.drops = 0
+        self.placed_at: list[float] = []  # each place() asked for
 
     async def open(self) -> None:
         pass
@@ -295,6 +296,9 @@ class RecordingSink:
         if self.first_at is None:
             self.first_at = self._clock()
         self.chunks.append(samples.copy())
+
+    def place(self, at: float) -> None:
+        self.placed_at.append(at)
 
     async def finish(self) -> None:
         pass

@@ -295,17 +295,46 @@ pcm.herald_paced {
     server "unix:PULSE_SOCKET"
     handle_underrun true
 }
+
+# Rooms in step, on one clock: each room plays into its own sink (`herald_room:SINK=room1`),
+# and every room's sink is one channel of a single null sink, recorded as one stream.
+pcm.herald_room {
+    @args [ SINK ]
+    @args.SINK { type string default "room1" }
+    type pulse
+    server "unix:ROOMS_SOCKET"
+    device $SINK
+    handle_underrun true
+}
 """
+ROOMS = 4  # sinks room1..room4 on the rooms server
 
 
 def write_alsa_config(config_home: Path) -> None:
     (config_home / "alsa").mkdir(parents=True, exist_ok=True)
-    text = ASOUNDRC.replace("PULSE_SOCKET", str(pulse_socket(config_home)))
+    text = ASOUNDRC.replace("PULSE_SOCKET", str(pulse_socket(config_home))).replace(
+        "ROOMS_SOCKET", str(pulse_socket(config_home, "pulse-rooms"))
+    )
     (config_home / "alsa" / "asoundrc").write_text(text)
 
 
-def pulse_socket(config_home: Path) -> Path:
-    return config_home / "pulse-native"
+def pulse_socket(config_home: Path, name: str = "pulse-native") -> Path:
+    return config_home / name
+
+
+def room_sinks(rooms: int = ROOMS) -> str:
+    """A null sink of `rooms` channels, each a mono sink of its own: room1, room2, ..."""
+    positions = ",".join(f"aux{n}" for n in range(rooms))
+    lines = [
+        f"load-module module-null-sink sink_name=rooms rate={RATE} channels={rooms} "
+        f"channel_map={positions}"
+    ]
+    for n in range(rooms):
+        lines.append(
+            f"load-module module-remap-sink sink_name=room{n + 1} master=rooms channels=1 "
+            f"master_channel_map=aux{n} channel_map=mono remix=no"
+        )
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -314,20 +343,27 @@ class PulseServer:
 
     config_home: Path
     process: subprocess.Popen[bytes] | None = None
+    name: str = "pulse-native"  # its socket's name in config_home
+    sinks: str = (
+        f"load-module module-null-sink sink_name=herald_sink rate={RATE} channels=1\n"
+        "set-default-sink herald_sink\n"
+    )
+
+    @property
+    def socket(self) -> Path:
+        return pulse_socket(self.config_home, self.name)
 
     @property
     def server(self) -> str:
-        return f"unix:{pulse_socket(self.config_home)}"
+        return f"unix:{self.socket}"
 
     def start(self) -> None:
-        script = self.config_home / "pulse.pa"
+        script = self.config_home / f"{self.name}.pa"
         script.write_text(
-            f"load-module module-native-protocol-unix socket={pulse_socket(self.config_home)} "
-            "auth-anonymous=1\n"
-            f"load-module module-null-sink sink_name=herald_sink rate={RATE} channels=1\n"
-            "set-default-sink herald_sink\n"
+            f"load-module module-native-protocol-unix socket={self.socket} auth-anonymous=1\n"
+            + self.sinks
         )
-        runtime = self.config_home / "pulse-runtime"
+        runtime = self.config_home / f"{self.name}-runtime"
         runtime.mkdir(exist_ok=True)
         env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime)}
         log = (self.config_home / "pulse.log").open("ab")
@@ -336,16 +372,19 @@ class PulseServer:
              "--use-pid-file=no", "--disallow-exit"],
             env=env, stdout=log, stderr=log,
         )  # fmt: skip
-        wait_for(lambda: pulse_socket(self.config_home).exists(), 15, "pulseaudio to start")
+        wait_for(self.socket.exists, 15, "pulseaudio to start")
 
     @contextlib.contextmanager
-    def record(self, into: Path) -> Iterator[Path]:
-        """Record the sink's monitor (mono s16le at RATE) into a file while the block runs."""
-        with into.open("wb") as sink:
+    def record(self, into: Path, sink: str = "herald_sink", channels: int = 1) -> Iterator[Path]:
+        """Record a sink's monitor (s16le at RATE) into a file while the block runs; more
+        than one channel: the rooms' sink, channel N being room N+1."""
+        layout = [f"--channel-map={','.join(f'aux{n}' for n in range(channels))}"]
+        with into.open("wb") as file:
             recorder = subprocess.Popen(
-                ["parec", "--server", self.server, "-d", "herald_sink.monitor", "--raw",
-                 "--format=s16le", f"--rate={RATE}", "--channels=1", "--latency-msec=20"],
-                stdout=sink,
+                ["parec", "--server", self.server, "-d", f"{sink}.monitor", "--raw",
+                 "--format=s16le", f"--rate={RATE}", f"--channels={channels}",
+                 "--latency-msec=20", *(layout if channels > 1 else [])],
+                stdout=file,
             )  # fmt: skip
             try:
                 # The monitor delivers nothing for about 2 s after parec connects, more under

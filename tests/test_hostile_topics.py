@@ -30,6 +30,7 @@ from herald.mqtt.client import Inbound, MqttBridge
 from herald.mqtt.hermes import MAX_WAITING, HermesBridge
 from herald.mqtt.topics import Topics
 from herald.node import Node
+from herald.rooms import Synchroniser
 from herald.scheduler import Scheduler
 from herald.speaker import Delivery, Speaker
 from tests.fake_slng import RecordingSink
@@ -120,7 +121,8 @@ def herald_in_a_box(state_dir: Path) -> tuple[Node, Dispatcher, Broker]:
     dispatcher = Dispatcher(
         speaker, Scheduler(max_length=5), node.emit, NO_DEFAULTS, 16384, journal=journal
     )
-    node.attach(cast(MqttBridge, broker), dispatcher, [ToneVoice()])
+    synchroniser = Synchroniser(config.sync, config.node_id, publish=node.send_proposal)
+    node.attach(cast(MqttBridge, broker), dispatcher, [ToneVoice()], synchroniser)
     return node, dispatcher, broker
 
 

@@ -219,6 +219,9 @@ class SlowChimeOutput:
         self.played_s += len(samples) / 16000
         await asyncio.sleep(0)
 
+    def place(self, at: float) -> None:
+        pass
+
     async def finish(self) -> None:
         pass
 

@@ -52,6 +52,8 @@ class Announcement:
     chime: str | bool = True  # True: the priority's default chime; False: none; else a name/path
     repeat: int = 1
     cache: bool = True  # play from the phrase cache if it is there, and keep it once spoken
+    # Sent to several rooms: the key the nodes that got it agree on its start by (herald.sync).
+    sync_key: str | None = None
 
     @property
     def level(self) -> str:

@@ -33,6 +33,7 @@ from herald.mqtt.client import MqttBridge, Publish
 from herald.mqtt.discovery import NodeInfo, removal_messages
 from herald.mqtt.topics import Topics
 from herald.node import Node
+from herald.rooms import Synchroniser
 from herald.scheduler import Outcome, QuietHours, Scheduler
 from herald.signals import Signals
 from herald.speaker import Delivery, Speaker
@@ -245,6 +246,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
     bridge.adopt(life.unsent)
     life.unsent = []
     voices = build_voices(config)
+    synchroniser = Synchroniser(config.sync, config.node_id, publish=node.send_proposal)
     delivery = replace(
         build_delivery(config),
         amplifier=life.amplifier,
@@ -252,6 +254,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         live_volume=lambda: controls.volume,
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
         device_problem=node.audio_problem,
+        synchroniser=synchroniser,
     )
     speaker = Speaker(voices, output, node.emit, delivery, cache=build_cache(config))
     dispatcher = Dispatcher(
@@ -263,7 +266,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         journal=life.journal,
         rate=(config.mqtt.rate_per_minute, config.mqtt.rate_burst),
     )
-    node.attach(bridge, dispatcher, voices)
+    node.attach(bridge, dispatcher, voices, synchroniser)
     log.info(
         "herald: node '%s', voices %s, audio '%s' at %d Hz",
         config.node_id,

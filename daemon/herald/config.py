@@ -636,6 +636,14 @@ class AudioConfig(_Frozen):
     keep_awake_dbfs: float = Field(
         -50.0, ge=-80.0, le=-30.0, description="the level of the keep-awake tone, in dBFS"
     )
+    latency_offset_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="how long the hardware takes after ALSA to make a sample heard (USB, HDMI "
+        "and Bluetooth add their own): rooms in sync hand their sound to ALSA this much "
+        "earlier (`docs/rooms.md` says how to measure it)",
+    )
 
     @field_validator("chimes_dir")
     @classmethod
@@ -759,17 +767,46 @@ class DuckingConfig(_Frozen):
     )
 
 
+class SyncConfig(_Frozen):
+    enabled: bool = Field(
+        True,
+        description="an announcement sent to several speakers (`all`, a group, a room list) "
+        "starts at one agreed instant in every room, chime included, and stays in step",
+    )
+    lead_ms: int = Field(
+        500,
+        ge=150,
+        le=5000,
+        description="how far after its arrival the instant is proposed: long enough for a warm "
+        "voice, the amplifier's warm-up and the ducking; a room whose sound is late joins "
+        "in step, a little way into it",
+    )
+    max_clock_error_ms: float = Field(
+        10.0,
+        gt=0.0,
+        le=1000.0,
+        description="a node whose clock is not synchronized, or whose estimated error (from "
+        "chrony or ntpd) is larger, starts as soon as it is ready instead (the event says so)",
+    )
+    trust_clock: bool = Field(
+        False,
+        description="skip the clock check: only for nodes that share one clock (several "
+        "Herald instances on one machine)",
+    )
+
+
 class Config(_Frozen):
     node_id: str = Field(
         default_factory=_default_node_id,
         description="this speaker's name in MQTT topics (`herald/<node_id>/say`): letters, "
-        "digits, `_`, `-`, `.`; not `all` or `group`",
+        "digits, `_`, `-`, `.`; not `all`, `group` or `rooms`",
     )
     mqtt: MqttConfig = MqttConfig()
     voice: VoiceConfig = VoiceConfig()
     audio: AudioConfig = AudioConfig()
     amp: AmpConfig = AmpConfig()
     ducking: DuckingConfig = DuckingConfig()
+    sync: SyncConfig = SyncConfig()
     queue: QueueConfig = QueueConfig()
     priorities: PrioritiesConfig = PrioritiesConfig()
     quiet_hours: QuietHoursConfig = QuietHoursConfig()
@@ -784,7 +821,7 @@ class Config(_Frozen):
     @field_validator("node_id")
     @classmethod
     def _node_id_is_one_level(cls, value: str) -> str:
-        if value in ("all", "group"):
+        if value in ("all", "group", "rooms"):
             raise ValueError(f"'{value}' is reserved for topics that address several speakers")
         return _check_topic_level(value)
 

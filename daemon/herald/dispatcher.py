@@ -15,6 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 
 from herald.announcement import (
     PRIORITY_LEVELS,
@@ -117,19 +118,24 @@ class Dispatcher:
     # --- commands, called in the event loop -----------------------------------------------------
 
     def accept(
-        self, payload: bytes, source: str = "say", redelivered: bool = False
+        self,
+        payload: bytes,
+        source: str = "say",
+        redelivered: bool = False,
+        sync_key: str | None = None,
     ) -> Announcement | None:
         """Parse and offer one payload; publish what happened to it (and to any it displaced).
 
         `source` (the topic it came in on) is what the rate limit counts per; `redelivered`:
-        the broker marked it as sent before (MQTT's DUP flag).
+        the broker marked it as sent before (MQTT's DUP flag); `sync_key`: it reached several
+        rooms, which agree on its start by this key.
         """
         if self._closing:
             reason = "herald is shutting down"
             self._emit(Event("rejected", self._id_of(payload), details={"reason": reason}))
             return None
         try:
-            return self._admit(payload, source, redelivered)
+            return self._admit(payload, source, redelivered, sync_key)
         except Exception as exc:  # a bug must cost one message (with an event), not the daemon
             log.exception("could not take a payload")
             self._emit(Event("rejected", None, details={"reason": f"internal error: {exc!r}"}))
@@ -142,10 +148,14 @@ class Dispatcher:
         except PayloadRejected as exc:
             return exc.announcement_id
 
-    def _admit(self, payload: bytes, source: str, redelivered: bool) -> Announcement | None:
+    def _admit(
+        self, payload: bytes, source: str, redelivered: bool, sync_key: str | None
+    ) -> Announcement | None:
         now = self._clock()
         try:
             announcement = parse_payload(payload, self._max_payload_bytes, now, self._defaults)
+            if sync_key is not None:
+                announcement = replace(announcement, sync_key=sync_key)
         except PayloadRejected as exc:
             ident = shown(exc.announcement_id) if exc.announcement_id else "(no id)"
             log.warning("rejected announcement %s: %s", ident, shown(exc.reason, 200))
@@ -188,7 +198,8 @@ class Dispatcher:
         """Offer again what the journal kept from the last run (expired ones get their event)."""
         for announcement in announcements:
             log.info("replaying %s from the journal", announcement.id)
-            self._offer(announcement, restoring=True)
+            # On its own: the instant the rooms agreed on for it has long passed.
+            self._offer(replace(announcement, sync_key=None), restoring=True)
 
     def _offer(self, announcement: Announcement, restoring: bool = False) -> None:
         # Schedule (and so preempt) first; the journal's disk write comes after, off the

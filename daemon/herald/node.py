@@ -28,7 +28,9 @@ from herald.mqtt.client import Inbound, MqttBridge
 from herald.mqtt.discovery import SIREN_ID, NodeInfo, discovery_messages
 from herald.mqtt.hermes import HermesBridge
 from herald.mqtt.topics import Topics
+from herald.rooms import Synchroniser
 from herald.status import StatusBoard
+from herald.sync import announcement_key
 from herald.voice.base import Voice
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Node:
         self.bridge: MqttBridge | None = None
         self.dispatcher: Dispatcher | None = None
         self.status: StatusBoard | None = None
+        self.synchroniser: Synchroniser | None = None
 
     @property
     def ha_status_topic(self) -> str:
@@ -62,8 +65,14 @@ class Node:
             extra.append(hermes.SAY)
         return [*self.topics.subscriptions(), *extra]
 
-    def attach(self, bridge: MqttBridge, dispatcher: Dispatcher, voices: Sequence[Voice]) -> None:
-        self.bridge, self.dispatcher = bridge, dispatcher
+    def attach(
+        self,
+        bridge: MqttBridge,
+        dispatcher: Dispatcher,
+        voices: Sequence[Voice],
+        synchroniser: Synchroniser | None = None,
+    ) -> None:
+        self.bridge, self.dispatcher, self.synchroniser = bridge, dispatcher, synchroniser
         self.status = StatusBoard(
             dispatcher,
             voices,
@@ -146,6 +155,11 @@ class Node:
         for topic, payload in discovery_messages(node):
             self._send(topic, payload, retain=True)
 
+    def send_proposal(self, payload: str) -> None:
+        """A proposal of when a shared announcement starts (QoS 0: late is as good as lost)."""
+        if self.bridge is not None:
+            self.bridge.publish(self.topics.sync, payload, qos=0)
+
     def _publish_status(self, payload: str) -> None:
         self._send(self.topics.status, payload, retain=True)
 
@@ -191,8 +205,16 @@ class Node:
         dispatcher, topics = self.dispatcher, self.topics
         assert dispatcher is not None
         topic, payload = message.topic, message.payload
-        if topics.is_say(topic):
-            dispatcher.accept(payload, source=topic, redelivered=message.redelivered)
+        if topic == topics.sync:
+            if self.synchroniser is not None:
+                self.synchroniser.heard(payload)
+        elif topics.is_say(topic):
+            shared = announcement_key(topic, payload) if topics.is_shared(topic) else None
+            dispatcher.accept(
+                payload, source=topic, redelivered=message.redelivered, sync_key=shared
+            )
+        elif topics.rooms_named(topic) is not None:
+            log.debug("%s does not name this speaker", shown(topic))
         elif topic == topics.stop:
             if not dispatcher.stop_current():
                 log.info("stop: nothing was speaking")

@@ -38,6 +38,7 @@ from herald.audio.dsp import Samples, apply_gain, ms_to_frames, silence
 from herald.audio.loudness import Levelling, Loudness
 from herald.duck import Ducker
 from herald.events import EventKind, EventSink, about
+from herald.rooms import Agreed, Synchroniser
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import CacheKey, PhraseCache, concatenate
 
@@ -74,6 +75,7 @@ class Delivery:
     amplifier: Amplifier | None = None  # switched on before the first sound, off when idle
     ducker: Ducker | None = None  # the other audio, lowered before the first sound
     keep_awake: Samples | None = None  # a second of inaudible tone, played while idle
+    synchroniser: Synchroniser | None = None  # rooms in sync: when a shared one starts
 
     def gain_for(self, announcement: Announcement) -> float:
         default = self.volume if self.live_volume is None else self.live_volume()
@@ -108,6 +110,7 @@ class Speaker:
         self._writing: set[asyncio.Task[None]] = set()
         self._from_cache = False  # the round being spoken comes from the cache
         self._humming: Humming | None = None  # the keep-awake tone, while idle
+        self._agreed: Agreed | None = None  # when the one being spoken starts in every room
 
     def silence_now(self) -> None:
         """Fade and drop whatever is playing, before the speaking task even hears of it."""
@@ -208,8 +211,13 @@ class Speaker:
         self._fresh = {}
         gain = self._delivery.gain_for(announcement)
         try:
-            await self._make_room(announcement)
-            await self._wake_output()
+            self._agreed = await self._make_room(announcement)
+            if self._agreed is not None and self._agreed.at is not None:
+                # In step with the other rooms: the first sound (silence before it) is placed
+                # on this machine's clock, converted from the agreed wall-clock instant.
+                self._output.place(time.monotonic() + self._agreed.at - time.time())
+            else:
+                await self._wake_output()
             voice = ""
             for round_ in range(announcement.repeat):
                 if round_:
@@ -250,14 +258,18 @@ class Speaker:
     def _rate(self) -> int:
         return self._delivery.sample_rate
 
-    async def _make_room(self, announcement: Announcement) -> None:
-        """Before the first sound: the amplifier on and warm, the other audio lowered."""
-        getting_ready = []
+    async def _make_room(self, announcement: Announcement) -> Agreed | None:
+        """Before the first sound: the amplifier on and warm, the other audio lowered, and,
+        for an announcement to several rooms, the instant agreed with the others."""
+        getting_ready: list[Awaitable[None]] = []
         if self._delivery.amplifier is not None:
             getting_ready.append(self._delivery.amplifier.power_on())
         if self._delivery.ducker is not None:
             getting_ready.append(self._delivery.ducker.duck(announcement.priority))
-        await asyncio.gather(*getting_ready)
+        synchroniser = self._delivery.synchroniser
+        agreeing = synchroniser.agree(announcement) if synchroniser is not None else _nothing()
+        agreed, *_ = await asyncio.gather(agreeing, *getting_ready)
+        return agreed
 
     async def _wake_output(self) -> None:
         """Silence first when the output has been idle: many USB/HDMI amplifiers clip it."""
@@ -302,6 +314,7 @@ class Speaker:
                         voice=voice,
                         degraded=degraded,
                         **self._cached_detail(),
+                        **(self._agreed.details() if self._agreed is not None else {}),
                     )
                 self.speech_seconds += len(chunk) / self._rate
                 await self._output.play(apply_gain(chunk, gain))
@@ -484,6 +497,10 @@ class _Lookahead:
         self._frames -= _frames_in(item)
         self._taken.set()
         return item
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _frames_in(item: object) -> int:

@@ -20,6 +20,12 @@ class AudioSink(Protocol):
     async def play(self, samples: Samples) -> None:
         """Queue samples; returns once they are accepted (back-pressure, never unbounded)."""
 
+    def place(self, at: float) -> None:
+        """The next sample played is heard at `at` (time.monotonic()): silence before it, or,
+        if that is past, as much of the sound skipped as was due; and the rest of the sound
+        kept in step with the clock until finish() or drop(). An output with no clock (a file)
+        ignores it."""
+
     async def finish(self) -> None:
         """Wait until everything queued has been played. Raises AudioError."""
 

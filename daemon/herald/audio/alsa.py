@@ -12,6 +12,12 @@ played fails with an AudioError (once, to whoever plays it: a failure belongs to
 "generation" of the sound that met it, so it never leaks into the next one after a drop), and
 the next open() opens the device afresh.
 
+A sound can be placed (`place`, for rooms in sync): its first frame is heard at a given instant.
+The thread writes silence before it until ALSA's own delay (snd_pcm_delay: every frame queued
+in alsa-lib, the plugins and the sound server or card) says the next frame lands there, or skips
+what is already due; and from then on keeps the sound in step with the clock, skipping what a
+late voice missed and filling what a fast card ran ahead by, beyond SYNC_SLACK_MS.
+
 A device can also hang instead of failing (a sound server that stops answering, a USB driver
 that wedges): a write then never returns, or the buffer never plays out. The thread marks each
 call into alsa-lib, and each wait for the buffer to play, with the time it began (for the wait:
@@ -55,6 +61,7 @@ FADE_MS = 8  # a drop fades out over this long instead of cutting (a cut clicks)
 # about 2 s), the buffer plays out in 80 ms: this is far beyond, yet well inside WatchdogSec.
 HANG_AFTER_S = 10.0
 CLOSE_WAIT_S = 1.0  # close() waits this long for a thread that is stuck on the device
+SYNC_SLACK_MS = 2  # a placed sound further out of step with the clock than this is put back
 _T = TypeVar("_T")
 
 
@@ -85,7 +92,23 @@ class _Close:
     done: asyncio.Future[None] | None
 
 
-_Command = _Open | _Write | _Finish | _Drop | _Close
+@dataclass(frozen=True)
+class _Place:
+    generation: int
+    at: float  # time.monotonic() when the next frame written is to be heard
+
+
+_Command = _Open | _Write | _Finish | _Drop | _Close | _Place
+
+
+@dataclass
+class _Anchor:
+    """A placed sound, in the output thread: its frame n is heard at `at` + n / rate."""
+
+    generation: int
+    at: float  # when its first frame reaches ALSA's far end (the latency offset taken off)
+    frames: int = 0  # frames of it written or skipped so far
+    skipped: int = 0
 
 
 def open_pcm(cfg: AudioConfig) -> Any:
@@ -148,9 +171,12 @@ class AlsaOutput:
         self._recent: deque[bytes] = deque(maxlen=cfg.periods + 1)
         self._dropped_at: tuple[float, float] | None = None  # (asked, silent) of the last drop
         self.underruns = 0
+        self.skipped_ms = 0.0  # of the last placed sound: how much of it came too late to play
         # What the thread waits on the device for, and since when (time.monotonic()); None when
         # it is not in a call into alsa-lib. Replaced whole, so the event loop reads it safely.
         self._busy: tuple[str, float] | None = None
+        self._anchor: _Anchor | None = None  # the placed sound being played (thread only)
+        self._delay: Callable[[], int | None] | None = None  # snd_pcm_delay of the open PCM
 
     @property
     def _period_samples(self) -> int:
@@ -184,6 +210,9 @@ class AlsaOutput:
         self._commands.put(_Finish(self._generation, done))
         await done
         self._raise_pending_error()
+
+    def place(self, at: float) -> None:
+        self._commands.put(_Place(self._generation, at))
 
     def drop(self) -> None:
         self._generation += 1
@@ -274,6 +303,7 @@ class AlsaOutput:
         while True:
             command = self._commands.get()
             if isinstance(command, _Close):
+                self._anchor, self._delay = None, None
                 if pcm is not None:
                     self._on_device("closing it", _close_quietly, pcm)
                 if command.done is not None:
@@ -285,7 +315,7 @@ class AlsaOutput:
                 self._device_failed(pcm, command, exc)
                 pcm = None
 
-    def _carry_out(self, pcm: Any, command: _Open | _Write | _Finish | _Drop) -> Any:
+    def _carry_out(self, pcm: Any, command: _Open | _Write | _Finish | _Drop | _Place) -> Any:
         """One command with the PCM as it is; the PCM as it is afterwards (None: closed)."""
         if isinstance(command, _Open):
             return self._open_in_thread(pcm, command.done)
@@ -293,18 +323,24 @@ class AlsaOutput:
             return self._write_in_thread(pcm, command)
         if isinstance(command, _Finish):
             self._finish_in_thread(pcm, command)
+        elif isinstance(command, _Place):
+            if command.generation == self._generation:
+                offset_s = self._cfg.latency_offset_ms / 1000
+                self._anchor = _Anchor(command.generation, command.at - offset_s)
         else:
+            self._anchor = None
             self._wake.clear()
             if pcm is not None and self._drop_with_fade(pcm):
                 self._dropped_at = (command.asked_at, time.monotonic())
         return pcm
 
     def _device_failed(
-        self, pcm: Any, command: _Open | _Write | _Finish | _Drop, exc: Exception
+        self, pcm: Any, command: _Open | _Write | _Finish | _Drop | _Place, exc: Exception
     ) -> None:
         """alsa-lib failed: close the PCM (the next open opens it afresh), and tell whoever
         plays the sound it was for; a sound that was being dropped has nobody to tell."""
         message = f"ALSA device '{self._cfg.device}' failed: {exc}"
+        self._anchor, self._delay = None, None
         if pcm is not None:
             self._on_device("closing it", _close_quietly, pcm)
         if isinstance(command, _Write | _Finish):
@@ -328,6 +364,10 @@ class AlsaOutput:
             self._resolve(done, exc)
             return None
         self.problem = None
+        # Stopped at once, as after a sound: the PulseAudio plugin reports a delay of 0 for
+        # good when the first write comes long after the open (and only then).
+        self._on_device("stopping it", pcm.drop)
+        self._delay = delay_reader(pcm, self._cfg)
         info = pcm.info()
         log.info(
             "audio: opened ALSA device '%s' (%d Hz, %d ch, period %d frames, buffer %d frames)",
@@ -344,8 +384,13 @@ class AlsaOutput:
         try:
             if pcm is None or command.generation != self._generation:
                 return pcm
-            self._write_period(pcm, command.data)
-            self._recent.append(command.data)
+            data = command.data
+            if (anchor := self._anchor) is not None and anchor.generation == command.generation:
+                data = self._in_step(pcm, anchor, data)
+                if command.generation != self._generation:
+                    return pcm  # dropped while its silence was written
+            self._write_period(pcm, data)
+            self._recent.append(data)
             if self._dropped_at is not None:
                 self._report_switch(*self._dropped_at)
             return pcm
@@ -375,7 +420,70 @@ class AlsaOutput:
                 # The buffer is empty: stop cleanly instead of underrunning.
                 self._on_device("stopping it", pcm.drop)
                 self._recent.clear()
+        self._report_placement()
         self._resolve(command.done, None)
+
+    # --- a placed sound (rooms in sync) ----------------------------------------------------------
+
+    def _in_step(self, pcm: Any, anchor: _Anchor, data: bytes) -> bytes:
+        """What to write of `data` (the next part of a placed sound) so that it is heard in its
+        place: silence first if it would come early, its beginning skipped if it would be late.
+        At the sound's start exactly; later, only when off by more than SYNC_SLACK_MS."""
+        frame_bytes = 2 * self._cfg.channels
+        slack = self._cfg.sample_rate * SYNC_SLACK_MS // 1000
+        if anchor.frames == 0:
+            if not self._silence_until_placed(pcm, anchor):
+                return data
+            slack = 0
+        late = self._frames_late(pcm, anchor)
+        if late < -slack:  # the card runs ahead of the clock: a moment of silence
+            self._write_period(pcm, bytes(min(-late, self._cfg.period_frames) * frame_bytes))
+        elif late > slack:  # the sound came late (a slow voice, a device that ran dry): skip
+            skip = min(late, len(data) // frame_bytes)
+            data = data[skip * frame_bytes :]
+            anchor.frames += skip
+            anchor.skipped += skip
+        anchor.frames += len(data) // frame_bytes
+        return data
+
+    def _silence_until_placed(self, pcm: Any, anchor: _Anchor) -> bool:
+        """Write silence, a period at a time (a drop ends it), until the next frame lands in
+        the sound's place. False when the output takes silence without playing it (a file has
+        no clock): the sound is then not placed."""
+        period = self._cfg.period_frames
+        late = self._frames_late(pcm, anchor)
+        allowed = max(-late, 0) + period
+        while late < 0 and anchor.generation == self._generation:
+            count = min(-late, period)
+            if count > allowed:
+                log.debug("audio: '%s' plays without a clock: not placed", self._cfg.device)
+                self._anchor = None
+                return False
+            self._write_period(pcm, bytes(count * 2 * self._cfg.channels))
+            allowed -= count
+            if count < period:
+                break  # in its place, to within the measurement
+            late = self._frames_late(pcm, anchor)
+        return True
+
+    def _frames_late(self, pcm: Any, anchor: _Anchor) -> int:
+        """How many frames after its place the next frame written would be heard (negative:
+        early)."""
+        delay = self._delay() if self._delay is not None else None
+        queued = delay if delay is not None and delay >= 0 else self._queued_frames(pcm)
+        heard_at = time.monotonic() + queued / self._cfg.sample_rate
+        due_at = anchor.at + anchor.frames / self._cfg.sample_rate
+        return round((heard_at - due_at) * self._cfg.sample_rate)
+
+    def _report_placement(self) -> None:
+        """A placed sound has played out: say how much of it was skipped to stay in step."""
+        anchor, self._anchor = self._anchor, None
+        if anchor is not None and anchor.skipped:
+            self.skipped_ms = anchor.skipped * 1000 / self._cfg.sample_rate
+            log.info(
+                "audio: joined %.0f ms late, in step (the sound was not ready in time)",
+                self.skipped_ms,
+            )
 
     def _queued_frames(self, pcm: Any) -> int:
         """Frames written but not yet played (0 after an underrun)."""
@@ -468,6 +576,56 @@ def _close_quietly(pcm: Any) -> None:
         pcm.close()
     except Exception as exc:  # already broken; closing is only tidying up
         log.debug("audio: closing a failed PCM: %s", exc)
+
+
+# --- ALSA's delay, which pyalsaaudio does not wrap ----------------------------------------------
+
+
+class _PyAlsaPcm(ctypes.Structure):
+    """The start of pyalsaaudio's PCM object (`alsapcm_t` in its alsaaudio.c, 0.11): enough to
+    reach the snd_pcm_t it holds. Checked field by field against what was opened before the
+    handle is used (another layout is not used at all)."""
+
+    _fields_ = [
+        ("ob_refcnt", ctypes.c_ssize_t),
+        ("ob_type", ctypes.c_void_p),
+        ("pcmtype", ctypes.c_long),
+        ("pcmmode", ctypes.c_int),
+        ("cardname", ctypes.c_char_p),
+        ("handle", ctypes.c_void_p),
+        ("channels", ctypes.c_int),
+        ("rate", ctypes.c_uint),
+    ]
+
+
+def delay_reader(pcm: Any, cfg: AudioConfig) -> Callable[[], int | None] | None:
+    """snd_pcm_delay() of an open pyalsaaudio PCM: the frames between now and the moment the
+    next frame written is heard (the whole chain: alsa-lib's buffer, plugins, a sound server).
+    None when it cannot be had (the fill of the buffer is then the estimate)."""
+    try:
+        library = ctypes.CDLL("libasound.so.2")
+        snd_pcm_delay = library.snd_pcm_delay
+    except (OSError, AttributeError):
+        return None
+    snd_pcm_delay.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_long)]
+    snd_pcm_delay.restype = ctypes.c_int
+    layout = _PyAlsaPcm.from_address(id(pcm))
+    # The numbers first (reading them cannot fault); the name pointer only once they match.
+    if (layout.pcmtype, layout.pcmmode, layout.channels, layout.rate) != (
+        0,
+        0,
+        cfg.channels,
+        cfg.sample_rate,
+    ) or layout.cardname != cfg.device.encode():
+        log.info("audio: this pyalsaaudio does not show ALSA's delay; the buffer's fill is used")
+        return None
+    handle = layout.handle
+
+    def delay() -> int | None:
+        frames = ctypes.c_long()
+        return frames.value if snd_pcm_delay(handle, ctypes.byref(frames)) >= 0 else None
+
+    return delay
 
 
 def playback_devices() -> list[str]:

@@ -36,6 +36,9 @@ class WavFileOutput:
         self._file.writeframes(upmix(samples, self._cfg.channels).astype("<i2").tobytes())
         self.frames_written += len(samples)
 
+    def place(self, at: float) -> None:
+        """A file has no clock: what is played is kept as it comes."""
+
     async def finish(self) -> None:
         """Nothing waits in a file."""
 

@@ -29,6 +29,16 @@ class Topics:
         return f"{self.base}/group/{group}/say"
 
     @property
+    def say_rooms(self) -> str:
+        """Announcements for a list of speakers, `<base>/rooms/<node>,<node>/say` (a filter)."""
+        return f"{self.base}/rooms/+/say"
+
+    @property
+    def sync(self) -> str:
+        """Where the nodes that got one announcement agree on the instant it starts."""
+        return f"{self.base}/sync"
+
+    @property
     def stop(self) -> str:
         """Stop what this speaker is saying now (the queue goes on)."""
         return self._own("stop")
@@ -73,7 +83,24 @@ class Topics:
 
     def subscriptions(self) -> list[str]:
         commands = [self.stop, self.clear, self.volume_set, self.quiet_set, self.siren_set]
-        return [*self.say_topics(), *commands]
+        return [*self.say_topics(), self.say_rooms, *commands, self.sync]
+
+    def rooms_named(self, topic: str) -> list[str] | None:
+        """The speakers a room-list topic names; None if it is not one."""
+        prefix, suffix = f"{self.base}/rooms/", "/say"
+        if not (topic.startswith(prefix) and topic.endswith(suffix)):
+            return None
+        listed = topic[len(prefix) : len(topic) - len(suffix)]
+        return None if "/" in listed else [name.strip() for name in listed.split(",")]
 
     def is_say(self, topic: str) -> bool:
-        return topic in self.say_topics()
+        """Announcements for this speaker: its own, all, its groups, a room list naming it."""
+        rooms = self.rooms_named(topic)
+        return topic in self.say_topics() if rooms is None else self.node in rooms
+
+    def is_shared(self, topic: str) -> bool:
+        """An announcement topic that reaches (or may reach) more than this speaker."""
+        rooms = self.rooms_named(topic)
+        if rooms is not None:
+            return len(set(rooms)) > 1
+        return topic != self.say and topic in self.say_topics()

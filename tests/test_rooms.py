@@ -1,0 +1,357 @@
+"""Rooms in sync: the agreement (pure), the clock check, placement through real ALSA into
+PulseAudio, and two daemons with voices of different speeds starting together.
+
+The rooms are one PulseAudio null sink of four channels, each a sink of its own (`herald_room:
+SINK=roomN`): what every room plays is recorded as one stream, on one clock, so the offset
+between two rooms is read off directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from herald.audio.alsa import AlsaOutput
+from herald.clock import clock_state, describe
+from herald.config import AudioConfig
+from herald.mqtt.topics import Topics
+from herald.sync import (
+    FORGET_AFTER_S,
+    JOIN_LATE_MAX_S,
+    PROPOSALS_PER_KEY,
+    REMEMBERED_KEYS,
+    Agreement,
+    ClockState,
+    Proposal,
+    announcement_key,
+    clock_problem,
+    parse_proposal,
+)
+from tests.conftest import DaemonFactory
+from tests.fake_deepgram import FakeDeepgramOptions
+from tests.support import (
+    RATE,
+    ROOMS,
+    Broker,
+    FakeDeepgramThread,
+    MqttProbe,
+    PulseServer,
+    wait_for,
+)
+
+NOW = 1_800_000_000.0
+
+# --- the agreement ------------------------------------------------------------------------------
+
+
+def test_the_same_message_has_the_same_key_on_every_node_and_another_has_another() -> None:
+    key = announcement_key("herald/all/say", b"Dinner is ready")
+    assert key == announcement_key("herald/all/say", b"Dinner is ready")
+    assert key != announcement_key("herald/all/say", b"Dinner is ready!")
+    assert key != announcement_key("herald/group/down/say", b"Dinner is ready")
+
+
+def test_the_earliest_proposal_wins_and_a_node_ignores_its_own_echo() -> None:
+    kitchen = Agreement("kitchen", lead_s=0.5)
+    own = kitchen.propose("k.0", NOW)
+    assert own == Proposal("k.0", NOW + 0.5, "kitchen")
+    assert not kitchen.hear(Proposal("k.0", NOW - 0.3, "kitchen"), NOW)  # its own, echoed
+    assert kitchen.instant("k.0", NOW) == NOW + 0.5
+    assert kitchen.hear(Proposal("k.0", NOW + 0.6, "hall"), NOW)  # later: changes nothing
+    assert kitchen.instant("k.0", NOW) == NOW + 0.5
+    assert kitchen.hear(Proposal("k.0", NOW + 0.48, "bedroom"), NOW)  # it got it first
+    assert kitchen.instant("k.0", NOW) == NOW + 0.48
+    assert kitchen.instant("other.0", NOW) is None  # never proposed
+
+
+def test_a_proposal_heard_before_the_announcement_arrives_is_adopted() -> None:
+    hall = Agreement("hall", lead_s=0.5)
+    hall.hear(Proposal("k.0", NOW + 0.45, "kitchen"), NOW)
+    hall.propose("k.0", NOW + 0.01)
+    assert hall.instant("k.0", NOW + 0.01) == NOW + 0.45
+
+
+def test_a_room_far_behind_does_not_jump_into_the_middle() -> None:
+    """Busy with something more urgent for 5 s: the others are long into it."""
+    late = Agreement("late", lead_s=0.5)
+    late.hear(Proposal("k.0", NOW + 0.5, "kitchen"), NOW)
+    then = NOW + 5
+    own = late.propose("k.0", then)
+    assert late.instant("k.0", then) == own.at
+    assert late.missed("k.0", then)
+    # ... but one that is only a little late joins them, a little way in.
+    near = Agreement("near", lead_s=0.5)
+    near.hear(Proposal("k.0", NOW + 0.5, "kitchen"), NOW)
+    soon = NOW + 0.5 + JOIN_LATE_MAX_S / 2
+    near.propose("k.0", soon)
+    assert near.instant("k.0", soon) == NOW + 0.5
+    assert not near.missed("k.0", soon)
+
+
+def test_memory_stays_bounded_whatever_arrives() -> None:
+    node = Agreement("kitchen", lead_s=0.5)
+    for n in range(5 * REMEMBERED_KEYS):
+        node.hear(Proposal(f"key{n}", NOW + 1, "hall"), NOW)
+        node.propose(f"own{n}", NOW)
+    for n in range(10 * PROPOSALS_PER_KEY):
+        node.hear(Proposal("busy", NOW + 1 + n / 1000, f"room{n}"), NOW)
+    assert len(node._heard) <= REMEMBERED_KEYS and len(node._own) <= REMEMBERED_KEYS
+    assert all(len(times) <= PROPOSALS_PER_KEY for times in node._heard.values())
+    assert node._heard["busy"][0] == NOW + 1  # the earliest are the ones kept
+    # Nothing from long ago, and nothing for far ahead, is kept at all.
+    assert not node.hear(Proposal("old", NOW - FORGET_AFTER_S - 1, "hall"), NOW)
+    assert not node.hear(Proposal("ahead", NOW + 3600, "hall"), NOW)
+
+
+@given(
+    st.binary(max_size=300)
+    | st.dictionaries(st.text(max_size=5), st.none()).map(lambda d: json.dumps(d).encode())
+)
+def test_anything_on_the_sync_topic_is_a_proposal_or_one_clear_reason(payload: bytes) -> None:
+    try:
+        proposal = parse_proposal(payload)
+    except ValueError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    else:
+        assert proposal.key and proposal.node and np.isfinite(proposal.at)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"key": "k", "at": NaN, "node": "n"}', "invalid JSON"),
+        (b'{"key": "k", "at": true, "node": "n"}', "'at' must be"),
+        (b'{"key": "", "at": 1, "node": "n"}', "'key' must be"),
+        (b'{"key": "k", "at": 1}', "'node' must be"),
+        (b"[1, 2]", "a JSON object"),
+    ],
+)
+def test_a_bad_proposal_is_refused_saying_what_was_wrong(payload: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_proposal(payload)
+
+
+def test_a_proposal_survives_the_wire() -> None:
+    sent = Proposal("abc.1", NOW + 0.123456, "kitchen")
+    assert parse_proposal(sent.to_json().encode()) == sent
+
+
+# --- the clock ----------------------------------------------------------------------------------
+
+
+def test_the_clock_is_trusted_only_when_synchronized_and_close_enough() -> None:
+    max_error = 0.010
+    assert clock_problem(None, max_error) == "the clock's synchronization cannot be read"
+    assert "not synchronized" in (clock_problem(ClockState(False), max_error) or "")
+    assert clock_problem(ClockState(True, 0.0004, 0.02), max_error) is None  # chrony on a LAN
+    assert clock_problem(ClockState(True, None), max_error) is None  # timesyncd: no estimate
+    too_far = clock_problem(ClockState(True, 0.030), max_error) or ""
+    assert "30.0 ms" in too_far and "max_clock_error_ms" in too_far
+
+
+def test_the_kernels_answer_is_read_as_the_ntp_clients_left_it() -> None:
+    # adjtimex: TIME_OK with STA_PLL (chrony, synchronized, 350 us estimated).
+    assert clock_state(0, 0x0001, 350, 20_000) == ClockState(True, 0.00035, 0.02)
+    # TIME_ERROR with STA_UNSYNC (nothing has set the clock: as on this test machine).
+    assert clock_state(5, 0x0040, 16_000_000, 16_000_000).synchronized is False
+    # STA_UNSYNC alone also means unsynchronized; timesyncd's zero estimate means unknown.
+    assert clock_state(0, 0x0041, 0, 0).synchronized is False
+    assert clock_state(0, 0x0001, 0, 500).estimated_error_s is None
+    assert describe(clock_state(0, 0x0001, 0, 500)) == (
+        "synchronized (the NTP client gives no error estimate)"
+    )
+
+
+# --- topics -------------------------------------------------------------------------------------
+
+
+def test_a_room_list_reaches_the_rooms_it_names_and_only_shared_topics_are_synced() -> None:
+    kitchen = Topics("herald", "kitchen", ("downstairs",))
+    assert kitchen.is_say("herald/rooms/kitchen,hall/say")
+    assert not kitchen.is_say("herald/rooms/hall,bedroom/say")
+    assert not kitchen.is_say("herald/rooms/kitchen/extra/say")
+    assert kitchen.is_shared("herald/rooms/kitchen,hall/say")
+    assert not kitchen.is_shared("herald/rooms/kitchen/say")  # a list of one: itself
+    assert not kitchen.is_shared("herald/rooms/kitchen,kitchen/say")
+    assert kitchen.is_shared("herald/all/say")
+    assert kitchen.is_shared("herald/group/downstairs/say")
+    assert not kitchen.is_shared("herald/kitchen/say")
+    assert "herald/rooms/+/say" in kitchen.subscriptions()
+    assert "herald/sync" in kitchen.subscriptions()
+
+
+# --- placement through real ALSA ------------------------------------------------------------------
+
+
+def chirp(seconds: float, amplitude: int = 12000) -> npt.NDArray[np.int16]:
+    """A sweep from 300 Hz to 3 kHz: no two moments of it alike, so an offset is unmistakable."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    phase = 2 * np.pi * (300 * t + (3000 - 300) * t**2 / (2 * seconds))
+    return (amplitude * np.sin(phase)).astype(np.int16)
+
+
+def onset(channel: npt.NDArray[np.int16], threshold: int = 2000) -> int:
+    loud = np.flatnonzero(np.abs(channel.astype(np.int32)) > threshold)
+    assert len(loud), "nothing was heard in this room"
+    return int(loud[0])
+
+
+def lag_ms(a: npt.NDArray[np.int16], b: npt.NDArray[np.int16], within_ms: int = 40) -> float:
+    """How much later `b` has the same sound as `a` (cross-correlation over ±within_ms)."""
+    span = RATE * within_ms // 1000
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    best = max(
+        range(-span, span + 1, 4),
+        key=lambda shift: float(np.dot(x[span:-span], y[span + shift : len(y) - span + shift])),
+    )
+    return best * 1000 / RATE
+
+
+async def place_and_play(
+    sink: str, at: float, sound: npt.NDArray[np.int16], hand_over_at: float
+) -> float:
+    """Play `sound` placed at `at`, handing it to the output at `hand_over_at` (as a voice
+    that is ready then would); how much was skipped (ms)."""
+    output = AlsaOutput(AudioConfig(device=f"herald_room:SINK={sink}", sample_rate=RATE))
+    await output.open()
+    try:
+        output.place(at)
+        await asyncio.sleep(max(hand_over_at - time.monotonic(), 0))
+        step = RATE // 50
+        for start in range(0, len(sound), step):
+            await output.play(sound[start : start + step])
+        await output.finish()
+        return output.skipped_ms
+    finally:
+        await output.close()
+
+
+def recorded(path: Path) -> npt.NDArray[np.int16]:
+    frames = np.frombuffer(path.read_bytes(), dtype="<i2")
+    return frames[: len(frames) // ROOMS * ROOMS].reshape(-1, ROOMS)
+
+
+def test_two_outputs_placed_at_one_instant_are_heard_together(
+    rooms: PulseServer, tmp_path: Path
+) -> None:
+    """The kitchen's sound is ready at once, the hall's 250 ms later (a slower voice): both
+    are heard at the instant, not 250 ms apart."""
+    sound = chirp(0.8)
+
+    async def both() -> tuple[float, float]:
+        at = time.monotonic() + 0.7
+        return await asyncio.gather(
+            place_and_play("room1", at, sound, hand_over_at=time.monotonic()),
+            place_and_play("room2", at, sound, hand_over_at=time.monotonic() + 0.25),
+        )
+
+    with rooms.record(tmp_path / "rooms.raw", "rooms", ROOMS) as path:
+        skipped = asyncio.run(both())
+        time.sleep(0.3)
+    heard = recorded(path)
+    kitchen, hall = heard[:, 0], heard[:, 1]
+    apart_ms = (onset(hall) - onset(kitchen)) * 1000 / RATE
+    print(f"\nonsets {apart_ms:.2f} ms apart; the sounds {lag_ms(kitchen, hall):.2f} ms apart")
+    assert abs(apart_ms) < 10, apart_ms  # unplaced: 250 ms
+    assert abs(lag_ms(kitchen, hall)) < 10
+    assert max(skipped) < 1  # (a frame or two, as the delay is measured)
+
+
+def test_a_sound_that_comes_late_joins_in_step_a_little_way_in(
+    rooms: PulseServer, tmp_path: Path
+) -> None:
+    """The hall's sound is ready 300 ms after the instant: it is heard from 300 ms in, in step
+    with the kitchen's, rather than from its start 300 ms behind."""
+    sound = chirp(1.0)
+
+    async def both() -> tuple[float, float]:
+        at = time.monotonic() + 0.4
+        return await asyncio.gather(
+            place_and_play("room1", at, sound, hand_over_at=time.monotonic()),
+            place_and_play("room2", at, sound, hand_over_at=at + 0.3),
+        )
+
+    with rooms.record(tmp_path / "rooms.raw", "rooms", ROOMS) as path:
+        skipped = asyncio.run(both())
+        time.sleep(0.3)
+    heard = recorded(path)
+    kitchen, hall = heard[:, 0], heard[:, 1]
+    joined_ms = (onset(hall) - onset(kitchen)) * 1000 / RATE
+    print(f"\nthe hall joined {joined_ms:.1f} ms in; it skipped {skipped[1]:.1f} ms")
+    assert 250 < joined_ms < 450, joined_ms
+    assert 250 < skipped[1] < 450 and skipped[0] < 1
+    both_playing = slice(onset(hall) + RATE // 20, onset(kitchen) + len(sound) - RATE // 20)
+    lag = lag_ms(kitchen[both_playing], hall[both_playing])
+    print(f"in step to {lag:.2f} ms")
+    assert abs(lag) < 10
+
+
+# --- two daemons ----------------------------------------------------------------------------------
+
+
+def started_events(probe: MqttProbe, ident: str, rooms: int) -> list[dict[str, Any]]:
+    events = probe.events_until(
+        lambda got: sum(e["event"] == "started" and e["id"] == ident for e in got) >= rooms,
+        timeout=20,
+    )
+    return [e for e in events if e["event"] == "started" and e["id"] == ident]
+
+
+def test_two_rooms_with_voices_of_different_speeds_start_together(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    rooms: PulseServer,
+    tmp_path: Path,
+) -> None:
+    """A group announcement to the kitchen (a voice that answers in 80 ms) and the hall (300
+    ms), chime and all: without sync the hall would start later than the kitchen by the
+    difference of their first sounds' times, and end about 220 ms after it."""
+    fast = FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.08, pace=1.0))
+    slow = FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.30, pace=1.0))
+    with fast, slow:
+        for node, fake, sink in (("kitchen", fast, "room1"), ("hall", slow, "room2")):
+            daemon = make_daemon(
+                broker,
+                f'[voice]\nengines = ["deepgram"]\n[voice.deepgram]\nurl = "{fake.server.url}"\n'
+                "[sync]\ntrust_clock = true\n",
+                device=f"herald_room:SINK={sink}",
+                mqtt='groups = ["downstairs"]\n',
+                node=node,
+            )
+            daemon.env["DEEPGRAM_API_KEY"] = "test-key"
+            daemon.start()
+        wait_for(
+            lambda: fast.server.connections >= 1 and slow.server.connections >= 1,
+            15,
+            "the warm sockets",
+        )
+        probe = MqttProbe(broker, "herald/+/events")
+        try:
+            with rooms.record(tmp_path / "rooms.raw", "rooms", ROOMS) as path:
+                say = {"text": "The washing machine has finished.", "id": "washing"}
+                probe.publish("herald/group/downstairs/say", json.dumps(say))
+                started = started_events(probe, "washing", 2)
+                probe.events_until(
+                    lambda got: sum(e["event"] == "finished" for e in got) >= 2, timeout=20
+                )
+                time.sleep(0.3)
+        finally:
+            probe.close()
+    assert all(e["synced"] is True for e in started), started
+    assert len({e["sync_at"] for e in started}) == 1, started  # one instant, agreed
+    heard = recorded(path)
+    kitchen, hall = heard[:, 0], heard[:, 1]
+    apart_ms = (onset(hall, 1000) - onset(kitchen, 1000)) * 1000 / RATE
+    end_apart_ms = (onset(hall[::-1], 1000) - onset(kitchen[::-1], 1000)) * -1000 / RATE
+    print(f"\nthe two rooms started {apart_ms:.2f} ms apart, and ended {end_apart_ms:.2f} ms")
+    assert abs(apart_ms) < 15, apart_ms  # the chime
+    assert abs(end_apart_ms) < 15, end_apart_ms  # the last word
