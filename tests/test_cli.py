@@ -13,8 +13,10 @@ import numpy as np
 
 from herald.audio.chimes import load_chime
 from herald.audio.loudness import VoiceLevels, voice_key
+from herald.checks import check_clock
 from herald.config import Config
 from herald.events import Event
+from herald.sync import ClockState
 from herald.voice import voice_identities
 from tests.conftest import DaemonFactory
 from tests.support import (
@@ -97,7 +99,7 @@ def test_check_passes_when_everything_works(
     config = write(
         tmp_path / "h.toml",
         f'[mqtt]\nport = {broker.port}\nhost = "{broker.host}"\n'
-        f'[audio]\ndevice = "{capture.device}"\n',
+        f'[audio]\ndevice = "{capture.device}"\n[sync]\ntrust_clock = true\n',
     )
     result = herald("check", config=config)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -108,9 +110,25 @@ def test_check_passes_when_everything_works(
         "✔ broker keeps messages for Herald while it is away",
         f"✔ audio device '{capture.device.split(':')[0]}",
         "✔ loudness",
+        "✔ clock",
         "✔ voice espeak",
     ]
     assert "target -18 LUFS, peaks <= -1 dBTP; espeak not heard yet" in lines[4]
+
+
+def test_check_warns_of_a_clock_rooms_cannot_share_without_failing() -> None:
+    unsynced = check_clock(Config(), ClockState(False))
+    assert unsynced.ok and unsynced.warning
+    assert unsynced.line().startswith("! clock: the clock is not synchronized")
+    assert "fix: sudo apt install systemd-timesyncd" in unsynced.line()
+    good = check_clock(Config(), ClockState(True, 0.0003, 0.01))
+    assert good.line() == (
+        "✔ clock: synchronized, estimated error 0.30 ms, at most 10 ms; rooms in sync can take part"
+    )
+    far = Config.model_validate({"sync": {"max_clock_error_ms": 0.1}})
+    assert check_clock(far, ClockState(True, 0.0003)).warning
+    off = Config.model_validate({"sync": {"enabled": False}})
+    assert not check_clock(off, ClockState(False)).warning
 
 
 def test_check_shows_what_each_voice_has_been_measured_at(tmp_path: Path) -> None:
@@ -167,7 +185,7 @@ def test_check_names_each_failure_with_a_fix(tmp_path: Path) -> None:
     config = write(
         tmp_path / "h.toml",
         '[mqtt]\nhost = "127.0.0.1"\nport = 9\n[audio]\ndevice = "no_such_pcm"\n'
-        '[voice.espeak]\nvoice = "xx-nowhere"\n',
+        '[voice.espeak]\nvoice = "xx-nowhere"\n[sync]\ntrust_clock = true\n',
     )
     result = herald("check", config=config)
     assert result.returncode == 1

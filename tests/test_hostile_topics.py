@@ -40,6 +40,8 @@ FINAL = {"finished", "failed", "rejected", "expired", "dropped"}
 TOPICS = Topics("herald", "prop", ("upstairs",))
 EVERY_TOPIC = [
     *TOPICS.subscriptions(),
+    "herald/rooms/prop,kitchen/say",  # a room list naming this speaker (shared: synced)
+    "herald/rooms/kitchen,hall/say",  # ... and one that does not
     hermes.SAY,
     "homeassistant/status",
 ]

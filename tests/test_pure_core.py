@@ -27,6 +27,7 @@ PURE = [
     "payload_json",
     "chime_names",
     "logsafe",
+    "sync",
 ]
 # What a pure module may import: the standard library's pure parts, pydantic, and the core.
 ALLOWED = {
@@ -36,6 +37,7 @@ ALLOWED = {
     "dataclasses",
     "datetime",
     "enum",
+    "hashlib",
     "heapq",
     "itertools",
     "json",

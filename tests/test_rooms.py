@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from herald.announcement import Announcement
 from herald.audio.alsa import AlsaOutput
 from herald.clock import clock_state, describe
-from herald.config import AudioConfig
+from herald.config import AudioConfig, SyncConfig
+from herald.events import Event
 from herald.mqtt.topics import Topics
+from herald.rooms import Agreed, Synchroniser
+from herald.speaker import Delivery, Speaker
 from herald.sync import (
     FORGET_AFTER_S,
     JOIN_LATE_MAX_S,
@@ -38,6 +43,7 @@ from herald.sync import (
 )
 from tests.conftest import DaemonFactory
 from tests.fake_deepgram import FakeDeepgramOptions
+from tests.fake_slng import RecordingSink
 from tests.support import (
     RATE,
     ROOMS,
@@ -47,10 +53,11 @@ from tests.support import (
     PulseServer,
     wait_for,
 )
+from tests.test_sound_output import Beep
 
 NOW = 1_800_000_000.0
 
-# --- the agreement ------------------------------------------------------------------------------
+# --- the agreement --------------------------------------------------------------------------------
 
 
 def test_the_same_message_has_the_same_key_on_every_node_and_another_has_another() -> None:
@@ -145,7 +152,7 @@ def test_a_proposal_survives_the_wire() -> None:
     assert parse_proposal(sent.to_json().encode()) == sent
 
 
-# --- the clock ----------------------------------------------------------------------------------
+# --- the clock ------------------------------------------------------------------------------------
 
 
 def test_the_clock_is_trusted_only_when_synchronized_and_close_enough() -> None:
@@ -171,7 +178,7 @@ def test_the_kernels_answer_is_read_as_the_ntp_clients_left_it() -> None:
     )
 
 
-# --- topics -------------------------------------------------------------------------------------
+# --- topics ---------------------------------------------------------------------------------------
 
 
 def test_a_room_list_reaches_the_rooms_it_names_and_only_shared_topics_are_synced() -> None:
@@ -355,3 +362,66 @@ def test_two_rooms_with_voices_of_different_speeds_start_together(
     print(f"\nthe two rooms started {apart_ms:.2f} ms apart, and ended {end_apart_ms:.2f} ms")
     assert abs(apart_ms) < 15, apart_ms  # the chime
     assert abs(end_apart_ms) < 15, end_apart_ms  # the last word
+
+
+# --- the synchroniser, in process -----------------------------------------------------------------
+
+
+def shared(text: str = "Dinner is ready.") -> Announcement:
+    return Announcement(id="dinner", text=text, sync_key=announcement_key("herald/all/say", b"x"))
+
+
+def test_two_nodes_agree_on_the_instant_the_first_one_proposed() -> None:
+    """The kitchen gets the message 40 ms before the hall: both start at the kitchen's time."""
+    published: list[tuple[str, str]] = []
+    nodes: dict[str, Synchroniser] = {}
+
+    def wire(name: str) -> Callable[[str], None]:
+        def publish(payload: str) -> None:
+            published.append((name, payload))
+            for other in nodes.values():  # the broker sends it to every node, the sender too
+                other.heard(payload.encode())
+
+        return publish
+
+    cfg = SyncConfig(trust_clock=True)
+    for name in ("kitchen", "hall"):
+        nodes[name] = Synchroniser(cfg, name, wire(name))
+
+    async def both() -> tuple[Agreed | None, Agreed | None]:
+        first = asyncio.create_task(nodes["kitchen"].agree(shared()))
+        await asyncio.sleep(0.04)
+        return await first, await nodes["hall"].agree(shared())
+
+    kitchen, hall = asyncio.run(both())
+    assert kitchen is not None and hall is not None
+    assert kitchen.at is not None and kitchen.at == hall.at
+    proposals = [parse_proposal(p.encode()) for _, p in published]
+    assert [p.node for p in proposals] == ["kitchen", "hall"]
+    assert kitchen.at == proposals[0].at < proposals[1].at
+    assert hall.details() == {"synced": True, "sync_at": round(kitchen.at, 3)}
+
+
+def test_an_unsynchronized_clock_starts_on_its_own_and_proposes_nothing() -> None:
+    published: list[str] = []
+    node = Synchroniser(SyncConfig(), "kitchen", published.append, clock=lambda: ClockState(False))
+    agreed = asyncio.run(node.agree(shared()))
+    assert agreed is not None and agreed.at is None
+    assert "not synchronized" in str(agreed.details()["sync_reason"])
+    assert published == []  # its proposal would put the other rooms' sound anywhere
+    assert asyncio.run(node.agree(Announcement(id="own", text="Just here."))) is None
+
+
+def test_the_speaker_places_a_shared_announcement_and_says_so_in_its_event() -> None:
+    events: list[Event] = []
+    sink = RecordingSink()
+    node = Synchroniser(SyncConfig(trust_clock=True), "kitchen", lambda _: None)
+    delivery = Delivery(RATE, synchroniser=node)
+    speaker = Speaker([Beep(0.2)], sink, events.append, delivery)
+    before = time.monotonic()
+    assert asyncio.run(speaker.speak(shared()))
+    started = next(e for e in events if e.kind == "started")
+    assert started.details["synced"] is True
+    [placed] = sink.placed_at
+    lead_s = SyncConfig().lead_ms / 1000
+    assert before + lead_s - 0.05 < placed < time.monotonic() + lead_s  # about now + the lead

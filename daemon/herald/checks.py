@@ -12,8 +12,10 @@ from herald.audio import AudioError
 from herald.audio.alsa import AlsaOutput
 from herald.audio.loudness import VoiceLevels, voice_key
 from herald.audio.meter import MeterUnavailable, check_meter
+from herald.clock import describe, read_clock
 from herald.config import Config, ConfigError, find_secret
 from herald.mqtt.client import Inbound, MqttBridge
+from herald.sync import ClockState, clock_problem
 from herald.voice import VoiceError, build_voices, voice_identities
 
 BROKER_TIMEOUT_S = 5.0
@@ -26,11 +28,13 @@ class CheckResult:
     ok: bool
     detail: str
     fix: str = ""
+    warning: bool = False  # works, but not as well as it could: `!`, with the fix; exit 0
 
     def line(self) -> str:
-        mark = "✔" if self.ok else "✘"
+        mark = "✘" if not self.ok else "!" if self.warning else "✔"
         text = f"{mark} {self.name}: {self.detail}"
-        return text if self.ok or not self.fix else f"{text}\n    fix: {self.fix}"
+        shown = self.fix and (not self.ok or self.warning)
+        return f"{text}\n    fix: {self.fix}" if shown else text
 
 
 async def run_checks(config: Config, source: Path | None) -> list[CheckResult]:
@@ -43,8 +47,29 @@ async def run_checks(config: Config, source: Path | None) -> list[CheckResult]:
         results.append(await check_broker_keeps_messages(config))
     results.append(await check_audio(config))
     results.append(check_loudness(config))
+    results.append(check_clock(config, read_clock()))
     results.extend(await check_voices(config))
     return results
+
+
+def check_clock(config: Config, state: ClockState | None) -> CheckResult:
+    """Whether this node's clock is good enough for rooms in sync (a warning, not a failure:
+    a node on its own needs no synchronized clock)."""
+    sync = config.sync
+    if not sync.enabled:
+        return CheckResult("clock", True, f"{describe(state)}; rooms in sync off (sync.enabled)")
+    if sync.trust_clock:
+        return CheckResult("clock", True, f"{describe(state)}; trusted (sync.trust_clock)")
+    problem = clock_problem(state, sync.max_clock_error_ms / 1000)
+    if problem is None:
+        return CheckResult("clock", True, f"{describe(state)}; rooms in sync can take part")
+    return CheckResult(
+        "clock",
+        True,
+        f"{problem}: announcements to several rooms start here when ready, not in step",
+        "sudo apt install systemd-timesyncd (or chrony), then check `timedatectl`",
+        warning=True,
+    )
 
 
 def check_loudness(config: Config) -> CheckResult:
