@@ -210,6 +210,9 @@ class Speaker:
         self.speech_seconds = 0.0
         self._fresh = {}
         gain = self._delivery.gain_for(announcement)
+        # The voice starts at once: its first audio comes while the amplifier warms up, the
+        # music is lowered and the rooms agree, not after.
+        first = self._begin_round(announcement, await self._delivery.chime_for(announcement))
         try:
             self._agreed = await self._make_room(announcement)
             if self._agreed is not None and self._agreed.at is not None:
@@ -218,18 +221,19 @@ class Speaker:
                 self._output.place(time.monotonic() + self._agreed.at - time.time())
             else:
                 await self._wake_output()
-            voice = ""
-            for round_ in range(announcement.repeat):
-                if round_:
-                    await self._output.play(silence(ms_to_frames(REPEAT_PAUSE_MS, self._rate)))
-                chime = await self._delivery.chime_for(announcement) if round_ == 0 else None
-                voice = await self._say(announcement, gain, chime)
+            voice = await self._play_round(announcement, gain, first)
+            for _ in range(announcement.repeat - 1):
+                await self._output.play(silence(ms_to_frames(REPEAT_PAUSE_MS, self._rate)))
+                voice = await self._play_round(
+                    announcement, gain, self._begin_round(announcement, None)
+                )
             if self._delivery.tail_ms:  # the last word is heard out, then a little silence
                 await self._output.play(silence(ms_to_frames(self._delivery.tail_ms, self._rate)))
             await self._output.finish()
             return voice
         finally:
             self._last_sound_at = self._clock()
+            await first.stop()
 
     def _failed(self, announcement: Announcement, exc: Exception) -> bool:
         log.error("announcement %s failed: %s", announcement.id, exc)
@@ -279,23 +283,25 @@ class Speaker:
                 silence(ms_to_frames(self._delivery.wake_preroll_ms, self._rate))
             )
 
-    async def _say(self, announcement: Announcement, gain: float, chime: Samples | None) -> str:
-        """One round: the chime (if any) while the voice warms up, then the speech. Both pass
-        through one Levelling, in the order they are heard."""
+    def _begin_round(self, announcement: Announcement, chime: Samples | None) -> _Round:
+        """One round set going: the voice runs ahead (its audio kept in a _Lookahead) until
+        the round is played. The chime (if any) and the speech pass through one Levelling, in
+        the order they are heard: the chime first."""
         levelling = Levelling(self._delivery.loudness, self._rate)
         levelled_chime = None if chime is None else levelling.chime(chime)
-        speech = self._speech(announcement, levelling)
-        if levelled_chime is None:
-            return await self._play_speech(announcement, speech, gain)
         ahead = _Lookahead(ms_to_frames(LOOKAHEAD_MS, self._rate))
+        speech = self._speech(announcement, levelling)
         pump = asyncio.create_task(_pump(speech, ahead), name=f"voice-{announcement.id}")
+        return _Round(levelled_chime, ahead, pump)
+
+    async def _play_round(self, announcement: Announcement, gain: float, round_: _Round) -> str:
+        """The chime (if any) while the voice warms up, then the speech."""
         try:
-            await self._output.play(apply_gain(levelled_chime, gain))
-            return await self._play_speech(announcement, _drain(ahead), gain)
+            if round_.chime is not None:
+                await self._output.play(apply_gain(round_.chime, gain))
+            return await self._play_speech(announcement, _drain(round_.ahead), gain)
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await round_.stop()
 
     async def _play_speech(
         self,
@@ -466,6 +472,25 @@ class _Kept:
 
     def samples(self) -> Samples | None:
         return concatenate(self._chunks) if self._chunks else None
+
+
+@dataclass
+class _Round:
+    """One round of an announcement: its levelled chime, and its voice running ahead."""
+
+    chime: Samples | None
+    ahead: _Lookahead
+    pump: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """The voice stops (its stream closed); idempotent."""
+        self.pump.cancel()
+        try:
+            await self.pump
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # the caller is cancelled too: pass it on
+                raise
 
 
 class _Lookahead:

@@ -47,7 +47,7 @@ class Proposal:
     node: str
 
     def to_json(self) -> str:
-        return json.dumps({"key": self.key, "at": round(self.at, 6), "node": self.node})
+        return json.dumps({"key": self.key, "at": self.at, "node": self.node})
 
 
 def announcement_key(topic: str, payload: bytes) -> str:
@@ -91,7 +91,8 @@ class Agreement:
 
     def propose(self, key: str, now: float) -> Proposal:
         """This node's proposal for `key`: now + lead (kept, and to be published)."""
-        proposal = Proposal(key, now + self.lead_s, self.node)
+        # To the microsecond, as it goes on the wire: every node then holds the same number.
+        proposal = Proposal(key, round(now + self.lead_s, 6), self.node)
         self._own[key] = proposal
         self._forget(now)
         return proposal
