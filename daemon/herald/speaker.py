@@ -15,6 +15,10 @@ fails halfway is spoken again from its start once the device works, up to
 `DEVICE_FAULTS_MAX` times. Without `device_retry_s` (`herald say --local`) the device failing
 fails the announcement at once.
 
+An announcement that reached several rooms is agreed with the other rooms first (herald.rooms,
+while the voice already runs and the amplifier warms up): its first sound is then placed on the
+output at the agreed instant, and the output keeps it in step (herald.audio.alsa).
+
 With a phrase cache, each voice's cached audio of the exact text is played before that voice is
 even asked (no network, first samples within milliseconds), and the audio a cloud voice spoke is
 kept once the announcement has finished completely (never a cut-off one), under the name of the
