@@ -32,8 +32,10 @@ from herald.speaker import Delivery, Speaker
 from herald.sync import (
     FORGET_AFTER_S,
     JOIN_LATE_MAX_S,
+    PEERS_FORGOTTEN_AFTER_S,
     PROPOSALS_PER_KEY,
     REMEMBERED_KEYS,
+    SETTLE_S,
     Agreement,
     ClockState,
     Proposal,
@@ -391,7 +393,8 @@ def test_two_nodes_agree_on_the_instant_the_first_one_proposed() -> None:
     async def both() -> tuple[Agreed | None, Agreed | None]:
         first = asyncio.create_task(nodes["kitchen"].agree(shared()))
         await asyncio.sleep(0.04)
-        return await first, await nodes["hall"].agree(shared())
+        second = asyncio.create_task(nodes["hall"].agree(shared()))
+        return await first, await second
 
     kitchen, hall = asyncio.run(both())
     assert kitchen is not None and hall is not None
@@ -416,6 +419,7 @@ def test_the_speaker_places_a_shared_announcement_and_says_so_in_its_event() -> 
     events: list[Event] = []
     sink = RecordingSink()
     node = Synchroniser(SyncConfig(trust_clock=True), "kitchen", lambda _: None)
+    node.heard(Proposal("earlier.0", time.time() + 0.5, "hall").to_json().encode())  # a house
     delivery = Delivery(RATE, synchroniser=node)
     speaker = Speaker([Beep(0.2)], sink, events.append, delivery)
     before = time.monotonic()
@@ -494,3 +498,25 @@ def test_a_preemption_to_every_room_keeps_them_in_step_and_so_does_the_interrupt
     assert len(kitchen) == len(hall) >= 4, (kitchen, hall)
     for k, h in zip(kitchen, hall, strict=True):
         assert abs(k - h) * 1000 / RATE < 15, (kitchen, hall)
+
+
+def test_a_speaker_that_never_hears_another_room_does_not_wait_for_nobody() -> None:
+    """A house with one speaker that sends to `all`: after the short wait for proposals, it
+    starts when ready. Once another room has been heard, it keeps waiting the lead."""
+    solo = Agreement("kitchen", lead_s=0.5)
+    solo.propose("k.0", NOW)
+    assert solo.alone("k.0", NOW + SETTLE_S)
+    solo.hear(Proposal("other.0", NOW + 0.5, "hall"), NOW)  # the hall exists
+    solo.propose("k2.0", NOW + 60)
+    assert not solo.alone("k2.0", NOW + 60 + SETTLE_S)  # it may be a little late this time
+    assert solo.alone("k3.0", NOW + PEERS_FORGOTTEN_AFTER_S + 61)  # gone for a day
+
+    async def agree_alone() -> Agreed | None:
+        node = Synchroniser(SyncConfig(trust_clock=True), "kitchen", lambda _: None)
+        return await node.agree(shared())
+
+    agreed = asyncio.run(agree_alone())
+    assert agreed is not None and agreed.details() == {
+        "synced": False,
+        "sync_reason": "no other speaker took part",
+    }

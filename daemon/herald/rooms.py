@@ -100,6 +100,8 @@ class Synchroniser:
         now = self._now()
         at = self._agreement.instant(key, now)
         assert at is not None  # proposed above
+        if self._agreement.alone(key, now):
+            return Agreed(None, "no other speaker took part")
         if at == proposal.at and self._agreement.missed(key, now):
             return Agreed(None, f"the other rooms began it more than {JOIN_LATE_MAX_S:.0f} s ago")
         return Agreed(at)

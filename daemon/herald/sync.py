@@ -11,6 +11,9 @@ The same announcement is known on every node by a key made of the topic and the 
 bytes, plus how many times this node has begun to speak it (a preempted announcement is spoken
 again, and agreed again, in every room it was preempted in).
 
+A node that hears no other room (for the announcement in hand, nor for a day) is alone: a house
+with one speaker that sends to `all` does not wait the lead for nobody.
+
 A proposal is taken only if it makes this node skip at most JOIN_LATE_MAX_S of the sound: a room
 that comes to the announcement later (busy with something more urgent, or a late delivery) does
 not jump into the middle of it; it says it on its own, from the start. The clock check decides
@@ -36,6 +39,9 @@ REMEMBERED_KEYS = 256  # announcements whose proposals are kept (a few seconds' 
 PROPOSALS_PER_KEY = 32  # per announcement: more rooms than any home has
 FORGET_AFTER_S = 60.0  # proposals for an instant this long past are of no use any more
 MAX_LEAD_S = 10.0  # a proposal further ahead than this is not a proposal for a live sound
+# A node that has heard no other room on the sync topic for this long, and none for the
+# announcement in hand, is taken to be alone: it starts when ready instead of waiting the lead.
+PEERS_FORGOTTEN_AFTER_S = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,7 @@ class Agreement:
         self.lead_s = lead_s
         self._own: OrderedDict[str, Proposal] = OrderedDict()
         self._heard: OrderedDict[str, list[float]] = OrderedDict()
+        self._peer_heard_at: float | None = None  # when another node last proposed anything
 
     def propose(self, key: str, now: float) -> Proposal:
         """This node's proposal for `key`: now + lead (kept, and to be published)."""
@@ -104,6 +111,7 @@ class Agreement:
             return False
         if not now - FORGET_AFTER_S < proposal.at <= now + MAX_LEAD_S:
             return False
+        self._peer_heard_at = now
         times = self._heard.setdefault(proposal.key, [])
         times.append(proposal.at)
         times.sort()
@@ -121,6 +129,13 @@ class Agreement:
             return None
         joinable = [at for at in self._heard.get(key, ()) if at >= now - JOIN_LATE_MAX_S]
         return min([own.at, *joinable])
+
+    def alone(self, key: str, now: float) -> bool:
+        """No other room has proposed `key`, nor anything for PEERS_FORGOTTEN_AFTER_S."""
+        if self._heard.get(key):
+            return False
+        heard_at = self._peer_heard_at
+        return heard_at is None or now - heard_at > PEERS_FORGOTTEN_AFTER_S
 
     def missed(self, key: str, now: float) -> bool:
         """Other rooms began `key` too long ago for this one to join them."""
