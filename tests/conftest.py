@@ -45,6 +45,7 @@ UNIT_FILES = {
     "test_logsafe.py",
     "test_pure_core.py",
     "test_scheduler.py",
+    "test_sync.py",
     "test_text.py",
 }
 END_TO_END_FILES = {
@@ -52,10 +53,12 @@ END_TO_END_FILES = {
     "test_cli.py",
     "test_daemon.py",
     "test_daemon_deepgram.py",
+    "test_esphome_daemon.py",
     "test_home_assistant.py",
     "test_home_assistant_real.py",
     "test_install.py",
     "test_preemption.py",
+    "test_rooms.py",
     "test_systemd.py",
 }
 
