@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from herald.announcement import (
     MAX_ID_LENGTH,
     MAX_TTL_S,
+    NO_DEFAULTS,
     PRIORITY_LEVELS,
     Announcement,
     Defaults,
     PayloadRejected,
     level_of,
+    media_announcement,
     parse_payload,
     parse_priority,
 )
@@ -372,3 +374,20 @@ def test_any_json_is_announced_fit_or_rejected(value: object, text: str | None) 
         assert_one_line(exc)
     else:
         assert_fit_to_announce(announcement, NOW)
+
+
+def test_media_from_home_assistant_is_an_announcement_that_never_shows_its_token() -> None:
+    url = "https://ha.local:8123/api/esphome/ffmpeg_proxy/abc/def.wav?authSig=s3cret"
+    media = media_announcement(url, PRIORITY_LEVELS["high"], 1000.0, NO_DEFAULTS, "esphome")
+    assert media.media_url == url and media.source == "esphome"
+    assert media.text == "media from https://ha.local:8123/api/esphome/ffmpeg_proxy/abc/def.wav"
+    assert media.interrupt and media.chime is False and media.cache is False
+    assert media.expires_at == 1000.0 + NO_DEFAULTS.ttl_for(PRIORITY_LEVELS["high"])
+    for bad, reason in (
+        ("file:///etc/passwd", "must be http:// or https://"),
+        ("http://ha/a b.wav", "spaces or control characters"),
+        ("http://ha/\x1b[2J.wav", "spaces or control characters"),
+        ("http://ha/" + "a" * 5000, "longer than 4096"),
+    ):
+        with pytest.raises(PayloadRejected, match=reason):
+            media_announcement(bad, 50, 0.0, NO_DEFAULTS, "esphome")

@@ -39,6 +39,7 @@ ALLOWED = {
     "enum",
     "hashlib",
     "heapq",
+    "urllib.parse",
     "itertools",
     "json",
     "math",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from herald.chime_names import payload_chime
+from herald.logsafe import where
 from herald.payload_json import InvalidJson, load_json
 from herald.text import clean_text, first_control_character
 
@@ -54,6 +55,10 @@ class Announcement:
     cache: bool = True  # play from the phrase cache if it is there, and keep it once spoken
     # Sent to several rooms: the key the nodes that got it agree on its start by (herald.sync).
     sync_key: str | None = None
+    # Audio to play instead of speaking `text` (which then only describes it): a URL that Home
+    # Assistant sent through the ESPHome API. `source` says where it came from, in its events.
+    media_url: str | None = None
+    source: str | None = None
 
     @property
     def level(self) -> str:
@@ -74,6 +79,33 @@ class Announcement:
     def seconds_left(self, now: float) -> float:
         """How long until it goes stale (infinite without an expiry)."""
         return float("inf") if self.expires_at is None else self.expires_at - now
+
+
+MAX_URL_LENGTH = 4096
+
+
+def media_announcement(
+    url: str, priority: int, now: float, defaults: Defaults, source: str
+) -> Announcement:
+    """An announcement that plays the audio at `url`; PayloadRejected if the URL cannot be."""
+    if len(url) > MAX_URL_LENGTH:
+        raise PayloadRejected(f"the media URL is longer than {MAX_URL_LENGTH} characters")
+    if first_control_character(url) is not None or " " in url:
+        raise PayloadRejected("the media URL has spaces or control characters")
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest:
+        raise PayloadRejected("the media URL must be http:// or https://")
+    return Announcement(
+        id=new_id(),
+        text=f"media from {where(url)}",
+        priority=priority,
+        expires_at=now + defaults.ttl_for(priority),
+        interrupt=priority >= INTERRUPTS_BY_DEFAULT_FROM,
+        chime=False,
+        cache=False,
+        media_url=url,
+        source=source,
+    )
 
 
 def level_of(priority: int) -> str:

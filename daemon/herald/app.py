@@ -9,10 +9,12 @@ parts are rebuilt, but the queue (the Scheduler) is kept, so nothing queued is l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import time as clock_time
+from functools import partial
 from pathlib import Path
 
 from herald import __version__
@@ -28,7 +30,10 @@ from herald.config import Config, ConfigError, DuckingConfig
 from herald.controls import Controls
 from herald.dispatcher import Dispatcher
 from herald.duck import Ducker, build_ducker
+from herald.esphome.service import EsphomeService, build_esphome
+from herald.events import Event, EventSink
 from herald.journal import QueueJournal
+from herald.media import stream_media
 from herald.mqtt.client import MqttBridge, Publish
 from herald.mqtt.discovery import NodeInfo, removal_messages
 from herald.mqtt.topics import Topics
@@ -222,6 +227,7 @@ class _Parts:
     voices: list[Voice]
     dispatcher: Dispatcher
     speaker: Speaker
+    esphome: EsphomeService | None = None
 
     def status(self) -> str:
         return status_line(self.dispatcher, self.voices, self.output.problem)
@@ -247,6 +253,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
     life.unsent = []
     voices = build_voices(config)
     synchroniser = Synchroniser(config.sync, config.node_id, publish=node.send_proposal)
+    events = EventFanOut(node.emit)  # and Home Assistant's ESPHome media player, if any
     delivery = replace(
         build_delivery(config),
         amplifier=life.amplifier,
@@ -255,18 +262,28 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
         device_problem=node.audio_problem,
         synchroniser=synchroniser,
+        media=partial(
+            stream_media,
+            rate=config.audio.sample_rate,
+            max_bytes=int(config.esphome.max_media_mb * 1024 * 1024),
+            timeout_s=config.esphome.max_media_s,
+        ),
     )
-    speaker = Speaker(voices, output, node.emit, delivery, cache=build_cache(config))
+    speaker = Speaker(voices, output, events.emit, delivery, cache=build_cache(config))
     dispatcher = Dispatcher(
         speaker,
         life.scheduler,
-        node.emit,
+        events.emit,
         announcement_defaults(config),
         config.mqtt.max_payload_bytes,
         journal=life.journal,
         rate=(config.mqtt.rate_per_minute, config.mqtt.rate_burst),
     )
     node.attach(bridge, dispatcher, voices, synchroniser)
+    esphome = build_esphome(config, dispatcher, lambda: controls.volume, node.set_volume)
+    if esphome is not None:
+        events.add(esphome.note)
+        node.volume_changed = esphome.volume_changed
     log.info(
         "herald: node '%s', voices %s, audio '%s' at %d Hz",
         config.node_id,
@@ -274,14 +291,14 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         config.audio.device,
         config.audio.sample_rate,
     )
-    return _Parts(node, output, bridge, voices, dispatcher, speaker)
+    return _Parts(node, output, bridge, voices, dispatcher, speaker, esphome)
 
 
 async def _serve(config: Config, life: _Lifetime) -> None:
     """One run of the daemon with one configuration, until a stop or reload signal."""
     parts = _build(config, life)
     try:
-        async with voices_running(parts.voices), parts.bridge:
+        async with voices_running(parts.voices), parts.bridge, _serving(parts.esphome):
             async with asyncio.TaskGroup() as tasks:
                 await _run_until_signalled(parts, life, tasks)
             # Still connected: the events of what was cut short reach the broker.
@@ -324,6 +341,34 @@ async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.Ta
         notifier.reloading()
     for task in (speaking, *upkeep):
         task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _serving(esphome: EsphomeService | None) -> AsyncIterator[None]:
+    """The ESPHome API for Home Assistant, while the daemon runs (if it is enabled)."""
+    if esphome is None:
+        yield
+        return
+    await esphome.start()
+    try:
+        yield
+    finally:
+        await esphome.close()
+
+
+class EventFanOut:
+    """One event sink that hands every event to the Node (MQTT, the journal, the status) and
+    to whatever else follows them (the ESPHome media player's state)."""
+
+    def __init__(self, first: EventSink) -> None:
+        self._sinks = [first]
+
+    def add(self, sink: EventSink) -> None:
+        self._sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        for sink in self._sinks:
+            sink(event)
 
 
 def _open_journal(config: Config) -> QueueJournal | None:

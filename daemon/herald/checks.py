@@ -48,8 +48,31 @@ async def run_checks(config: Config, source: Path | None) -> list[CheckResult]:
     results.append(await check_audio(config))
     results.append(check_loudness(config))
     results.append(check_clock(config, read_clock()))
+    if config.esphome.enabled:
+        results.append(check_esphome(config))
     results.extend(await check_voices(config))
     return results
+
+
+def check_esphome(config: Config) -> CheckResult:
+    """The ESPHome API's encryption: a key that decodes, or a warning that there is none."""
+    from herald.esphome.service import device_name, encryption_key
+
+    name = f"esphome {device_name(config)} on port {config.esphome.port}"
+    source = find_secret(config.esphome.encryption_key_file, "HERALD_ESPHOME_KEY", "esphome_key")
+    try:
+        key = encryption_key(config)
+    except ConfigError as exc:
+        return CheckResult(name, False, exc.lines[0], "sudo ./install.sh --esphome-key")
+    if key is None:
+        return CheckResult(
+            name,
+            True,
+            "plaintext: anyone on your network can play sound on this speaker",
+            "sudo ./install.sh --esphome-key (Home Assistant asks for the key once)",
+            warning=True,
+        )
+    return CheckResult(name, True, f"encrypted (key from {source.where})")
 
 
 def check_clock(config: Config, state: ClockState | None) -> CheckResult:

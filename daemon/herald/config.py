@@ -767,6 +767,53 @@ class DuckingConfig(_Frozen):
     )
 
 
+class EsphomeConfig(_Frozen):
+    enabled: bool = Field(
+        False,
+        description="serve ESPHome's native API: Home Assistant adds Herald as an ESPHome "
+        "device with a media player that takes announcements (`docs/esphome.md`)",
+    )
+    port: int = Field(6053, ge=1, le=65535, description="the API's TCP port (ESPHome's is 6053)")
+    encryption_key_file: Path | None = Field(
+        None,
+        description="file holding the encryption key (base64 of 32 bytes, ESPHome's "
+        "`api: encryption: key`); else `$HERALD_ESPHOME_KEY`, else the systemd credential "
+        "`esphome_key` (`install.sh --esphome-key` makes one); none anywhere: plaintext",
+    )
+    name: str = Field(
+        "",
+        pattern=r"^([a-z0-9][a-z0-9-]{0,30})?$",
+        description="the device's ESPHome name (lower case, digits, `-`); empty: `herald-` and "
+        "the node_id",
+    )
+    announce_priority: Literal["low", "normal", "high", "critical"] = Field(
+        "high", description="the priority of media Home Assistant sends as an announcement"
+    )
+    media_priority: Literal["low", "normal", "high", "critical"] = Field(
+        "normal", description="the priority of media sent without the announce flag"
+    )
+    max_media_mb: float = Field(
+        50.0, gt=0, le=1000, description="a download larger than this fails the announcement"
+    )
+    max_media_s: float = Field(
+        900.0,
+        gt=0,
+        le=24 * 3600,
+        description="a download that waits on the server longer than this in all fails the "
+        "announcement (the time the audio takes to play does not count)",
+    )
+    mdns: bool = Field(
+        True,
+        description="announce the device over mDNS (`_esphomelib._tcp`) so Home Assistant "
+        "discovers it",
+    )
+
+    @field_validator("encryption_key_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
 class SyncConfig(_Frozen):
     enabled: bool = Field(
         True,
@@ -807,6 +854,7 @@ class Config(_Frozen):
     amp: AmpConfig = AmpConfig()
     ducking: DuckingConfig = DuckingConfig()
     sync: SyncConfig = SyncConfig()
+    esphome: EsphomeConfig = EsphomeConfig()
     queue: QueueConfig = QueueConfig()
     priorities: PrioritiesConfig = PrioritiesConfig()
     quiet_hours: QuietHoursConfig = QuietHoursConfig()

@@ -22,6 +22,7 @@ from herald.announcement import (
     Announcement,
     Defaults,
     PayloadRejected,
+    media_announcement,
     parse_payload,
 )
 from herald.budget import SlidingBudget
@@ -140,6 +141,22 @@ class Dispatcher:
             log.exception("could not take a payload")
             self._emit(Event("rejected", None, details={"reason": f"internal error: {exc!r}"}))
             return None
+
+    def accept_media(self, url: str, priority: int, source: str) -> Announcement | None:
+        """Offer media to play (a URL from Home Assistant) as an announcement; None when it
+        was refused (with its event)."""
+        if self._closing:
+            self._emit(Event("rejected", None, details={"reason": "herald is shutting down"}))
+            return None
+        try:
+            announcement = media_announcement(url, priority, self._clock(), self._defaults, source)
+        except PayloadRejected as exc:
+            log.warning("rejected media from %s: %s", source, exc.reason)
+            self._emit(Event("rejected", None, details={"reason": exc.reason, "source": source}))
+            return None
+        log.info("%s: %s (priority %d)", announcement.id, announcement.text, priority)
+        self._offer(announcement)
+        return announcement
 
     def _id_of(self, payload: bytes) -> str | None:
         """The id a payload gives itself, if any (for the event of one that is refused)."""

@@ -79,5 +79,8 @@ def event_for(outcome: Outcome) -> Event | None:
 
 
 def about(announcement: Announcement, kind: EventKind, details: dict[str, object]) -> Event:
-    """An event of this announcement's (carrying its words for the status)."""
+    """An event of this announcement's (carrying its words for the status, and where it came
+    from when that was not MQTT)."""
+    if announcement.source is not None:
+        details = {**details, "source": announcement.source}
     return Event(kind, announcement.id, details=details, text=announcement.text)

@@ -8,6 +8,8 @@ cannot be forged, and the result is cut short so one value cannot flood the log.
 
 from __future__ import annotations
 
+import urllib.parse
+
 SHOWN_CHARS = 80  # how much of a value a log line shows
 ELLIPSIS = "…"
 
@@ -42,3 +44,28 @@ def _escaped(char: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+SHOWN_URL_CHARS = 160  # how much of a URL a message shows
+
+
+def where(url: str) -> str:
+    """`url` as scheme://host[:port]/path: no userinfo, query string or fragment, on one line.
+
+    Never raises: a URL too broken to split shows as much of it as is safe.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+    except ValueError:
+        return "an unreadable URL"
+    netloc = parts.netloc.rpartition("@")[2]  # the userinfo goes, whatever the port says
+    try:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"  # an IPv6 address
+        port = parts.port
+        authority = host if port is None else f"{host}:{port}"
+    except ValueError:  # a port that is not a number: show the host and port as written
+        authority = netloc
+    scheme = f"{parts.scheme.lower()}://" if parts.scheme else ""
+    return shown(f"{scheme}{authority}{parts.path}", SHOWN_URL_CHARS)

@@ -54,6 +54,7 @@ class Node:
         self.dispatcher: Dispatcher | None = None
         self.status: StatusBoard | None = None
         self.synchroniser: Synchroniser | None = None
+        self.volume_changed: Callable[[], None] = lambda: None  # told of a new volume
 
     @property
     def ha_status_topic(self) -> str:
@@ -243,10 +244,19 @@ class Node:
         except ValueError as exc:
             log.warning("ignored %s: %s", topic, shown(str(exc)))
             return
+        self._controls_changed()
+
+    def set_volume(self, volume: float) -> None:
+        """The default volume, set from elsewhere than MQTT (Home Assistant's media player)."""
+        self.controls.volume = min(max(volume, 0.0), 1.0)
+        self._controls_changed()
+
+    def _controls_changed(self) -> None:
         self.controls_file.changed()
         log.info("volume %.2f, quiet mode %s", self.controls.volume, self.controls.quiet)
         if self.status is not None:
             self.status.changed()
+        self.volume_changed()
 
     def _siren(self, payload: bytes) -> None:
         """Home Assistant's siren: ON speaks the alert at critical priority; OFF stops it."""

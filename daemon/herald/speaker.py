@@ -42,12 +42,14 @@ from herald.audio.dsp import Samples, apply_gain, ms_to_frames, silence
 from herald.audio.loudness import Levelling, Loudness
 from herald.duck import Ducker
 from herald.events import EventKind, EventSink, about
+from herald.media import MediaError
 from herald.rooms import Agreed, Synchroniser
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import CacheKey, PhraseCache, concatenate
 
 log = logging.getLogger(__name__)
 
+MEDIA = "media"  # the "voice" of an announcement that plays a URL, in its events and levels
 REPEAT_PAUSE_MS = 600  # between the repeats of an announcement
 CACHED_CHUNK_MS = 40  # cached audio goes out in pieces, so a resume position stays accurate
 DEVICE_FAULTS_MAX = 3  # the device failing an announcement this often fails it for good
@@ -80,6 +82,9 @@ class Delivery:
     ducker: Ducker | None = None  # the other audio, lowered before the first sound
     keep_awake: Samples | None = None  # a second of inaudible tone, played while idle
     synchroniser: Synchroniser | None = None  # rooms in sync: when a shared one starts
+    # Media from a URL (herald.media.stream_media, bound to the output's rate and the caps);
+    # None: an announcement with a media URL fails.
+    media: Callable[[str], AsyncGenerator[Samples, None]] | None = None
 
     def gain_for(self, announcement: Announcement) -> float:
         default = self.volume if self.live_volume is None else self.live_volume()
@@ -251,7 +256,7 @@ class Speaker:
         return False
 
     def _finished(self, announcement: Announcement, voice: str) -> None:
-        degraded = voice != self._voices[0].name
+        degraded = voice not in (self._voices[0].name, MEDIA)
         self._event(
             "finished",
             announcement,
@@ -317,7 +322,7 @@ class Speaker:
         async with contextlib.aclosing(speech):
             async for voice, chunk in speech:
                 if self.speech_seconds == 0:
-                    degraded = voice != self._voices[0].name
+                    degraded = voice not in (self._voices[0].name, MEDIA)
                     self._event(
                         "started",
                         announcement,
@@ -340,6 +345,10 @@ class Speaker:
         played instead of asking the voice (and, being whole, is levelled exactly).
         """
         self._from_cache = False
+        if announcement.media_url is not None:
+            async for levelled in self._media(announcement.media_url, levelling):
+                yield MEDIA, levelled
+            return
         problems: list[str] = []
         for voice in self._voices:
             key = self._cache_key(announcement, voice.name)
@@ -378,6 +387,25 @@ class Speaker:
                 return
             problems.append(f"{voice.name}: produced no audio")
         raise VoiceError("no voice could speak: " + "; ".join(problems))
+
+    async def _media(self, url: str, levelling: Levelling) -> AsyncGenerator[Samples, None]:
+        """The media at `url` as it downloads, levelled like a voice of its own."""
+        if self._delivery.media is None:
+            raise VoiceError("this speaker does not play media")
+        produced = False
+        try:
+            async with contextlib.aclosing(self._delivery.media(url)) as chunks:
+                async for chunk in chunks:
+                    produced = True
+                    if len(levelled := levelling.live(MEDIA, chunk)):
+                        yield levelled
+        except MediaError as exc:
+            raise VoiceError(str(exc)) from None
+        if not produced:
+            raise VoiceError("the media held no audio")
+        levelling.spoken_to_the_end(MEDIA)
+        if len(held := levelling.flush()):
+            yield held
 
     # --- the phrase cache -------------------------------------------------------------------
 

@@ -1,0 +1,259 @@
+"""Herald as an ESPHome device: the native API server Home Assistant's ESPHome integration uses.
+
+One TCP listener (`esphome.port`, 6053); each connection speaks plaintext, or, with an
+`encryption_key`, only Noise (herald.esphome.noise): a client without the key never gets past
+the handshake. What is served: hello and login (no password: Herald has none), the device's
+description, one media player entity (herald.esphome.player), its state to every client that
+subscribed, pings, and a clean disconnect. Anything a client sends that is not the protocol
+costs it its connection and one log line; nothing it sends reaches the log unescaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from aioesphomeapi.api_pb2 import (  # type: ignore[attr-defined]
+    AuthenticationRequest,
+    AuthenticationResponse,
+    DeviceInfoRequest,
+    DeviceInfoResponse,
+    DisconnectRequest,
+    DisconnectResponse,
+    HelloRequest,
+    HelloResponse,
+    ListEntitiesDoneResponse,
+    ListEntitiesRequest,
+    MediaPlayerCommandRequest,
+    PingRequest,
+    PingResponse,
+    SubscribeStatesRequest,
+)
+from aioesphomeapi.core import MESSAGE_TYPE_TO_PROTO
+from google.protobuf.message import DecodeError, Message
+
+from herald import __version__
+from herald.esphome.noise import NoiseFailure, NoiseResponder
+from herald.esphome.player import MediaPlayer
+from herald.esphome.wire import (
+    ENCRYPTED,
+    PLAINTEXT,
+    FrameError,
+    Packet,
+    Reader,
+    encrypted_frame,
+    message_from_payload,
+    message_payload,
+    plaintext_frame,
+)
+from herald.logsafe import shown
+
+log = logging.getLogger(__name__)
+
+PROTO_TO_TYPE: dict[type[Message], int] = {cls: n for n, cls in MESSAGE_TYPE_TO_PROTO.items()}
+API_VERSION = (1, 10)  # the version whose media player Home Assistant drives as it is used here
+ESPHOME_VERSION = "2025.12.0"  # what the device info claims to speak (Home Assistant reads it)
+MAX_CLIENTS = 8
+IDLE_TIMEOUT_S = 120.0  # Home Assistant pings every 20 s; a silent client is gone
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Device:
+    """Who Herald is to Home Assistant."""
+
+    name: str  # ESPHome's device name: lower case, digits and '-'
+    friendly_name: str
+    mac: str  # stable, "02:..." (locally administered): Home Assistant keys the device on it
+    key: bytes | None  # the Noise pre-shared key; None: plaintext
+
+
+class EsphomeServer:
+    def __init__(self, device: Device, player: MediaPlayer, port: int, host: str = "") -> None:
+        self.device = device
+        self.player = player
+        self._port = port
+        self._host = host or None
+        self._server: asyncio.Server | None = None
+        self._clients: set[_Client] = set()
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the configured one, or the one the system gave for 0)."""
+        if self._server is None or not self._server.sockets:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        encrypted = "encrypted (Noise)" if self.device.key else "plaintext: see docs/esphome.md"
+        log.info("esphome: serving the native API on port %d, %s", self.port, encrypted)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for client in list(self._clients):
+            client.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        self._server = None
+
+    def state_changed(self) -> None:
+        """Send the media player's state to every client that subscribed."""
+        message = self.player.state_message()
+        for client in list(self._clients):
+            if client.subscribed:
+                client.send(message)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a client"
+        if len(self._clients) >= MAX_CLIENTS:
+            log.warning("esphome: refused %s: %d clients already connected", where, MAX_CLIENTS)
+            writer.close()
+            return
+        client = _Client(self, reader, writer, where)
+        self._clients.add(client)
+        try:
+            await client.run()
+        finally:
+            self._clients.discard(client)
+            client.close()
+
+
+class _Client:
+    """One connection: frames in, messages answered."""
+
+    def __init__(
+        self,
+        server: EsphomeServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        where: str,
+    ) -> None:
+        self._server = server
+        self._reader = reader
+        self._writer = writer
+        self.where = where
+        self._frames = Reader()
+        key = server.device.key
+        self._noise = (
+            None if key is None else NoiseResponder(key, server.device.name, server.device.mac)
+        )
+        self.subscribed = False
+        self._done = False
+
+    async def run(self) -> None:
+        try:
+            while not self._done:
+                ready = self._noise is None or self._noise.ready
+                timeout = IDLE_TIMEOUT_S if ready else HANDSHAKE_TIMEOUT_S
+                data = await asyncio.wait_for(self._reader.read(65536), timeout)
+                if not data:
+                    return
+                self._frames.feed(data)
+                self._take_frames()
+        except TimeoutError:
+            log.info("esphome: %s said nothing for too long; closed", self.where)
+        except (FrameError, NoiseFailure, DecodeError) as exc:
+            log.warning("esphome: closed %s: %s", self.where, shown(str(exc), 200))
+        except ConnectionError:
+            return
+
+    def _take_frames(self) -> None:
+        if self._noise is None:
+            if self._frames.preamble == ENCRYPTED:
+                self._write(plaintext_frame(Packet(PROTO_TO_TYPE[DisconnectRequest], b"")))
+                raise FrameError("it speaks encrypted; this Herald has no esphome.encryption_key")
+            while not self._done and (packet := self._frames.plaintext()) is not None:
+                self._handle(packet)
+            return
+        if self._frames.preamble == PLAINTEXT:
+            self._write(encrypted_frame(b"\x01Bad indicator byte"))
+            raise FrameError("it speaks plaintext; this Herald requires the encryption key")
+        while not self._done and (frame := self._frames.encrypted()) is not None:
+            if not self._noise.ready:
+                try:
+                    self._write(encrypted_frame(self._noise.handshake(frame)))
+                except NoiseFailure as failure:
+                    if failure.reply:
+                        self._write(encrypted_frame(failure.reply))
+                    raise
+                continue
+            self._handle(message_from_payload(self._noise.decrypt(frame)))
+
+    def _handle(self, packet: Packet) -> None:
+        kind = MESSAGE_TYPE_TO_PROTO.get(packet.kind)
+        if kind is None:
+            log.debug("esphome: %s sent message type %d, unknown", self.where, packet.kind)
+            return
+        message = kind.FromString(packet.data)
+        for answer in self._answer(message):
+            self.send(answer)
+
+    def _answer(self, message: Message) -> list[Message]:
+        device, player = self._server.device, self._server.player
+        if isinstance(message, HelloRequest):
+            major, minor = API_VERSION
+            info = f"Herald {__version__}"
+            name = device.name
+            return [
+                HelloResponse(
+                    api_version_major=major, api_version_minor=minor, server_info=info, name=name
+                )
+            ]
+        if isinstance(message, AuthenticationRequest):
+            return [AuthenticationResponse(invalid_password=False)]
+        if isinstance(message, DeviceInfoRequest):
+            return [self._device_info()]
+        if isinstance(message, ListEntitiesRequest):
+            return [player.description(), ListEntitiesDoneResponse()]
+        if isinstance(message, SubscribeStatesRequest):
+            self.subscribed = True
+            return [player.state_message()]
+        if isinstance(message, PingRequest):
+            return [PingResponse()]
+        if isinstance(message, DisconnectRequest):
+            self.send(DisconnectResponse())
+            self._done = True
+            return []
+        if isinstance(message, MediaPlayerCommandRequest):
+            if (problem := player.command(message)) is not None:
+                log.warning("esphome: %s: %s", self.where, shown(problem, 200))
+            return []
+        log.debug("esphome: %s sent %s; nothing to do", self.where, type(message).__name__)
+        return []
+
+    def _device_info(self) -> DeviceInfoResponse:
+        device = self._server.device
+        return DeviceInfoResponse(
+            uses_password=False,
+            name=device.name,
+            friendly_name=device.friendly_name,
+            mac_address=device.mac,
+            esphome_version=ESPHOME_VERSION,
+            model="Herald",
+            manufacturer="Herald",
+            project_name="herald.speaker",
+            project_version=__version__,
+            api_encryption_supported=device.key is not None,
+        )
+
+    def send(self, message: Message) -> None:
+        packet = Packet(PROTO_TO_TYPE[type(message)], message.SerializeToString())
+        if self._noise is None:
+            self._write(plaintext_frame(packet))
+        elif self._noise.ready:
+            self._write(encrypted_frame(self._noise.encrypt(message_payload(packet))))
+
+    def _write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    def close(self) -> None:
+        self._done = True
+        if not self._writer.is_closing():
+            self._writer.close()

@@ -1,0 +1,137 @@
+"""The daemon as an ESPHome device: aioesphomeapi's client (Home Assistant's) plays a URL with the
+announce flag, and it is heard at Herald's ALSA output, with its events on MQTT and the media
+player's state following it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.server
+import io
+import threading
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aioesphomeapi.client import APIClient
+from aioesphomeapi.model import MediaPlayerEntityState, MediaPlayerInfo, MediaPlayerState
+
+from tests.conftest import DaemonFactory
+from tests.fake_deepgram import dominant_hz
+from tests.support import RATE, Broker, Capture, MqttProbe, free_port
+
+KEY = base64.b64encode(bytes(range(32))).decode()
+IDLE = MediaPlayerState.IDLE
+
+
+def wav_bytes(hz: float, seconds: float, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * hz * t) * 12000).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+@pytest.fixture
+def media_server() -> Iterator[str]:
+    """An HTTP server on loopback: /tone.wav (660 Hz, 1.5 s); anything else is a 404."""
+    body = wav_bytes(660, 1.5)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] != "/tone.wav":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_home_assistant_plays_an_announcement_through_the_esphome_api(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    probe: MqttProbe,
+    capture: Capture,
+    media_server: str,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    (tmp_path / "esphome_key").write_text(KEY + "\n")
+    daemon = make_daemon(
+        broker,
+        f"[esphome]\nenabled = true\nport = {port}\nmdns = false\n"
+        f'encryption_key_file = "{tmp_path / "esphome_key"}"\n',
+        as_sent=True,
+    )
+    daemon.start(wait_until="esphome: serving the native API")
+    assert KEY not in "\n".join(daemon.log_lines)
+
+    async def play() -> list[MediaPlayerState]:
+        client = APIClient("127.0.0.1", port, None, noise_psk=KEY, client_info="herald-test")
+        await client.connect(login=True)
+        try:
+            entities, _ = await client.list_entities_services()
+            [player] = [e for e in entities if isinstance(e, MediaPlayerInfo)]
+            states: list[MediaPlayerState] = []
+            idle_again = asyncio.Event()
+
+            def on_state(state: object) -> None:
+                if isinstance(state, MediaPlayerEntityState) and state.state is not None:
+                    states.append(state.state)
+                    if MediaPlayerState.ANNOUNCING in states[:-1] and states[-1] is IDLE:
+                        idle_again.set()
+
+            client.subscribe_states(on_state)
+            url = f"{media_server}/tone.wav?authSig=s3cret-token"
+            client.media_player_command(player.key, media_url=url, announcement=True)
+            client.media_player_command(player.key, media_url=f"{media_server}/missing.wav")
+            await asyncio.wait_for(idle_again.wait(), 20)
+            return states
+        finally:
+            await client.disconnect()
+
+    states = asyncio.run(play())
+    assert states[:3] == [
+        MediaPlayerState.IDLE,
+        MediaPlayerState.ANNOUNCING,
+        MediaPlayerState.IDLE,
+    ], states
+
+    events = probe.events_until(
+        lambda got: sum(e["event"] in ("finished", "failed") for e in got) >= 2, timeout=20
+    )
+    assert all(e.get("source") == "esphome" for e in events), events
+    announced, missing = (e for e in events if e["event"] == "queued")
+    assert announced["priority"] == "high" and missing["priority"] == "normal"
+    finished = next(e for e in events if e["event"] == "finished")
+    assert finished["id"] == announced["id"] and finished["voice"] == "media"
+    failed = next(e for e in events if e["event"] == "failed")
+    assert failed["id"] == missing["id"] and "404" in failed["reason"]
+    log = "\n".join(daemon.log_lines)
+    assert "s3cret-token" not in log and "s3cret-token" not in str(events)
+
+    heard = capture.samples()
+    loud = np.flatnonzero(np.abs(heard.astype(np.int32)) > 2000)
+    assert len(loud), "nothing was heard"
+    sound = heard[loud[0] : loud[-1]]
+    assert abs(len(sound) / RATE - 1.5) < 0.05, len(sound) / RATE
+    assert abs(dominant_hz(sound, RATE) - 660) < 5
