@@ -268,3 +268,28 @@ def test_check_says_whether_the_api_is_encrypted(tmp_path: Any) -> None:
     bad = check_esphome(keyed).line()
     assert bad.startswith("✘ esphome herald-attic on port 6053: config error: the ESPHome")
     assert "5 bytes, not 32" in bad and "c2hvcnQ" not in bad
+
+
+def test_a_fault_in_herald_costs_the_connection_not_the_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        async with herald_device() as (server, actions):
+
+            def broken(url: str, announce: bool) -> str | None:
+                raise RuntimeError("a bug")
+
+            actions.play = broken  # type: ignore[method-assign]
+            client = client_for(server)
+            await client.connect(login=True)
+            client.media_player_command(server.player.key, media_url="http://ha/a.wav")
+            await until(lambda: any("after an error" in r.getMessage() for r in caplog.records))
+            again = client_for(server)
+            await again.connect(login=True)
+            assert (await again.device_info()).name == "herald-kitchen"
+            await again.disconnect()
+
+    with caplog.at_level(logging.INFO, logger="herald"):
+        asyncio.run(scenario())
+    [line] = [r.getMessage() for r in caplog.records if "after an error" in r.getMessage()]
+    assert line.endswith("RuntimeError('a bug')")

@@ -58,6 +58,7 @@ ESPHOME_VERSION = "2025.12.0"  # what the device info claims to speak (Home Assi
 MAX_CLIENTS = 8
 IDLE_TIMEOUT_S = 120.0  # Home Assistant pings every 20 s; a silent client is gone
 HANDSHAKE_TIMEOUT_S = 10.0
+MAX_UNSENT_BYTES = 1024 * 1024  # a client that lets this much pile up is not reading: closed
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,9 @@ class _Client:
             log.warning("esphome: closed %s: %s", self.where, shown(str(exc), 200))
         except ConnectionError:
             return
+        except Exception as exc:  # a bug must cost this connection, not the server
+            log.error("esphome: closed %s after an error: %s", self.where, shown(repr(exc), 200))
+            log.debug("esphome: the error was here", exc_info=True)
 
     def _take_frames(self) -> None:
         if self._noise is None:
@@ -250,8 +254,13 @@ class _Client:
             self._write(encrypted_frame(self._noise.encrypt(message_payload(packet))))
 
     def _write(self, data: bytes) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(data)
+        if self._writer.is_closing():
+            return
+        if self._writer.transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            log.warning("esphome: closed %s: it does not read what Herald sends", self.where)
+            self.close()
+            return
+        self._writer.write(data)
 
     def close(self) -> None:
         self._done = True
