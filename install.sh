@@ -28,7 +28,7 @@ DEV_PACKAGES=("${BASE_PACKAGES[@]}" "${BROKER_PACKAGES[@]}"
 SERVICE_USER=herald
 SYSTEM_CONFIG=/etc/herald/herald.toml
 SYSTEM_CREDENTIALS=/etc/herald/credentials # as the unit's drop-in names it on the target
-CREDENTIAL_NAMES=(deepgram_api_key slng_api_key mqtt_password)
+CREDENTIAL_NAMES=(deepgram_api_key slng_api_key mqtt_password esphome_key)
 
 MODE=install # install | dev | uninstall
 WITH_BROKER=0
@@ -40,6 +40,8 @@ MQTT_PASSWORD_FILE=""
 DEEPGRAM_KEY=""   # the secrets read for this run: only ever in this shell's memory
 SLNG_KEY=""
 MQTT_PASSWORD=""
+ESPHOME_KEY=0 # --esphome-key: make the ESPHome API's encryption key
+CONFIG_CREATED=0
 DONE=()           # what this run did, for the summary
 
 say() { printf 'herald-install: %s\n' "$*"; }
@@ -93,6 +95,12 @@ Options:
                  a Deepgram key stored as well: Deepgram, SLNG, espeak-ng)
   --mqtt-password-file FILE
                  the same for the broker password (credential mqtt_password)
+  --esphome-key  make a random encryption key for the ESPHome API (Home
+                 Assistant's media player, docs/esphome.md) and store it as the
+                 credential esphome_key, unless one is stored already; a config
+                 this run creates then has [esphome] enabled = true.  The key is
+                 never printed: Home Assistant asks for it once, and
+                 sudo cat /etc/herald/credentials/esphome_key shows it
   -h, --help     show this help and exit
 
 Without a --*-file option, and with no Deepgram or SLNG key stored yet, an
@@ -117,6 +125,7 @@ parse_args() {
     while (($# > 0)); do
         case "$1" in
         --with-broker) WITH_BROKER=1 ;;
+        --esphome-key) ESPHOME_KEY=1 ;;
         --dev) MODE=dev ;;
         --uninstall) MODE=uninstall ;;
         --purge) PURGE=1 ;;
@@ -161,6 +170,9 @@ parse_args() {
     fi
     if [[ "$MODE" != install && -n "$DEEPGRAM_KEY_FILE$SLNG_KEY_FILE$MQTT_PASSWORD_FILE" ]]; then
         usage_error "--deepgram-key-file, --slng-key-file and --mqtt-password-file go with an install only"
+    fi
+    if [[ "$MODE" != install ]] && ((ESPHOME_KEY)); then
+        usage_error "--esphome-key goes with an install only"
     fi
     if [[ -n "$ROOT" ]]; then
         ROOT="$(realpath -m -- "$ROOT")"
@@ -364,15 +376,18 @@ install_config() {
     if [[ "$engines" == "$ESPEAK_ENGINES" ]]; then
         as_root install -m 0644 "$shipped" "$CONFIG"
         did "installed config $CONFIG (voice: espeak-ng)"
+        CONFIG_CREATED=1
     elif [[ "$(grep -Ec "$ESPEAK_ONLY_LINE" "$shipped")" != 1 ]]; then
         as_root install -m 0644 "$shipped" "$CONFIG"
         did "installed config $CONFIG (voice: espeak-ng)"
+        CONFIG_CREATED=1
         say "warning: $shipped has no single line '$ESPEAK_ENGINES' to switch; to use the stored key set $engines in $CONFIG"
     else
         sed -E -e "s/^engines = \[\"espeak\"\] +#/$engines  #/" \
             -e "s/^engines = \[\"espeak\"\]\$/$engines/" "$shipped" |
             as_root install -m 0644 /dev/stdin "$CONFIG"
         did "installed config $CONFIG with $engines (the first voice that can speak does)"
+        CONFIG_CREATED=1
     fi
 }
 
@@ -481,9 +496,39 @@ install_credentials() {
     if [[ -n "$MQTT_PASSWORD" ]]; then
         store_secret mqtt_password "$MQTT_PASSWORD"
     fi
+    if ((ESPHOME_KEY)); then
+        make_esphome_key
+    fi
     DEEPGRAM_KEY=""
     SLNG_KEY=""
     MQTT_PASSWORD=""
+}
+
+# 32 random bytes in base64, as ESPHome's `api: encryption: key`: made in a pipe, never printed.
+make_esphome_key() {
+    local dest="$SYSTEM_CREDENTIALS/esphome_key"
+    if secret_stored esphome_key; then
+        say "kept the ESPHome encryption key stored in $dest"
+        return
+    fi
+    # shellcheck disable=SC2016 # $1 is expanded by that sh, which gets the path as its argument
+    head -c 32 /dev/urandom | base64 | as_root sh -c \
+        'umask 077 && rm -f -- "$1.new" && cat >"$1.new" && mv -f -- "$1.new" "$1"' sh \
+        "$CREDENTIALS_DIR/esphome_key"
+    did "made an ESPHome encryption key in $dest (root only, mode 0600)"
+    say "Home Assistant asks for it when it adds Herald: sudo cat $dest"
+}
+
+# With --esphome-key, the API on: in a config this run created; else say how.
+enable_esphome() {
+    local line='^enabled = false( +# true: serve ESPHome.s native API)$'
+    ((ESPHOME_KEY)) || return 0
+    if ((CONFIG_CREATED)) && grep -Eq "$line" "$CONFIG"; then
+        as_root sed -i -E "s/$line/enabled = true \1/" "$CONFIG"
+        did "turned on the ESPHome API in $CONFIG ([esphome] enabled = true)"
+    else
+        say "to use the key, set [esphome] enabled = true in $CONFIG and restart the service"
+    fi
 }
 
 remove_empty_dir() {
@@ -609,6 +654,7 @@ install_system() {
     install_venv
     install_credentials
     install_config
+    enable_esphome
     install_chimes_dir
     install_unit
     install_credentials_dropin
