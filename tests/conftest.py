@@ -54,6 +54,7 @@ END_TO_END_FILES = {
     "test_daemon.py",
     "test_daemon_deepgram.py",
     "test_esphome_daemon.py",
+    "test_esphome_ha.py",
     "test_home_assistant.py",
     "test_home_assistant_real.py",
     "test_install.py",

@@ -67,6 +67,19 @@ class HomeAssistant:
         config_dir.mkdir(parents=True, exist_ok=True)
         (config_dir / "configuration.yaml").write_text(CONFIGURATION.format(port=self.port))
 
+    def configure(
+        self, homeassistant: dict[str, str] | None = None, logs: dict[str, str] | None = None
+    ) -> None:
+        """More of configuration.yaml, before start(): keys under `homeassistant:` (such as
+        `internal_url`) and logger levels by logger name."""
+        path = self.config_dir / "configuration.yaml"
+        text = path.read_text()
+        for section, more in (("homeassistant:\n", homeassistant), ("  logs:\n", logs)):
+            indent = " " * (section.index(section.strip()) + 2)
+            lines = "".join(f"{indent}{key}: {value}\n" for key, value in (more or {}).items())
+            text = text.replace(section, section + lines, 1)
+        path.write_text(text)
+
     # --- the process --------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -163,6 +176,40 @@ class HomeAssistant:
             raise HomeAssistantError(
                 f"the MQTT config flow did not end in a loaded entry: {result}"
             )
+
+    def add_esphome(self, host: str, port: int, key: str | None = None) -> dict[str, Any]:
+        """Settings > Devices & services > Add integration > ESPHome, with the device's address
+        (and its encryption key when the flow asks for it); the loaded config entry."""
+        flow = self._ok("POST", "/api/config/config_entries/flow", {"handler": "esphome"})
+        result = self._ok(
+            "POST",
+            f"/api/config/config_entries/flow/{flow['flow_id']}",
+            {"host": host, "port": port},
+        )
+        if result.get("type") == "form" and result.get("step_id") == "encryption_key":
+            if key is None:
+                self._ok("DELETE", f"/api/config/config_entries/flow/{result['flow_id']}")
+                raise HomeAssistantError(f"the ESPHome config flow asks for a key: {result}")
+            result = self._ok(
+                "POST",
+                f"/api/config/config_entries/flow/{result['flow_id']}",
+                {"noise_psk": key},
+            )
+        if result.get("type") != "create_entry" or result["result"]["state"] != "loaded":
+            raise HomeAssistantError(
+                f"the ESPHome config flow did not end in a loaded entry: {result}"
+            )
+        entry: dict[str, Any] = result["result"]
+        return entry
+
+    def remove_entry(self, entry_id: str) -> None:
+        """Settings > Devices & services > the integration's entry > Delete."""
+        self._ok("DELETE", f"/api/config/config_entries/entry/{entry_id}")
+
+    def states(self) -> list[dict[str, Any]]:
+        """Every entity's state object."""
+        found: list[dict[str, Any]] = self._ok("GET", "/api/states")
+        return found
 
     def call(self, domain: str, service: str, **data: Any) -> None:
         """A service call, as an automation or a dashboard button makes it."""

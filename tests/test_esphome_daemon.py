@@ -97,7 +97,7 @@ def test_home_assistant_plays_an_announcement_through_the_esphome_api(
             def on_state(state: object) -> None:
                 if isinstance(state, MediaPlayerEntityState) and state.state is not None:
                     states.append(state.state)
-                    if MediaPlayerState.ANNOUNCING in states[:-1] and states[-1] is IDLE:
+                    if MediaPlayerState.PLAYING in states[:-1] and states[-1] is IDLE:
                         idle_again.set()
 
             client.subscribe_states(on_state)
@@ -110,11 +110,7 @@ def test_home_assistant_plays_an_announcement_through_the_esphome_api(
             await client.disconnect()
 
     states = asyncio.run(play())
-    assert states[:3] == [
-        MediaPlayerState.IDLE,
-        MediaPlayerState.ANNOUNCING,
-        MediaPlayerState.IDLE,
-    ], states
+    assert states[:3] == [IDLE, MediaPlayerState.PLAYING, IDLE], states
 
     events = probe.events_until(
         lambda got: sum(e["event"] in ("finished", "failed") for e in got) >= 2, timeout=20

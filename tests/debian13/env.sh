@@ -22,8 +22,16 @@ SUITE=trixie
 HA_VERSION="$(tr -d '[:space:]' <"$HERE/home-assistant.version")"
 HA_VENV=/opt/homeassistant
 # What Home Assistant loads in the tests and needs installed: the MQTT integration, the frontend
-# (without it Home Assistant starts in recovery mode) and onboarding (how the tests get a token).
-HA_COMPONENTS=(mqtt frontend onboarding api config notify siren button number switch sensor)
+# (without it Home Assistant starts in recovery mode), onboarding (how the tests get a token) and
+# ESPHome (Herald's media player; it brings bluetooth, assist_pipeline, ffmpeg...). A change
+# here installs the new requirements into an existing root on the next `build`.
+HA_COMPONENTS=(mqtt frontend onboarding api config notify siren button number switch sensor
+    esphome)
+# Debian packages the root needs beyond debootstrap's: ffmpeg, which Home Assistant's ESPHome
+# media player runs to convert what it plays to the format the device asks for, and g++ (two of
+# assist_pipeline's requirements, pymicro-vad and pyspeex-noise, are C++ without a wheel for
+# 3.13). Installed into an existing root too.
+ROOT_PACKAGES=(ffmpeg g++)
 CHECKOUT=/root/herald # where `suite` puts the checkout inside the root
 
 say() { printf 'debian13: %s\n' "$*"; }
@@ -129,26 +137,62 @@ while wanted:
 print(" ".join(sorted(requirements)))
 PY
 
+# What is installed in the venv, as its stamp says it: Home Assistant's version, then the
+# components whose requirements are there.
+ha_stamp() {
+    printf 'homeassistant==%s\ncomponents: %s\n' "$HA_VERSION" "${HA_COMPONENTS[*]}"
+}
+
 make_home_assistant() {
-    local stamp="$ROOT$HA_VENV/herald-installed" want
-    want="homeassistant==$HA_VERSION"
-    if [[ -f "$stamp" && "$(cat -- "$stamp")" == "$want" ]]; then
+    local stamp="$ROOT$HA_VENV/herald-installed" want have=""
+    want="$(ha_stamp)"
+    [[ ! -f "$stamp" ]] || have="$(cat -- "$stamp")"
+    if [[ "$have" == "$want" ]]; then
         say "Home Assistant $HA_VERSION is installed in $ROOT$HA_VENV"
         return
     fi
-    say "installing Home Assistant $HA_VERSION into $ROOT$HA_VENV (a few minutes; once)"
-    (enter python3 -m venv --clear "$HA_VENV")
-    (enter "$HA_VENV/bin/pip" install --quiet "$want") || die "pip could not install $want"
-    local requirements
+    if [[ "$(head -n 1 <<<"$have")" == "homeassistant==$HA_VERSION" ]]; then
+        say "installing the requirements of Home Assistant's components: ${HA_COMPONENTS[*]}"
+    else
+        say "installing Home Assistant $HA_VERSION into $ROOT$HA_VENV (a few minutes; once)"
+        (enter python3 -m venv --clear "$HA_VENV")
+        (enter "$HA_VENV/bin/pip" install --quiet "homeassistant==$HA_VERSION") ||
+            die "pip could not install homeassistant==$HA_VERSION"
+    fi
+    local requirements constraints
     requirements="$(enter "$HA_VENV/bin/python" -c "$REQUIREMENTS_OF" "${HA_COMPONENTS[@]}")"
+    # Home Assistant's own pins (what it installs requirements with): nothing it was released
+    # with moves, and a requirement's unpinned dependency gets the version it was tested with.
+    constraints="$(enter "$HA_VENV/bin/python" -c \
+        'import homeassistant as ha; print(ha.__path__[0] + "/package_constraints.txt")')"
     # shellcheck disable=SC2086 # one requirement per word
-    (enter "$HA_VENV/bin/pip" install --quiet $requirements) ||
+    (enter "$HA_VENV/bin/pip" install --quiet --constraint "$constraints" $requirements) ||
         die "pip could not install Home Assistant's requirements: $requirements"
     printf '%s\n' "$want" >"$stamp"
 }
 
+# ROOT_PACKAGES, installed with the root's apt if one is missing (a root made before it was
+# listed gets it on its next build).
+make_packages() {
+    local missing=() package status
+    for package in "${ROOT_PACKAGES[@]}"; do
+        # shellcheck disable=SC2016 # ${Status} is dpkg-query's field, not shell
+        status="$(enter dpkg-query -W -f '${Status}' "$package" 2>/dev/null)" || status=""
+        [[ "$status" == *" installed" ]] || missing+=("$package")
+    done
+    if ((${#missing[@]} == 0)); then
+        return
+    fi
+    ((EUID == 0)) || die "installing ${missing[*]} into the Debian 13 root takes root: sudo $0 build"
+    say "installing ${missing[*]} into $ROOT (apt)"
+    (enter env DEBIAN_FRONTEND=noninteractive sh -c \
+        'apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "$@" >/dev/null' \
+        sh "${missing[@]}") || die "apt-get could not install ${missing[*]} into $ROOT"
+}
+
 build() {
     make_root
+    make_packages
     make_home_assistant
     say "ready: Home Assistant $HA_VERSION on $(enter python3 --version 2>&1 | tr -d '\n')"
 }

@@ -1,10 +1,15 @@
 """Herald's one entity on the ESPHome API: a media player that takes announcements.
 
 What Home Assistant sees: its static description (feature flags with announcements, the formats
-Herald wants so Home Assistant's proxy converts anything to them), and its state: `announcing`
-while Herald speaks an announcement (from any source), `playing` while it plays media sent
-without the announce flag, `idle` otherwise, with Herald's default volume and the mute. Every
-change of any of them is a state message of its own.
+Herald wants so Home Assistant's proxy converts anything to them; no name of its own, as
+ESPHome's convention is for a device's main entity: Home Assistant then names it after the
+device), and its state: playing while Herald speaks an announcement (from any source) or plays
+media, idle otherwise, with Herald's default volume and the mute. Every change of any of them is
+a state message of its own.
+
+Herald knows an announcement from media (ANNOUNCING, PLAYING), but sends both as PLAYING, as
+ESPHome's own firmware does: Home Assistant (2026.2) has no announcing state, and its ESPHome
+integration fails on the value.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ FEATURES = (
     | MediaPlayerEntityFeature.VOLUME_SET
     | MediaPlayerEntityFeature.VOLUME_MUTE
 )
+_ON_THE_WIRE = {MediaPlayerState.ANNOUNCING: MediaPlayerState.PLAYING}
 # What ends the speaking of an announcement (a preempted one may be spoken again later).
 STOPS_SPEAKING = ("finished", "failed", "expired", "dropped", "preempted")
 
@@ -98,7 +104,7 @@ class MediaPlayer:
         return ListEntitiesMediaPlayerResponse(
             object_id=self.object_id,
             key=self.key,
-            name=self.name,
+            name="",  # the device's main entity: Home Assistant names it after the device
             icon="mdi:bullhorn",
             supports_pause=False,
             supported_formats=formats,
@@ -107,9 +113,15 @@ class MediaPlayer:
 
     def state_message(self) -> MediaPlayerStateResponse:
         volume = self._now.volume_before_mute if self._now.muted else self._actions.volume()
+        state = _ON_THE_WIRE.get(self._now.state, self._now.state)
         return MediaPlayerStateResponse(
-            key=self.key, state=self._now.state, volume=volume, muted=self._now.muted
+            key=self.key, state=state, volume=volume, muted=self._now.muted
         )
+
+    @property
+    def state(self) -> MediaPlayerState:
+        """What Herald is doing, as it knows it (ANNOUNCING included)."""
+        return self._now.state
 
     def command(self, request: MediaPlayerCommandRequest) -> str | None:
         """Carry out a command; a one-line reason if it was not understood."""
