@@ -11,7 +11,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aioesphomeapi.client import APIClient
@@ -30,6 +30,7 @@ from aioesphomeapi.model import (
 from aioesphomeapi.model import MediaPlayerEntityState as PlayerState
 
 from herald.config import Config
+from herald.dispatcher import Dispatcher
 from herald.esphome.player import MediaPlayer
 from herald.esphome.server import Device, EsphomeServer
 from herald.esphome.service import device_name, stable_mac
@@ -292,3 +293,47 @@ def test_a_fault_in_herald_costs_the_connection_not_the_server(
         asyncio.run(scenario())
     [line] = [r.getMessage() for r in caplog.records if "after an error" in r.getMessage()]
     assert line.endswith("RuntimeError('a bug')")
+
+
+def test_the_device_is_announced_over_mdns_as_home_assistant_looks_for_it(
+    tmp_path: Any,
+) -> None:
+    """Home Assistant's ESPHome discovery reads `_esphomelib._tcp` records: the port, the
+    `mac` (it aborts without one) and `api_encryption` when a key is needed."""
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncZeroconf
+
+    from herald.esphome.service import SERVICE_TYPE, EsphomeService
+    from tests.support import free_port
+
+    class NoQueue:
+        def accept_media(self, *_: object) -> None:
+            return None
+
+        def stop_current(self) -> int:
+            return 0
+
+    async def scenario() -> tuple[Any, str]:
+        port = free_port()
+        config = Config.model_validate(
+            {"node_id": f"mdns{port}", "esphome": {"enabled": True, "port": port}}
+        )
+        queue = cast(Dispatcher, NoQueue())  # mDNS needs no queue
+        service = EsphomeService(config, queue, lambda: 1.0, lambda _: None, base64.b64decode(KEY))
+        await service.start()
+        browser = AsyncZeroconf(ip_version=IPVersion.V4Only)
+        try:
+            name = f"{service.device.name}.{SERVICE_TYPE}"
+            return await browser.async_get_service_info(
+                SERVICE_TYPE, name, 3000
+            ), service.device.mac
+        finally:
+            await browser.async_close()
+            await service.close()
+
+    info, mac = asyncio.run(scenario())
+    assert info is not None, "nothing answered for the record"
+    assert info.properties[b"mac"] == mac.replace(":", "").lower().encode()
+    assert info.properties[b"api_encryption"] == b"Noise_NNpsk0_25519_ChaChaPoly_SHA256"
+    assert info.properties[b"version"] == b"1.10"
+    assert info.parsed_addresses()
