@@ -13,17 +13,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
-from bench import ducking, overload, sound
+from bench import ducking, esphome, overload, rooms, sound
 from bench.common import SOUND_THRESHOLD, Summary
 from bench.ducking import DuckingResult
+from bench.esphome import EsphomeResult
 from bench.footprint import BATCH, SETTLE_S, FootprintResult
 from bench.overload import OverloadResult
 from bench.preempt import PreemptResult
+from bench.rooms import RoomsResult
 from bench.rotation import RotationResult
 from bench.settings import Settings
 from bench.sound import SoundResult
 from bench.ttfa import TtfaResult
-from herald.audio.alsa import FADE_MS
+from herald.audio.alsa import FADE_MS, SYNC_SLACK_MS
 from herald.audio.loudness import MAX_BOOST_DB, MAX_CUT_DB
 
 PLOT = "results.png"
@@ -44,6 +46,8 @@ class Results:
     overload: OverloadResult | None = None
     sound: SoundResult | None = None
     ducking: DuckingResult | None = None
+    rooms: RoomsResult | None = None
+    esphome: EsphomeResult | None = None
     failures: dict[str, str] = field(default_factory=dict)  # part -> why it has no figures
 
 
@@ -699,6 +703,267 @@ def _ducking_bounds(r: DuckingResult) -> str:
     )
 
 
+ROOMS_VARIANTS = ((2, True), (4, True), (2, False))  # (rooms, chime) as part 8 announces them
+
+
+def _rooms_label(count: int, chime: bool) -> str:
+    return f"{count}" + ("" if chime else ", no chime")
+
+
+def _rooms(results: Results) -> list[str]:
+    r = results.rooms
+    lines = ["## 8. Rooms in sync", ""]
+    if r is None:
+        return lines + _not_run(results, rooms.PART)
+    first_bytes = ", ".join(f"{ms:.0f}" for ms in r.first_byte_ms)
+    warmup = {0: "", 1: "; the first of each kind after each start is not counted"}.get(
+        r.warmup, f"; the first {r.warmup} of each kind after each start are not counted"
+    )
+    lines += [
+        f"{len(r.first_byte_ms)} daemons on this machine, each with a fake Deepgram of its own "
+        "(a process of its own, streaming in real time) whose first audio follows a Flush "
+        f"after {first_bytes} ms (rooms 1 to {len(r.first_byte_ms)}), and each playing "
+        "through ALSA's PulseAudio plugin into a sink of its own, `herald_room:SINK=roomN`: "
+        "channel N-1 of one null sink (real time), whose monitor `parec` records as one "
+        "stream, so every room is on one clock and the rooms' offsets are read off the "
+        "recording to the sample. Rooms 1 and 2 (the 80 and 300 ms voices) form a group of "
+        "2, all four a group of 4. Announcements are published to `herald/group/<g>/say` "
+        "(QoS 1), one at a time, each once every room it reached has finished the one before, "
+        f"the kinds in turn{warmup}: with the normal priority's chime (`{r.chime}`, the "
+        f"default) to each group, {r.announcements} each with `[sync]` at its defaults "
+        f"(`lead_ms` {r.lead_ms}) but for `trust_clock = true` (the daemons share this "
+        "machine's clock, which no NTP client keeps here), then, with fresh daemons, "
+        f"{r.baseline} each with `[sync] enabled = false`, how rooms start today; and "
+        f'{r.baseline} to the group of 2 without a chime (`"chime": false`, the low '
+        "priority's default) in each of the two. *Onset spread*: the latest room's first "
+        f"sample beyond ±{SOUND_THRESHOLD} minus the earliest room's; *end spread*: the same of "
+        "their last samples. *Publish → first sound*: from just before the publish to the "
+        "earliest room's onset, the recording timed as in part 2 (`parec`'s reads, plus the "
+        f"sink's {r.sink_latency_ms:.0f} ms latency; ±5 ms). *Agreed instant → first sound*: "
+        "from the `sync_at` of the rooms' `started` events (wall clock, 1 ms steps) to the "
+        "same onset.",
+        "",
+    ]
+    names = [
+        ("onset", "**onset spread**"),
+        ("end", "end spread"),
+        ("latency", "publish → first sound"),
+        ("placed", "agreed instant → first sound"),
+    ]
+    rows = []
+    for count, chime in ROOMS_VARIANTS:
+        for sync in (True, False):
+            series = r.get(count, sync, chime)
+            label = "on" if sync else "off (today)"
+            if series is None or not series.trials:
+                why = r.phase_problems.get("on" if sync else "off", "not run")
+                rows.append(
+                    _row(_rooms_label(count, chime), label, f"not measured: {why}", "", "", "", "")
+                )
+                continue
+            for key, name in names:
+                if key == "placed" and not sync:
+                    continue
+                rows.append(
+                    _row(
+                        _rooms_label(count, chime),
+                        label,
+                        name,
+                        *_summary_cells(Summary.of(series.values(key))),
+                    )
+                )
+    lines += _table(["rooms", "`[sync]`", "measure", "n", "p50 ms", "p95 ms", "max ms"], rows)
+    verdicts = []
+    for count, chime in ROOMS_VARIANTS:
+        series = r.get(count, True, chime)
+        spread = Summary.of(series.values("onset")) if series is not None else None
+        if spread is not None:
+            verdicts.append(
+                _row(
+                    f"onset spread with sync, {count} rooms"
+                    + ("" if chime else ", no chime")
+                    + ", p95",
+                    f"{spread.p95:.1f} ms",
+                    f"≤ {rooms.TARGET_P95_MS:.0f} ms",
+                    _verdict(spread.p95 <= rooms.TARGET_P95_MS),
+                )
+            )
+    if verdicts:
+        lines += _table(["target", "measured", "target", "verdict"], verdicts)
+    lines += _rooms_counts(r)
+    lines.append("")
+    if text := _rooms_bounds(r):
+        lines += [text, ""]
+    lines += [_rooms_budget(r), ""]
+    return lines
+
+
+def _rooms_counts(r: RoomsResult) -> list[str]:
+    """What was counted, whether the rooms agreed, and what the daemons said."""
+    synced = [s for s in r.series if s.sync]
+    unsynced = [s for s in r.series if not s.sync]
+    measured = sum(s.measured() for s in synced)
+    agreed = sum(s.agreed() for s in synced)
+    off_synced = sum(
+        1
+        for s in unsynced
+        for t in s.trials
+        if any(e.get("synced") is not False for e in t.started.values())
+    )
+    lines = [
+        f"With sync, every room's `started` event said `synced: true` with one `sync_at` in "
+        f"{agreed} of {measured} announcements; without, "
+        + (
+            "every room's said `synced: false`."
+            if off_synced == 0
+            else f"{off_synced} announcement(s) had a room that did not say `synced: false`."
+        )
+    ]
+    firsts = [
+        f"{s.rooms} rooms{'' if s.chime else ' without a chime'}, sync "
+        f"{'on' if s.sync else 'off'}: {_ms(max(v))}"
+        for s in r.series
+        if (v := s.values("onset", s.warmup))
+    ]
+    if firsts:
+        lines.append(
+            "The first announcement of each kind after each start (not counted), onset "
+            "spread in ms: " + "; ".join(firsts) + "."
+        )
+    skips = [
+        (room, ms, t)
+        for s in synced
+        for t in s.trials
+        for room, ms in t.skipped_ms.items()
+        if ms >= 1
+    ]
+    small = len(r.joined_late_ms) - len(skips)
+    where = ""
+    if skips:
+        sizes = _range([ms for _, ms, _ in skips], 0, " to ")
+        spreads = [t.end_spread_ms for _, _, t in skips if t.end_spread_ms is not None]
+        which = ", ".join(str(n) for n in sorted({n for n, _, _ in skips}))
+        ended = f"; those announcements ended at most {max(spreads, default=0):.1f} ms apart"
+        where = f" ({sizes} ms, in room(s) {which}{ended if spreads else ''})"
+    lines.append(
+        "Placed sounds that skipped a part of themselves to stay in step (the daemon's "
+        '"joined N ms late, in step", logged at the end of a sound that skipped 1 ms or more; '
+        "runs before that change logged smaller ones as 0 ms): "
+        + (f"{len(skips)} of 1 ms or more{where}" if skips else "none of 1 ms or more")
+        + (f", and {small} under 1 ms (a frame or two, logged as 0 ms)" if small else "")
+        + "."
+    )
+    problems = [p for s in r.series for p in s.problems()]
+    counted = sum(len(s.trials) for s in r.series)
+    lines.append(
+        f"Announcements counted: {counted - len(problems)} of {counted}"
+        + (f"; not: {len(problems)} ({problems[0]})" if problems else "")
+        + ". Daemons that would not take part: "
+        + (f"{len(r.not_taking_part)} ({r.not_taking_part[0]})" if r.not_taking_part else "none")
+        + "."
+        + "".join(f" Sync {phase}: {why}." for phase, why in r.phase_problems.items())
+    )
+    return lines
+
+
+def _rooms_bounds(r: RoomsResult) -> str:
+    """What bounds the figures, with them (medians; the chime's two groups pooled)."""
+
+    def pooled(key: str, sync: bool, chime: bool) -> list[float]:
+        return [v for s in r.series if (s.sync, s.chime) == (sync, chime) for v in s.values(key)]
+
+    on, off = pooled("onset", True, True), pooled("onset", False, True)
+    late_on, late_off = pooled("latency", True, True), pooled("latency", False, True)
+    if not (on and off and late_on and late_off):
+        return ""
+    end_on, end_off = pooled("end", True, True), pooled("end", False, True)
+    med = {
+        "on": float(np.median(on)),
+        "off": float(np.median(off)),
+        "end_on": float(np.median(end_on)),
+        "end_off": float(np.median(end_off)),
+        "late_on": float(np.median(late_on)),
+        "late_off": float(np.median(late_off)),
+    }
+    p95_end = float(np.percentile(end_on, 95))
+    text = (
+        "What bounds them (medians; with the chime, the two groups pooled). **With sync** "
+        f"the rooms start {med['on']:.2f} ms apart ({max(on):.2f} ms at most): each writes "
+        "silence until ALSA's own delay (`snd_pcm_delay`, the whole chain down to the "
+        "PulseAudio sink) says its next frame is heard at the agreed instant, then the chime. "
+        "Here the rooms share one clock and one sink, so what is left is how exactly each "
+        "daemon reads that delay and how PulseAudio takes each stream's first frames. They "
+        f"end {med['end_on']:.2f} ms apart (p95 {p95_end:.2f}, {max(end_on):.1f} at most): a "
+        f"placed sound more than {SYNC_SLACK_MS} ms from its place is put back "
+        "(`SYNC_SLACK_MS`), by skipping what came late or by a moment of silence. "
+        "**Without sync, with the chime**, rooms start "
+        f"{med['off']:.2f} ms apart ({max(off):.2f} at most) and end {med['end_off']:.2f} ms "
+        "apart: each plays the chime as soon as it has the announcement, and each voice is "
+        "ready before its chime ends, so the 80 to 300 ms between the voices never shows; "
+        "what separates the rooms is the MQTT delivery, each daemon's path to its first "
+        "write and PulseAudio's start of each stream, all on one machine."
+    )
+    bare_on, bare_off = pooled("onset", True, False), pooled("onset", False, False)
+    if bare_on and bare_off:
+        text += (
+            " **Without a chime** the first sound is the voice: today the rooms start "
+            f"{float(np.median(bare_off)):.0f} ms apart (the voices' "
+            f"{r.first_byte_ms[1] - r.first_byte_ms[0]:.0f} ms difference in first byte, "
+            "and the rest of their path), with sync "
+            f"{float(np.median(bare_on)):.2f} ms."
+        )
+    text += (
+        f" **The cost** is the lead: with the chime the first sound comes {med['late_on']:.0f} "
+        f"ms after the publish with sync and {med['late_off']:.0f} ms without, "
+        f"{med['late_on'] - med['late_off']:.0f} ms more: `lead_ms` ({r.lead_ms}) from the "
+        "moment the first room begins the announcement, to cover the "
+        f"{r.settle_ms:.0f} ms wait for the other rooms' proposals, a voice's first byte (when "
+        "there is no chime), an amplifier's warm-up and the ducking."
+    )
+    bare_late_on, bare_late_off = pooled("latency", True, False), pooled("latency", False, False)
+    if bare_late_on and bare_late_off:
+        text += (
+            f" Without a chime: {float(np.median(bare_late_on)):.0f} ms with sync, "
+            f"{float(np.median(bare_late_off)):.0f} ms without (the fastest voice's first byte "
+            "and the path to the sink)."
+        )
+    placed = [v for s in r.series if s.sync for v in s.values("placed")]
+    if placed:
+        text += (
+            f" The first sound lands {abs(float(np.median(placed))):.1f} ms from the agreed "
+            f"instant on the sink's clock at the median ({min(placed):.1f} to "
+            f"{max(placed):.1f}; this timing's ±5 ms and `sync_at`'s 1 ms steps apply)."
+        )
+    return text
+
+
+def _rooms_budget(r: RoomsResult) -> str:
+    """The error budget between hosts on a LAN: what this part measures and what it cannot."""
+    return (
+        "**The error budget across hosts on a LAN** (sources in "
+        "[docs/rooms.md](../docs/rooms.md#the-error-budget-across-hosts-on-a-lan)). Measured "
+        "here: rooms that share one kernel clock and one PulseAudio server, so the clock term "
+        "is zero and the output chains are identical: the figures above are Herald's "
+        "agreement and placement alone. Between machines, three more terms add up, none of "
+        "them measured here. *The clocks*: each room places its sound on its own clock, so "
+        "two clocks' disagreement is added as it is; chrony on a wired LAN typically keeps a "
+        "client within tens to hundreds of µs of its server, systemd-timesyncd (SNTP) within a "
+        "few ms; a node whose clock the kernel does not call synchronized, or whose estimated "
+        "error (chrony and ntpd give one, timesyncd does not) is over "
+        "`sync.max_clock_error_ms` (10 ms by default), does not take part. *The network* is "
+        f"not in the path of the sound: the instant is agreed ahead (`lead_ms` {r.lead_ms}), "
+        f"and each room waits {r.settle_ms:.0f} ms for the others' proposals; MQTT's delay "
+        "would matter only if a proposal took longer than that to arrive (that room would "
+        "then start at its own, later instant). *The output*: Herald reads ALSA's delay, "
+        "which covers alsa-lib, its plugins and a sound server's buffer as they report it; "
+        "what the hardware adds after ALSA (a USB or HDMI device's own buffer, a Bluetooth "
+        "link's 100 ms or more) is not visible to it, and is set per room in "
+        "`audio.latency_offset_ms`. Two sound cards' crystals also drift apart by tens of "
+        f"ppm, which the in-step correction puts back beyond {SYNC_SLACK_MS} ms. For scale: "
+        "sound travels about 0.34 m in a millisecond."
+    )
+
+
 # --- the reading --------------------------------------------------------------------------------
 
 
@@ -889,6 +1154,18 @@ def write(results: Results, out: Path) -> Path:
             "not counted)."
             if ducking.PART in s.parts
             else ""
+        )
+        + (
+            f" Part 8: {s.rooms_announcements} announcements per group of rooms with sync, "
+            f"{s.rooms_baseline} without."
+            if rooms.PART in s.parts
+            else ""
+        )
+        + (
+            f" Part 9: {s.esphome_announcements} announcements through the ESPHome API (after "
+            "one not counted)."
+            if esphome.PART in s.parts
+            else ""
         ),
         "",
     ]
@@ -900,6 +1177,11 @@ def write(results: Results, out: Path) -> Path:
         *_overload(results),
         *_sound(results),
         *_ducking(results),
+        *_rooms(results),
+        *esphome.section(
+            results.esphome,
+            results.failures.get(esphome.PART, "not run in this invocation (see --parts)"),
+        ),
         *_reading(results),
         f"![Time to first audio, preemption and rotation]({PLOT})",
         "",

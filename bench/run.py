@@ -1,14 +1,16 @@
 """Run Herald's benchmark and write RESULTS.md and results.png.
 
-    .venv/bin/python -m bench.run                 # the full run (about 27 minutes)
+    .venv/bin/python -m bench.run                 # the full run (about 33 minutes)
     .venv/bin/python -m bench.run --smoke --out /tmp/bench   # every part, briefly (about 2 minutes)
     .venv/bin/python -m bench.run --parts overload --out /tmp/bench   # one part (here: 5)
     .venv/bin/python -m bench.run --parts sound --out /tmp/bench      # part 6 (about a minute)
     .venv/bin/python -m bench.run --parts ducking --out /tmp/bench    # part 7 (about 2 minutes)
+    .venv/bin/python -m bench.run --parts rooms --out /tmp/bench      # part 8 (about 6 minutes)
+    .venv/bin/python -m bench.run --parts esphome --out /tmp/bench    # part 9 (under a minute)
 
 Every process it needs (mosquitto, the fake Deepgram server, PulseAudio, the daemon, the
-cold-connect client, part 7's music players) is started in a private temporary directory and
-stopped at the end.
+cold-connect client, part 7's music players, part 8's four rooms) is started in a private
+temporary directory and stopped at the end.
 """
 
 from __future__ import annotations
@@ -29,7 +31,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ducking, environment, footprint, overload, preempt, report, rotation, sound, ttfa
+from bench import (
+    ducking,
+    environment,
+    esphome,
+    footprint,
+    overload,
+    preempt,
+    report,
+    rooms,
+    rotation,
+    sound,
+    ttfa,
+)
 from bench.common import Workspace, log
 from bench.settings import PARTS, SMOKE, Settings
 from tests.support import REPO
@@ -63,6 +77,17 @@ def parse(argv: Sequence[str]) -> Settings:
     parser.add_argument(
         "--ducking-announcements", type=int, help="announcements per backend in part 7 (20)"
     )
+    parser.add_argument(
+        "--rooms-announcements",
+        type=int,
+        help="announcements per group in part 8 with sync, with the chime (50)",
+    )
+    parser.add_argument(
+        "--rooms-baseline",
+        type=int,
+        help="the same without sync, and per phase without the chime, in part 8 (10)",
+    )
+    parser.add_argument("--esphome-announcements", type=int, help="announcements in part 9 (30)")
     parser.add_argument("--seed", type=int, help="random seed (1)")
     parser.add_argument(
         "--parts",
@@ -122,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "footprint": footprint.run,
         "sound": sound.run,
         "ducking": ducking.run,
+        "rooms": rooms.run,
+        "esphome": esphome.run,
         "overload": functools.partial(overload.run, options=overload_options),
     }
     ws = Workspace.create(root)

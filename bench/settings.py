@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PARTS = ("ttfa", "preempt", "rotation", "footprint", "sound", "ducking")
+PARTS = ("ttfa", "preempt", "rotation", "footprint", "sound", "ducking", "rooms", "esphome")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class Settings:
     sound_cuts: int = 8  # preemption cuts recorded on the paced device in part 6
     sound_tails: int = 5  # announcements with the default tail_ms, and as many with none
     ducking_announcements: int = 20  # per ducking backend in part 7 (after one not counted)
+    rooms_announcements: int = 50  # per group (2 and 4 rooms) with sync in part 8
+    rooms_baseline: int = 10  # part 8: per group without sync; and without a chime, each way
+    esphome_announcements: int = 30  # part 9, through the ESPHome API (after one not counted)
     seed: int = 1
     parts: tuple[str, ...] = PARTS
     command: str = field(default="python -m bench.run")
@@ -51,4 +54,7 @@ SMOKE = {
     "sound_cuts": 2,
     "sound_tails": 2,
     "ducking_announcements": 3,
+    "rooms_announcements": 3,
+    "rooms_baseline": 2,
+    "esphome_announcements": 3,
 }
