@@ -155,8 +155,9 @@ def test_two_rooms_with_voices_of_different_speeds_start_together(
     tmp_path: Path,
 ) -> None:
     """A group announcement to the kitchen (a voice that answers in 80 ms) and the hall (300
-    ms), chime and all: without sync the hall would start later than the kitchen by the
-    difference of their first sounds' times, and end about 220 ms after it."""
+    ms), chime and all, placed at one agreed instant: the chime starts, and the last word ends,
+    at the same moment in both rooms. (Without a chime, unsynced rooms start about 220 ms apart,
+    the voices' difference: bench/RESULTS.md part 8.)"""
     fast = FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.08, pace=1.0))
     slow = FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.30, pace=1.0))
     with fast, slow:

@@ -62,6 +62,11 @@ FADE_MS = 8  # a drop fades out over this long instead of cutting (a cut clicks)
 HANG_AFTER_S = 10.0
 CLOSE_WAIT_S = 1.0  # close() waits this long for a thread that is stuck on the device
 SYNC_SLACK_MS = 2  # a placed sound further out of step with the clock than this is put back
+# ... once that many readings in a row say so (one reading can be off: a thread descheduled
+# between reading the delay and writing), or at once when it is off by more than SYNC_JUMP_MS
+# (a voice that came late, a device that ran dry).
+SYNC_CONFIRM = 3
+SYNC_JUMP_MS = 20
 _T = TypeVar("_T")
 
 
@@ -109,6 +114,8 @@ class _Anchor:
     at: float  # when its first frame reaches ALSA's far end (the latency offset taken off)
     frames: int = 0  # frames of it written or skipped so far
     skipped: int = 0
+    inserted: int = 0  # frames of silence written after its start to keep it in step
+    off: int = 0  # readings in a row out of step: positive late, negative early
 
 
 def open_pcm(cfg: AudioConfig) -> Any:
@@ -428,23 +435,40 @@ class AlsaOutput:
     def _in_step(self, pcm: Any, anchor: _Anchor, data: bytes) -> bytes:
         """What to write of `data` (the next part of a placed sound) so that it is heard in its
         place: silence first if it would come early, its beginning skipped if it would be late.
-        At the sound's start exactly; later, only when off by more than SYNC_SLACK_MS."""
+        At the sound's start exactly; later, when off by more than SYNC_SLACK_MS (see
+        SYNC_CONFIRM)."""
         frame_bytes = 2 * self._cfg.channels
-        slack = self._cfg.sample_rate * SYNC_SLACK_MS // 1000
-        if anchor.frames == 0:
-            if not self._silence_until_placed(pcm, anchor):
-                return data
-            slack = 0
+        starting = anchor.frames == 0
+        if starting and not self._silence_until_placed(pcm, anchor):
+            return data
         late = self._frames_late(pcm, anchor)
-        if late < -slack:  # the card runs ahead of the clock: a moment of silence
-            self._write_period(pcm, bytes(min(-late, self._cfg.period_frames) * frame_bytes))
-        elif late > slack:  # the sound came late (a slow voice, a device that ran dry): skip
+        if not starting and not self._confirmed(anchor, late):
+            late = 0
+        if late < 0:  # the card runs ahead of the clock: a moment of silence
+            silence = min(-late, self._cfg.period_frames)
+            self._write_period(pcm, bytes(silence * frame_bytes))
+            anchor.inserted += silence if not starting else 0
+        elif late > 0:  # the sound came late (a slow voice, a device that ran dry): skip
             skip = min(late, len(data) // frame_bytes)
             data = data[skip * frame_bytes :]
             anchor.frames += skip
             anchor.skipped += skip
         anchor.frames += len(data) // frame_bytes
         return data
+
+    def _confirmed(self, anchor: _Anchor, late: int) -> bool:
+        """Whether being `late` frames out of step (after the start) is to be corrected now."""
+        rate = self._cfg.sample_rate
+        slack = rate * SYNC_SLACK_MS // 1000
+        direction = (late > slack) - (late < -slack)
+        if direction == 0:
+            anchor.off = 0
+            return False
+        anchor.off = anchor.off + direction if anchor.off * direction > 0 else direction
+        if abs(anchor.off) >= SYNC_CONFIRM or abs(late) > rate * SYNC_JUMP_MS // 1000:
+            anchor.off = 0
+            return True
+        return False
 
     def _silence_until_placed(self, pcm: Any, anchor: _Anchor) -> bool:
         """Write silence, a period at a time (a drop ends it), until the next frame lands in
@@ -478,12 +502,16 @@ class AlsaOutput:
     def _report_placement(self) -> None:
         """A placed sound has played out: say how much of it was skipped to stay in step."""
         anchor, self._anchor = self._anchor, None
-        if anchor is not None and anchor.skipped:
-            self.skipped_ms = anchor.skipped * 1000 / self._cfg.sample_rate
-            log.info(
-                "audio: joined %.0f ms late, in step (the sound was not ready in time)",
-                self.skipped_ms,
-            )
+        if anchor is None:
+            return
+        rate = self._cfg.sample_rate
+        self.skipped_ms = anchor.skipped * 1000 / rate
+        if self.skipped_ms >= 1:
+            log.info("audio: joined %.0f ms late, in step (the sound was not ready in time)",
+                     self.skipped_ms)  # fmt: skip
+        if anchor.inserted:
+            log.debug("audio: %.1f ms of silence kept the sound in step (the card ran ahead)",
+                      anchor.inserted * 1000 / rate)  # fmt: skip
 
     def _queued_frames(self, pcm: Any) -> int:
         """Frames written but not yet played (0 after an underrun)."""
