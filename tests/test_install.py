@@ -2,12 +2,17 @@
 
 The `--root DIR` mode installs into a staging root: a real venv with Herald pip-installed at
 DIR/opt/herald, the config, the unit and the link, but no apt, no user and no systemctl.
-Installing takes a while (venv, pip), so it happens once per module: one root without secrets,
-one with a Deepgram key given as a file, one with an SLNG key given as a file.
+A venv made from scratch takes a while (venv, pip-installing numpy & co.), so a test run makes
+one, once for all its xdist workers: a fresh install without secrets. The roots with a Deepgram
+key and with an SLNG key given as a file are then install.sh runs over a copy of that venv
+(install.sh keeps a venv that is there and pip-installs Herald into it again). Each module's
+roots are copies of these three, so no worker changes what another one reads.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import os
 import pty
 import re
@@ -18,6 +23,7 @@ import subprocess
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,19 +38,17 @@ TIMEOUT_S = 600  # creating a venv and pip-installing numpy & co. can be slow
 DEEPGRAM_KEY = "dg-test-0123456789abcdef0123456789abcdef"  # never to be printed
 SLNG_KEY = "slng-test-fedcba9876543210fedcba9876543210"  # never to be printed either
 SECRETS = (DEEPGRAM_KEY, SLNG_KEY)
+SLNG_KEY_FILE_TEXT = f"  \t{SLNG_KEY}  \n\n"  # white space around it is trimmed
 CREDENTIALS = Path("etc/herald/credentials")
 DROPIN = Path("etc/systemd/system/herald.service.d/credentials.conf")
 DEEPGRAM_CREDENTIAL = "LoadCredential=deepgram_api_key:/etc/herald/credentials/deepgram_api_key"
 SLNG_CREDENTIAL = "LoadCredential=slng_api_key:/etc/herald/credentials/slng_api_key"
 PROMPT = "Deepgram API key (leave empty for the local espeak-ng voice only):"
 
-# The default per-test timeout (pyproject) is too short for the module fixture's install.
-pytestmark = [
-    pytest.mark.timeout(2 * TIMEOUT_S),
-    # One worker for the module: its staged installs are module fixtures, made once, not once
-    # per worker.
-    pytest.mark.xdist_group("install"),
-]
+# The default per-test timeout (pyproject) is too short for the fresh install. No xdist_group:
+# the installs are made once per run whatever the worker (see `prepared`), so the tests spread
+# over the workers like any others.
+pytestmark = pytest.mark.timeout(2 * TIMEOUT_S)
 
 
 def run_install(*args: str) -> subprocess.CompletedProcess[str]:
@@ -80,44 +84,175 @@ def project_version() -> str:
     return version
 
 
+VENV = Path("opt/herald")
+LINK = Path("usr/local/bin/herald")
+Prepare = Callable[[str, Callable[[Path], None]], Path]  # `prepared`: a root by name and builder
+
+
+def write_secret(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def relocate(root: Path, old: Path) -> None:
+    """Make a copy of the install at `old` work at `root`, as if install.sh had made it there.
+
+    A venv is not relocatable: its scripts' #! lines, its activate scripts and pyvenv.cfg name
+    its path (a copied pip would install into the original), and the command link is absolute.
+    """
+    old_venv, new_venv = f"{old.resolve()}/{VENV}", f"{root.resolve()}/{VENV}"
+    venv = root / VENV
+    if venv.is_dir():
+        for path in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]:
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                if old_venv.encode() in data:
+                    path.write_bytes(data.replace(old_venv.encode(), new_venv.encode()))
+    link = root / LINK
+    if link.is_symlink() and os.readlink(link).startswith(f"{old_venv}/"):
+        target = new_venv + os.readlink(link).removeprefix(old_venv)
+        link.unlink()
+        link.symlink_to(target)
+
+
+def copy_root(src: Path, dest: Path, *parts: Path) -> Path:
+    """A copy of the staging root `src` (only `parts` of it, if given) at `dest`, relocated.
+
+    The files of the venv's lib/ (most of its 150 MB) are hard links to those of `src`: nothing
+    edits one in place (pip and Python replace files, uninstall unlinks them). Every other file
+    is a copy of its own, as tests and install.sh write there.
+    """
+    if parts:
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-al", "--parents", *map(str, parts), str(dest)], cwd=src, check=True)
+    else:
+        subprocess.run(["cp", "-al", str(src), str(dest)], check=True)
+    for directory, subdirectories, files in os.walk(dest):
+        if Path(directory) == dest / VENV:
+            subdirectories.remove("lib")
+        for name in files:
+            path = Path(directory, name)
+            if not path.is_symlink():
+                shutil.copy2(path, path.with_name(f"{name}.copy"))
+                path.with_name(f"{name}.copy").replace(path)
+    relocate(dest, src)
+    return dest
+
+
+def seed_venv(src: Path, root: Path) -> Path:
+    """`root` with the venv and the link of the install at `src` in it, and nothing else.
+
+    install.sh keeps a venv that runs ("venv ... exists") and pip-installs Herald into it again,
+    as in a re-install, without making a venv and installing its dependencies from scratch.
+    """
+    return copy_root(src, root, VENV, LINK)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepare:
+    """`prepared(name, build)`: the root `build(root)` made, once in the whole test run.
+
+    The roots are shared by the xdist workers (the run's base temporary directory, which
+    pytest removes after a passing run): the first worker to need one builds it, the others
+    wait on its lock. Tests only read them, through copies.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # popen-gwN's parent: the run's own, shared by the workers
+    shared = base / "install-roots"
+    shared.mkdir(exist_ok=True)
+
+    def get(name: str, build: Callable[[Path], None]) -> Path:
+        root = shared / name
+        with (shared / f"{name}.lock").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if not (shared / f"{name}.done").exists():
+                shutil.rmtree(root, ignore_errors=True)  # what a failed attempt left
+                build(root)
+                (shared / f"{name}.done").touch()
+        return root
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def fresh_install(prepared: Prepare) -> Path:
+    """An empty staging root that `install.sh --root` has installed Herald into."""
+
+    def build(root: Path) -> None:
+        install_ok("--root", str(root))
+
+    return prepared("fresh", build)
+
+
+@pytest.fixture(scope="session")
+def key_install(prepared: Prepare, fresh_install: Path) -> Path:
+    """A staging root (only the venv in it) then installed with `--deepgram-key-file`."""
+
+    def build(root: Path) -> None:
+        key = write_secret(root.parent / "key-install.key", DEEPGRAM_KEY + "\n")
+        install_ok("--root", str(seed_venv(fresh_install, root)), "--deepgram-key-file", str(key))
+
+    return prepared("key", build)
+
+
+@pytest.fixture(scope="session")
+def slng_install(prepared: Prepare, fresh_install: Path) -> Path:
+    """A staging root (only the venv in it) then installed with `--slng-key-file`."""
+
+    def build(root: Path) -> None:
+        key = write_secret(root.parent / "slng-install.key", SLNG_KEY_FILE_TEXT)
+        install_ok("--root", str(seed_venv(fresh_install, root)), "--slng-key-file", str(key))
+
+    return prepared("slng", build)
+
+
+def own_copy(
+    request: pytest.FixtureRequest, factory: pytest.TempPathFactory, name: str, src: Path
+) -> Iterator[Path]:
+    """This module's copy of `src` on this worker, removed after it unless a test failed.
+
+    (xdist may run the module's tests among others', and so make it more than once.)"""
+    failed = request.session.testsfailed
+    root = copy_root(src, factory.mktemp(name) / "root")
+    yield root
+    if request.session.testsfailed == failed:
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def staged(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fresh_install: Path
+) -> Iterator[Path]:
     """A staging root that `install.sh --root` has installed Herald into."""
-    root = tmp_path_factory.mktemp("staging-root")
-    install_ok("--root", str(root))
-    return root
+    yield from own_copy(request, tmp_path_factory, "staging-root", fresh_install)
 
 
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("secrets") / "deepgram.key"
-    path.write_text(DEEPGRAM_KEY + "\n")
-    path.chmod(0o600)
-    return path
+    return write_secret(tmp_path_factory.mktemp("secrets") / "deepgram.key", DEEPGRAM_KEY + "\n")
 
 
 @pytest.fixture(scope="module")
-def staged_with_key(tmp_path_factory: pytest.TempPathFactory, key_file: Path) -> Path:
+def staged_with_key(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, key_install: Path
+) -> Iterator[Path]:
     """A staging root installed with `--deepgram-key-file`."""
-    root = tmp_path_factory.mktemp("staging-root-key")
-    install_ok("--root", str(root), "--deepgram-key-file", str(key_file))
-    return root
+    yield from own_copy(request, tmp_path_factory, "staging-root-key", key_install)
 
 
 @pytest.fixture(scope="module")
 def slng_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("slng-secrets") / "slng.key"
-    path.write_text(f"  \t{SLNG_KEY}  \n\n")  # white space around it is trimmed
-    path.chmod(0o600)
-    return path
+    return write_secret(tmp_path_factory.mktemp("slng-secrets") / "slng.key", SLNG_KEY_FILE_TEXT)
 
 
 @pytest.fixture(scope="module")
-def staged_with_slng(tmp_path_factory: pytest.TempPathFactory, slng_key_file: Path) -> Path:
+def staged_with_slng(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, slng_install: Path
+) -> Iterator[Path]:
     """A staging root installed with `--slng-key-file` (and no Deepgram key)."""
-    root = tmp_path_factory.mktemp("staging-root-slng")
-    install_ok("--root", str(root), "--slng-key-file", str(slng_key_file))
-    return root
+    yield from own_copy(request, tmp_path_factory, "staging-root-slng", slng_install)
 
 
 def credential_lines(root: Path) -> list[str]:
@@ -139,14 +274,8 @@ def engines(config: Path) -> list[str]:
 
 @pytest.fixture
 def staged_copy(staged: Path, tmp_path: Path) -> Path:
-    """A copy of the staged install, for a test that removes things from it.
-
-    The copied venv still points into the original (venvs are not relocatable); that does not
-    matter to uninstall, which only deletes.
-    """
-    copy = tmp_path / "root"
-    shutil.copytree(staged, copy, symlinks=True)
-    return copy
+    """A copy of the staged install, for a test that removes things from it."""
+    return copy_root(staged, tmp_path / "root")
 
 
 def test_shellcheck_is_clean() -> None:
@@ -319,8 +448,8 @@ def test_unusable_key_files_are_refused(staged_copy: Path, tmp_path: Path) -> No
         assert not (staged_copy / CREDENTIALS / "deepgram_api_key").exists()
 
 
-def test_a_terminal_install_asks_once_without_echo(tmp_path: Path) -> None:
-    root = tmp_path / "root"
+def test_a_terminal_install_asks_once_without_echo(tmp_path: Path, fresh_install: Path) -> None:
+    root = seed_venv(fresh_install, tmp_path / "root")  # no config, no credentials
     controller, terminal = pty.openpty()
     try:
         proc = subprocess.Popen(
@@ -359,7 +488,7 @@ def test_uninstall_removes_the_drop_in_and_keeps_the_credentials(
     staged_with_key: Path, tmp_path: Path
 ) -> None:
     copy = tmp_path / "root"
-    shutil.copytree(staged_with_key, copy, symlinks=True)
+    copy_root(staged_with_key, copy)
     install_ok("--uninstall", "--root", str(copy))
     assert not (copy / DROPIN).exists()
     assert not (copy / DROPIN).parent.exists()
@@ -522,7 +651,7 @@ def test_uninstall_keeps_the_slng_key_and_purge_removes_it(
     staged_with_slng: Path, tmp_path: Path
 ) -> None:
     copy = tmp_path / "root"
-    shutil.copytree(staged_with_slng, copy, symlinks=True)
+    copy_root(staged_with_slng, copy)
     install_ok("--uninstall", "--root", str(copy))
     assert not (copy / DROPIN).exists()
     assert not (copy / DROPIN).parent.exists()
@@ -572,3 +701,32 @@ def test_help_lists_every_option() -> None:
         "--help",
     ):
         assert option in result.stdout
+
+
+def test_esphome_key_is_made_once_stored_for_the_service_and_never_printed(
+    staged_copy: Path,
+) -> None:
+    """`--esphome-key`: a random key (base64 of 32 bytes, as ESPHome's), a root-only
+    credential the drop-in loads, the API turned on in a config this run writes, the file it
+    is in named (Home Assistant asks for the key) and the key itself never printed; again, the
+    same key is kept."""
+    root = staged_copy
+    config = root / "etc/herald/herald.toml"
+    config.unlink()  # so that this run writes a fresh one
+    out = install_ok("--root", str(root), "--esphome-key")
+    key_file = root / CREDENTIALS / "esphome_key"
+    key = key_file.read_text().strip()
+    assert len(base64.b64decode(key, validate=True)) == 32
+    assert key not in out
+    assert mode(key_file) == 0o600
+    assert credential_lines(root) == [
+        "LoadCredential=esphome_key:/etc/herald/credentials/esphome_key"
+    ]
+    assert "sudo cat /etc/herald/credentials/esphome_key" in out
+    settings = tomllib.loads(config.read_text())
+    assert settings["esphome"]["enabled"] is True
+    assert settings["mqtt"] == tomllib.loads((REPO / "config/herald.toml").read_text())["mqtt"]
+    again = install_ok("--root", str(root), "--esphome-key")
+    assert key_file.read_text().strip() == key
+    assert "kept the ESPHome encryption key" in again
+    assert "set [esphome] enabled = true" in again  # the config existed: left as it is
