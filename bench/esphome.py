@@ -16,14 +16,8 @@ the media; tests/test_esphome_ha.py plays through it, untimed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.server
-import io
 import random
-import threading
 import time
-import wave
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +26,7 @@ import numpy as np
 from bench.common import SOUND_THRESHOLD, HeraldProcess, Summary, Workspace, log
 from bench.preempt import MonitorRecorder, sink_latency_s
 from bench.settings import Settings
-from tests.support import RATE, PulseServer, free_port
+from tests.support import RATE, PulseServer, free_port, media_server, tone_wav
 
 PART = "esphome"
 WARMUP = 1
@@ -55,44 +49,6 @@ class EsphomeResult:
     @property
     def summary(self) -> Summary | None:
         return Summary.of(self.first_sound_ms)
-
-
-def _wav() -> bytes:
-    t = np.arange(int(TONE_S * RATE)) / RATE
-    samples = (np.sin(2 * np.pi * TONE_HZ * t) * 12000).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(samples.tobytes())
-    return out.getvalue()
-
-
-@contextlib.contextmanager
-def _media_server() -> Iterator[str]:
-    body = _wav()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "audio/wav")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, name="media", daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def _play_all(port: int, base: str, count: int, result: EsphomeResult) -> None:
@@ -169,8 +125,8 @@ def run(ws: Workspace, settings: Settings, rng: random.Random) -> EsphomeResult:
         result.sink_latency_ms = sink_latency_s(pulse) * 1000
         herald.start()
         log(f"{PART}: {result.warmup} + {result.announcements} announcements")
-        with _media_server() as base:
-            asyncio.run(_play_all(port, base, result.warmup + result.announcements, result))
+        with media_server(tone_wav(TONE_HZ, TONE_S)) as media:
+            asyncio.run(_play_all(port, media.url, result.warmup + result.announcements, result))
         time.sleep(0.3)  # the last sound reaches the recording
     except Exception as exc:
         result.problems.append(f"{type(exc).__name__}: {exc}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import http.server
+import io
 import json
 import os
 import queue
@@ -16,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+import wave
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -711,3 +714,58 @@ def mpd_command(port: int, command: str) -> dict[str, str]:
 
 def mpd_volume(address: str) -> int:
     return int(mpd_command(int(address.rpartition(":")[2]), "status")["volume"])
+
+
+# --- media over HTTP (what Home Assistant hands an ESPHome media player) -----------------------
+
+
+def tone_wav(hz: float, seconds: float, rate: int = RATE) -> bytes:
+    """A 16-bit mono WAV of a sine at `hz`."""
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * hz * t) * 12000).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+@dataclass
+class MediaServer:
+    """An HTTP server on loopback serving one WAV at /tone.wav (anything else: 404)."""
+
+    url: str
+    user_agents: list[str] = field(default_factory=list)  # of every request, in order
+
+
+@contextlib.contextmanager
+def media_server(body: bytes) -> Iterator[MediaServer]:
+    served: list[MediaServer] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            served[0].user_agents.append(self.headers.get("User-Agent", ""))
+            if self.path.split("?")[0] != "/tone.wav":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/wav")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    served.append(MediaServer(f"http://127.0.0.1:{server.server_address[1]}"))
+    threading.Thread(target=server.serve_forever, name="media", daemon=True).start()
+    try:
+        yield served[0]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.server
-import io
-import threading
-import wave
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,49 +16,26 @@ from aioesphomeapi.model import MediaPlayerEntityState, MediaPlayerInfo, MediaPl
 
 from tests.conftest import DaemonFactory
 from tests.fake_deepgram import dominant_hz
-from tests.support import RATE, Broker, Capture, MqttProbe, free_port
+from tests.support import (
+    RATE,
+    Broker,
+    Capture,
+    MediaServer,
+    MqttProbe,
+    free_port,
+    media_server,
+    tone_wav,
+)
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 IDLE = MediaPlayerState.IDLE
 
 
-def wav_bytes(hz: float, seconds: float, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (np.sin(2 * np.pi * hz * t) * 12000).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.tobytes())
-    return out.getvalue()
-
-
 @pytest.fixture
-def media_server() -> Iterator[str]:
-    """An HTTP server on loopback: /tone.wav (660 Hz, 1.5 s); anything else is a 404."""
-    body = wav_bytes(660, 1.5)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/tone.wav":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "audio/wav")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def media() -> Iterator[MediaServer]:
+    """/tone.wav: 660 Hz for 1.5 s, at 16 kHz (Herald resamples it)."""
+    with media_server(tone_wav(660, 1.5, rate=16000)) as server:
+        yield server
 
 
 def test_home_assistant_plays_an_announcement_through_the_esphome_api(
@@ -71,7 +43,7 @@ def test_home_assistant_plays_an_announcement_through_the_esphome_api(
     make_daemon: DaemonFactory,
     probe: MqttProbe,
     capture: Capture,
-    media_server: str,
+    media: MediaServer,
     tmp_path: Path,
 ) -> None:
     port = free_port()
@@ -101,9 +73,9 @@ def test_home_assistant_plays_an_announcement_through_the_esphome_api(
                         idle_again.set()
 
             client.subscribe_states(on_state)
-            url = f"{media_server}/tone.wav?authSig=s3cret-token"
+            url = f"{media.url}/tone.wav?authSig=s3cret-token"
             client.media_player_command(player.key, media_url=url, announcement=True)
-            client.media_player_command(player.key, media_url=f"{media_server}/missing.wav")
+            client.media_player_command(player.key, media_url=f"{media.url}/missing.wav")
             await asyncio.wait_for(idle_again.wait(), 20)
             return states
         finally:

@@ -15,13 +15,8 @@ Not tested here: `tts.speak`. Home Assistant has no text-to-speech engine that w
 from __future__ import annotations
 
 import base64
-import http.server
-import io
 import re
-import threading
-import wave
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +26,18 @@ import pytest
 from tests.conftest import DaemonFactory
 from tests.fake_deepgram import dominant_hz
 from tests.home_assistant import HomeAssistant, HomeAssistantError
-from tests.support import RATE, Broker, Capture, MqttProbe, PulseServer, free_port, wait_for
+from tests.support import (
+    RATE,
+    Broker,
+    Capture,
+    MediaServer,
+    MqttProbe,
+    PulseServer,
+    free_port,
+    media_server,
+    tone_wav,
+    wait_for,
+)
 
 pytestmark = pytest.mark.xdist_group("home_assistant")  # one Home Assistant at a time
 
@@ -46,53 +52,11 @@ HERALDS_FEATURES = PLAY_MEDIA | MEDIA_ANNOUNCE | STOP | VOLUME_SET | VOLUME_MUTE
 COMPLAINT = r"(WARNING|ERROR) .*\[(homeassistant\.components\.esphome|aioesphomeapi)"
 
 
-def wav_bytes(hz: float, seconds: float, rate: int = 16000) -> bytes:
-    """A 16-bit mono WAV at 16 kHz: not Herald's rate, so the proxy has something to convert."""
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (np.sin(2 * np.pi * hz * t) * 12000).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.tobytes())
-    return out.getvalue()
-
-
-@dataclass
-class MediaServer:
-    url: str
-    user_agents: list[str] = field(default_factory=list)  # of every request, in order
-
-
 @pytest.fixture
-def media_server() -> Iterator[MediaServer]:
-    """An HTTP server on loopback serving /tone.wav, noting who fetched it."""
-    body = wav_bytes(TONE_HZ, TONE_S)
-    served: list[MediaServer] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            served[0].user_agents.append(self.headers.get("User-Agent", ""))
-            if self.path.split("?")[0] != "/tone.wav":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "audio/wav")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    served.append(MediaServer(f"http://127.0.0.1:{server.server_address[1]}"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served[0]
-    server.shutdown()
-    server.server_close()
+def media() -> Iterator[MediaServer]:
+    """The tone, at 16 kHz: not Herald's rate, so the proxy has something to convert."""
+    with media_server(tone_wav(TONE_HZ, TONE_S, rate=16000)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +144,7 @@ def test_home_assistant_adds_herald_and_its_announcement_is_heard(
     make_daemon: DaemonFactory,
     probe: MqttProbe,
     capture: Capture,
-    media_server: MediaServer,
+    media: MediaServer,
     entries: EsphomeEntries,
     node_id: str,
 ) -> None:
@@ -198,7 +162,7 @@ def test_home_assistant_adds_herald_and_its_announcement_is_heard(
         "media_player",
         "play_media",
         entity_id=player,
-        media_content_id=f"{media_server.url}/tone.wav",
+        media_content_id=f"{media.url}/tone.wav",
         media_content_type="music",
         announce=True,
     )
@@ -209,7 +173,7 @@ def test_home_assistant_adds_herald_and_its_announcement_is_heard(
     assert all(e.get("source") == "esphome" for e in events), events
     assert events[0]["priority"] == "high"  # with the announce flag
     # Herald fetched it from Home Assistant's ffmpeg proxy, and only ffmpeg fetched the tone.
-    assert len(media_server.user_agents) == 1 and "Lavf" in media_server.user_agents[0]
+    assert len(media.user_agents) == 1 and "Lavf" in media.user_agents[0]
 
     heard = capture.samples()
     loud = np.flatnonzero(np.abs(heard.astype(np.int32)) > 2000)
@@ -228,7 +192,7 @@ def test_with_a_key_home_assistant_asks_for_it_and_shows_the_announcement_playin
     make_daemon: DaemonFactory,
     probe: MqttProbe,
     pulse: PulseServer,
-    media_server: MediaServer,
+    media: MediaServer,
     entries: EsphomeEntries,
     node_id: str,
     tmp_path: Path,
@@ -261,7 +225,7 @@ def test_with_a_key_home_assistant_asks_for_it_and_shows_the_announcement_playin
         "media_player",
         "play_media",
         entity_id=player,
-        media_content_id=f"{media_server.url}/tone.wav",
+        media_content_id=f"{media.url}/tone.wav",
         media_content_type="music",
         announce=True,
     )

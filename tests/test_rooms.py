@@ -9,8 +9,10 @@ between two rooms is read off directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,20 +150,18 @@ def started_events(probe: MqttProbe, ident: str, rooms: int) -> list[dict[str, A
     return [e for e in events if e["event"] == "started" and e["id"] == ident]
 
 
-def test_two_rooms_with_voices_of_different_speeds_start_together(
-    broker: Broker,
-    make_daemon: DaemonFactory,
-    rooms: PulseServer,
-    tmp_path: Path,
-) -> None:
-    """A group announcement to the kitchen (a voice that answers in 80 ms) and the hall (300
-    ms), chime and all, placed at one agreed instant: the chime starts, and the last word ends,
-    at the same moment in both rooms. (Without a chime, unsynced rooms start about 220 ms apart,
-    the voices' difference: bench/RESULTS.md part 8.)"""
-    fast = FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.08, pace=1.0))
-    slow = FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.30, pace=1.0))
-    with fast, slow:
-        for node, fake, sink in (("kitchen", fast, "room1"), ("hall", slow, "room2")):
+@contextlib.contextmanager
+def kitchen_and_hall(
+    make_daemon: DaemonFactory, broker: Broker, first_bytes_s: tuple[float, float]
+) -> Iterator[None]:
+    """Two daemons, `kitchen` on room1 and `hall` on room2 (both in the group `downstairs`),
+    each with a fake Deepgram of its own answering after these first-byte times, their
+    sockets warm; the clock trusted (one machine, one clock)."""
+    fakes = [
+        FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=s, pace=1.0)) for s in first_bytes_s
+    ]
+    with fakes[0], fakes[1]:
+        for node, fake, sink in (("kitchen", fakes[0], "room1"), ("hall", fakes[1], "room2")):
             daemon = make_daemon(
                 broker,
                 f'[voice]\nengines = ["deepgram"]\n[voice.deepgram]\nurl = "{fake.server.url}"\n'
@@ -173,10 +173,22 @@ def test_two_rooms_with_voices_of_different_speeds_start_together(
             daemon.env["DEEPGRAM_API_KEY"] = "test-key"
             daemon.start()
         wait_for(
-            lambda: fast.server.connections >= 1 and slow.server.connections >= 1,
-            15,
-            "the warm sockets",
+            lambda: all(fake.server.connections >= 1 for fake in fakes), 15, "the warm sockets"
         )
+        yield
+
+
+def test_two_rooms_with_voices_of_different_speeds_start_together(
+    broker: Broker,
+    make_daemon: DaemonFactory,
+    rooms: PulseServer,
+    tmp_path: Path,
+) -> None:
+    """A group announcement to the kitchen (a voice that answers in 80 ms) and the hall (300
+    ms), chime and all, placed at one agreed instant: the chime starts, and the last word ends,
+    at the same moment in both rooms. (Without a chime, unsynced rooms start about 220 ms apart,
+    the voices' difference: bench/RESULTS.md part 8.)"""
+    with kitchen_and_hall(make_daemon, broker, first_bytes_s=(0.08, 0.30)):
         probe = MqttProbe(broker, "herald/+/events")
         try:
             with rooms.record(tmp_path / "rooms.raw", "rooms", ROOMS) as path:
@@ -218,24 +230,7 @@ def test_a_preemption_to_every_room_keeps_them_in_step_and_so_does_the_interrupt
     """A long low announcement to both rooms; a critical one (repeated) cuts in on both; then
     the low one is said again from its start. Every sound begins at the same moment in both
     rooms: the critical's alarm, its repeat, and the low one's second start."""
-    fast = FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.05, pace=1.0))
-    slow = FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.25, pace=1.0))
-    with fast, slow:
-        for node, fake, sink in (("kitchen", fast, "room1"), ("hall", slow, "room2")):
-            daemon = make_daemon(
-                broker,
-                f'[voice]\nengines = ["deepgram"]\n[voice.deepgram]\nurl = "{fake.server.url}"\n'
-                "[sync]\ntrust_clock = true\n",
-                device=f"herald_room:SINK={sink}",
-                node=node,
-            )
-            daemon.env["DEEPGRAM_API_KEY"] = "test-key"
-            daemon.start()
-        wait_for(
-            lambda: fast.server.connections >= 1 and slow.server.connections >= 1,
-            15,
-            "the warm sockets",
-        )
+    with kitchen_and_hall(make_daemon, broker, first_bytes_s=(0.05, 0.25)):
         probe = MqttProbe(broker, "herald/+/events")
         try:
             with rooms.record(tmp_path / "rooms.raw", "rooms", ROOMS) as path:

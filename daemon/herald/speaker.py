@@ -474,13 +474,8 @@ class Humming:
 
     async def stop(self) -> None:
         """Silence it at once: the next sound takes over the device."""
-        self._task.cancel()
         try:
-            await self._task
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():  # the caller is cancelled too: pass it on
-                raise
+            await _cancel(self._task)
         finally:
             self._output.drop()
 
@@ -516,13 +511,7 @@ class _Round:
 
     async def stop(self) -> None:
         """The voice stops (its stream closed); idempotent."""
-        self.pump.cancel()
-        try:
-            await self.pump
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():  # the caller is cancelled too: pass it on
-                raise
+        await _cancel(self.pump)
 
 
 class _Lookahead:
@@ -554,6 +543,18 @@ class _Lookahead:
         self._frames -= _frames_in(item)
         self._taken.set()
         return item
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended; a cancellation of the caller's own, meanwhile,
+    is passed on (not swallowed with the task's)."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
+            raise
 
 
 async def _nothing() -> None:
