@@ -337,3 +337,20 @@ def test_the_device_is_announced_over_mdns_as_home_assistant_looks_for_it(
     assert info.properties[b"api_encryption"] == b"Noise_NNpsk0_25519_ChaChaPoly_SHA256"
     assert info.properties[b"version"] == b"1.10"
     assert info.parsed_addresses()
+
+
+def test_a_daemon_without_the_esphome_api_never_loads_its_libraries() -> None:
+    """aioesphomeapi, zeroconf and httpx cost about 10 MB and a tenth of a second here (more
+    on a Pi Zero): loaded only when `[esphome] enabled = true`."""
+    import subprocess
+    import sys
+
+    heavy = ("httpx", "aioesphomeapi", "zeroconf", "noise", "google.protobuf")
+    script = (
+        "import sys; import herald.app, herald.cli, herald.checks; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import time as clock_time
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from herald import __version__
 from herald.amp import Amplifier
@@ -30,10 +31,8 @@ from herald.config import Config, ConfigError, DuckingConfig
 from herald.controls import Controls
 from herald.dispatcher import Dispatcher
 from herald.duck import Ducker, build_ducker
-from herald.esphome.service import EsphomeService, build_esphome
 from herald.events import Event, EventSink
 from herald.journal import QueueJournal
-from herald.media import stream_media
 from herald.mqtt.client import MqttBridge, Publish
 from herald.mqtt.discovery import NodeInfo, removal_messages
 from herald.mqtt.topics import Topics
@@ -44,6 +43,9 @@ from herald.signals import Signals
 from herald.speaker import Delivery, Speaker
 from herald.systemd import Notifier, keep_watchdog_fed, watchdog_interval_s
 from herald.voice import Voice, build_cache, build_voices, voice_identities, voices_running
+
+if TYPE_CHECKING:
+    from herald.esphome.service import EsphomeService
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +264,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
         device_problem=node.audio_problem,
         synchroniser=synchroniser,
-        media=partial(
-            stream_media,
-            rate=config.audio.sample_rate,
-            max_bytes=int(config.esphome.max_media_mb * 1024 * 1024),
-            timeout_s=config.esphome.max_media_s,
-        ),
+        media=_media_player(config),
     )
     speaker = Speaker(voices, output, events.emit, delivery, cache=build_cache(config))
     dispatcher = Dispatcher(
@@ -280,7 +277,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         rate=(config.mqtt.rate_per_minute, config.mqtt.rate_burst),
     )
     node.attach(bridge, dispatcher, voices, synchroniser)
-    esphome = build_esphome(config, dispatcher, lambda: controls.volume, node.set_volume)
+    esphome = _esphome(config, dispatcher, lambda: controls.volume, node.set_volume)
     if esphome is not None:
         events.add(esphome.note)
         node.volume_changed = esphome.volume_changed
@@ -341,6 +338,35 @@ async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.Ta
         notifier.reloading()
     for task in (speaking, *upkeep):
         task.cancel()
+
+
+def _media_player(config: Config) -> Callable[[str], AsyncGenerator[Samples, None]] | None:
+    """Media from URLs, for the ESPHome API's media player (only then: httpx stays unloaded)."""
+    if not config.esphome.enabled:
+        return None
+    from herald.media import stream_media
+
+    return partial(
+        stream_media,
+        rate=config.audio.sample_rate,
+        max_bytes=int(config.esphome.max_media_mb * 1024 * 1024),
+        timeout_s=config.esphome.max_media_s,
+    )
+
+
+def _esphome(
+    config: Config,
+    dispatcher: Dispatcher,
+    get_volume: Callable[[], float],
+    set_volume: Callable[[float], None],
+) -> EsphomeService | None:
+    """The ESPHome API, if enabled (only then are aioesphomeapi and zeroconf loaded: about 10 MB
+    and a tenth of a second here, more on a Pi Zero)."""
+    if not config.esphome.enabled:
+        return None
+    from herald.esphome.service import build_esphome
+
+    return build_esphome(config, dispatcher, get_volume, set_volume)
 
 
 @contextlib.asynccontextmanager

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from herald import __version__
 from herald.audio.dsp import Samples, StreamResampler, silence
 from herald.logsafe import shown, where
+from herald.voice.base import VoiceError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ PCM, IEEE_FLOAT, EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 T = TypeVar("T")
 
 
-class MediaError(Exception):
+class MediaError(VoiceError):
     """The media cannot be played: a one-line reason naming what was wrong (never the URL's
     query string or userinfo: Home Assistant's URLs can carry signed tokens)."""
 

@@ -42,7 +42,6 @@ from herald.audio.dsp import Samples, apply_gain, ms_to_frames, silence
 from herald.audio.loudness import Levelling, Loudness
 from herald.duck import Ducker
 from herald.events import EventKind, EventSink, about
-from herald.media import MediaError
 from herald.rooms import Agreed, Synchroniser
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import CacheKey, PhraseCache, concatenate
@@ -392,15 +391,12 @@ class Speaker:
         """The media at `url` as it downloads, levelled like a voice of its own."""
         if self._delivery.media is None:
             raise VoiceError("this speaker does not play media")
-        produced = False
-        try:
-            async with contextlib.aclosing(self._delivery.media(url)) as chunks:
-                async for chunk in chunks:
-                    produced = True
-                    if len(levelled := levelling.live(MEDIA, chunk)):
-                        yield levelled
-        except MediaError as exc:
-            raise VoiceError(str(exc)) from None
+        produced = False  # (herald.media.MediaError is a VoiceError: it fails the announcement)
+        async with contextlib.aclosing(self._delivery.media(url)) as chunks:
+            async for chunk in chunks:
+                produced = True
+                if len(levelled := levelling.live(MEDIA, chunk)):
+                    yield levelled
         if not produced:
             raise VoiceError("the media held no audio")
         levelling.spoken_to_the_end(MEDIA)

@@ -201,7 +201,5 @@ def build_esphome(
     dispatcher: Dispatcher,
     get_volume: Callable[[], float],
     set_volume: Callable[[float], None],
-) -> EsphomeService | None:
-    if not config.esphome.enabled:
-        return None
+) -> EsphomeService:
     return EsphomeService(config, dispatcher, get_volume, set_volume, encryption_key(config))
