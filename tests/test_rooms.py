@@ -217,8 +217,9 @@ def sound_starts(channel: npt.NDArray[np.int16], quiet_ms: int = 40) -> list[int
     loud = np.flatnonzero(np.abs(channel.astype(np.int32)) > 1000)
     if not len(loud):
         return []
-    gaps = np.flatnonzero(np.diff(loud) > RATE * quiet_ms // 1000)
-    return [int(loud[0]), *(int(loud[i + 1]) for i in gaps)]
+    after_gaps = np.flatnonzero(np.diff(loud) > RATE * quiet_ms // 1000) + 1
+    starts = loud[np.concatenate((np.zeros(1, dtype=np.intp), after_gaps))]
+    return [int(start) for start in starts]
 
 
 def test_a_preemption_to_every_room_keeps_them_in_step_and_so_does_the_interrupted_one(
