@@ -254,3 +254,27 @@ def test_a_long_text_runs_ahead_of_its_chime_by_seconds_not_by_the_whole_text() 
     ahead, produced, played = asyncio.run(run())
     assert 1 <= ahead <= LOOKAHEAD_MS / 1000 + 2
     assert produced == 1800 and played == pytest.approx(1800 + 0.1)  # nothing lost on the way
+
+
+class BuggyVoice(StubVoice):
+    """A voice with a bug: some audio, then an exception that is not a VoiceError."""
+
+    name = "buggy"
+
+    async def stream(self, text: str) -> AsyncGenerator[Samples, None]:
+        yield np.full(1600, 1000, np.int16)
+        raise RuntimeError("a bug")
+
+
+def test_a_bug_in_a_voice_fails_the_announcement_with_its_event_and_never_hangs(
+    tmp_path: Path,
+) -> None:
+    async def speak() -> tuple[bool, list[Event]]:
+        return await asyncio.wait_for(
+            asyncio.to_thread(lambda: speak_with([BuggyVoice()], tmp_path)[:2]), 20
+        )
+
+    spoken, events = asyncio.run(speak())
+    assert not spoken
+    assert [e.kind for e in events] == ["started", "failed"]
+    assert events[-1].details["reason"] == "internal error: RuntimeError"

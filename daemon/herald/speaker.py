@@ -42,6 +42,7 @@ from herald.audio.dsp import Samples, apply_gain, ms_to_frames, silence
 from herald.audio.loudness import Levelling, Loudness
 from herald.duck import Ducker
 from herald.events import EventKind, EventSink, about
+from herald.logsafe import shown
 from herald.rooms import Agreed, Synchroniser
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import CacheKey, PhraseCache, concatenate
@@ -551,6 +552,8 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         me = asyncio.current_task()
         if me is not None and me.cancelling():
             raise
+    except Exception as exc:  # it had failed already: its failure was reported, or is moot now
+        log.debug("a task that was stopped had failed: %r", exc)
 
 
 async def _nothing() -> None:
@@ -569,6 +572,11 @@ async def _pump(speech: AsyncGenerator[tuple[str, Samples], None], ahead: _Looka
                 await ahead.put(item)
     except VoiceError as exc:
         await ahead.put(exc)
+        return
+    except Exception as exc:  # a bug must fail this announcement (with its event), not hang it
+        log.error("the voice failed unexpectedly: %s", shown(repr(exc), 200))
+        log.debug("the failure was here", exc_info=True)
+        await ahead.put(VoiceError(f"internal error: {type(exc).__name__}"))
         return
     await ahead.put(_END)
 
