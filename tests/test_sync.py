@@ -57,19 +57,19 @@ def test_the_earliest_proposal_wins_and_a_node_ignores_its_own_echo() -> None:
     own = kitchen.propose("k.0", NOW)
     assert own == Proposal("k.0", round(NOW + 0.5, 6), "kitchen")
     assert not kitchen.hear(Proposal("k.0", NOW - 0.3, "kitchen"), NOW)  # its own, echoed
-    assert kitchen.instant("k.0", NOW) == NOW + 0.5
+    assert kitchen.instant("k.0") == NOW + 0.5
     assert kitchen.hear(Proposal("k.0", NOW + 0.6, "hall"), NOW)  # later: changes nothing
-    assert kitchen.instant("k.0", NOW) == NOW + 0.5
+    assert kitchen.instant("k.0") == NOW + 0.5
     assert kitchen.hear(Proposal("k.0", NOW + 0.48, "bedroom"), NOW)  # it got it first
-    assert kitchen.instant("k.0", NOW) == NOW + 0.48
-    assert kitchen.instant("other.0", NOW) is None  # never proposed
+    assert kitchen.instant("k.0") == NOW + 0.48
+    assert kitchen.instant("other.0") is None  # never proposed
 
 
 def test_a_proposal_heard_before_the_announcement_arrives_is_adopted() -> None:
     hall = Agreement("hall", lead_s=0.5)
     hall.hear(Proposal("k.0", NOW + 0.45, "kitchen"), NOW)
     hall.propose("k.0", NOW + 0.01)
-    assert hall.instant("k.0", NOW + 0.01) == NOW + 0.45
+    assert hall.instant("k.0") == NOW + 0.45
 
 
 def test_a_room_far_behind_does_not_jump_into_the_middle() -> None:
@@ -78,15 +78,27 @@ def test_a_room_far_behind_does_not_jump_into_the_middle() -> None:
     late.hear(Proposal("k.0", NOW + 0.5, "kitchen"), NOW)
     then = NOW + 5
     own = late.propose("k.0", then)
-    assert late.instant("k.0", then) == own.at
-    assert late.missed("k.0", then)
+    assert late.instant("k.0") == own.at
+    assert late.missed("k.0") and not late.joined("k.0")
     # ... but one that is only a little late joins them, a little way in.
     near = Agreement("near", lead_s=0.5)
     near.hear(Proposal("k.0", NOW + 0.5, "kitchen"), NOW)
     soon = NOW + 0.5 + JOIN_LATE_MAX_S / 2
     near.propose("k.0", soon)
-    assert near.instant("k.0", soon) == NOW + 0.5
-    assert not near.missed("k.0", soon)
+    assert near.instant("k.0") == NOW + 0.5
+    assert not near.missed("k.0") and near.joined("k.0")
+
+
+def test_the_same_message_again_later_is_a_new_round_on_every_node() -> None:
+    """A doorbell pressed twice, a minute apart, has one key; each press is agreed on its own,
+    whatever each node did in between (reloaded, preempted, or dropped one)."""
+    hall = Agreement("hall", lead_s=0.5)
+    hall.hear(Proposal("bell", NOW + 0.5, "kitchen"), NOW)  # the first press, which the hall
+    later = NOW + 60  # ... never began (quiet mode, a reload, anything)
+    hall.hear(Proposal("bell", later + 0.5, "kitchen"), later)  # the second press
+    own = hall.propose("bell", later + 0.02)
+    assert hall.joined("bell") and not hall.missed("bell")
+    assert hall.instant("bell") == later + 0.5 < own.at
 
 
 def test_memory_stays_bounded_whatever_arrives() -> None:
@@ -251,11 +263,11 @@ def test_a_speaker_that_never_hears_another_room_does_not_wait_for_nobody() -> N
     starts when ready. Once another room has been heard, it keeps waiting the lead."""
     solo = Agreement("kitchen", lead_s=0.5)
     solo.propose("k.0", NOW)
-    assert solo.alone("k.0", NOW + SETTLE_S)
+    assert not solo.joined("k.0") and solo.alone(NOW + SETTLE_S)
     solo.hear(Proposal("other.0", NOW + 0.5, "hall"), NOW)  # the hall exists
     solo.propose("k2.0", NOW + 60)
-    assert not solo.alone("k2.0", NOW + 60 + SETTLE_S)  # it may be a little late this time
-    assert solo.alone("k3.0", NOW + PEERS_FORGOTTEN_AFTER_S + 61)  # gone for a day
+    assert not solo.alone(NOW + 60 + SETTLE_S)  # it may be a little late this time
+    assert solo.alone(NOW + PEERS_FORGOTTEN_AFTER_S + 61)  # gone for a day
 
     async def agree_alone() -> Agreed | None:
         node = Synchroniser(SyncConfig(trust_clock=True), "kitchen", lambda _: None)
@@ -266,3 +278,32 @@ def test_a_speaker_that_never_hears_another_room_does_not_wait_for_nobody() -> N
         "synced": False,
         "sync_reason": "no other speaker took part",
     }
+
+
+def test_a_node_rebuilt_by_a_reload_still_agrees_with_the_others() -> None:
+    """The review's case: the hall reloads (a new Synchroniser) between two presses of one
+    doorbell; both presses are still agreed by both rooms."""
+    clock = [NOW]
+    nodes: dict[str, Synchroniser] = {}
+
+    def broker(payload: str) -> None:  # every node hears every proposal, its own too
+        for each in nodes.values():
+            each.heard(payload.encode())
+
+    def node(name: str) -> Synchroniser:
+        return Synchroniser(SyncConfig(trust_clock=True), name, broker, now=lambda: clock[0])
+
+    async def press() -> tuple[Agreed | None, Agreed | None]:
+        kitchen = asyncio.create_task(nodes["kitchen"].agree(shared()))
+        hall = asyncio.create_task(nodes["hall"].agree(shared()))
+        return await kitchen, await hall
+
+    nodes["kitchen"], nodes["hall"] = node("kitchen"), node("hall")
+    first = asyncio.run(press())
+    clock[0] += 60
+    nodes["hall"] = node("hall")  # SIGHUP: everything it remembered is gone
+    second = asyncio.run(press())
+    for kitchen, hall in (first, second):
+        assert kitchen is not None and hall is not None
+        assert kitchen.at is not None and kitchen.at == hall.at
+    assert second[0] is not None and second[0].at == round(NOW + 60 + 0.5, 6)

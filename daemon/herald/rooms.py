@@ -22,7 +22,6 @@ from herald.sync import (
     SETTLE_S,
     Agreement,
     ClockState,
-    attempt_key,
     clock_problem,
     parse_proposal,
 )
@@ -62,7 +61,6 @@ class Synchroniser:
         self._read_clock = clock
         self._now = now
         self._clock_state: tuple[float, ClockState | None] | None = None  # (read at, state)
-        self._attempts: dict[str, int] = {}  # key -> how many times this node began it
         self._refused_because: str | None = None  # the last clock problem, logged once
 
     def heard(self, payload: bytes) -> None:
@@ -89,21 +87,18 @@ class Synchroniser:
             return Agreed(None, "sync is off (sync.enabled)")
         if (problem := self._clock_problem()) is not None:
             return Agreed(None, problem)
-        attempt = self._attempts.get(announcement.sync_key, 0)
-        self._attempts[announcement.sync_key] = attempt + 1
-        if len(self._attempts) > 256:
-            del self._attempts[next(iter(self._attempts))]
-        key = attempt_key(announcement.sync_key, attempt)
+        key = announcement.sync_key
         proposal = self._agreement.propose(key, self._now())
         self._publish(proposal.to_json())
         await asyncio.sleep(SETTLE_S)  # the other rooms' proposals arrive meanwhile
-        now = self._now()
-        at = self._agreement.instant(key, now)
+        at = self._agreement.instant(key)
         assert at is not None  # proposed above
-        if self._agreement.alone(key, now):
-            return Agreed(None, "no other speaker took part")
-        if at == proposal.at and self._agreement.missed(key, now):
-            return Agreed(None, f"the other rooms began it more than {JOIN_LATE_MAX_S:.0f} s ago")
+        if not self._agreement.joined(key):
+            if self._agreement.missed(key):
+                reason = f"the other rooms began it more than {JOIN_LATE_MAX_S:.0f} s earlier"
+                return Agreed(None, reason)
+            if self._agreement.alone(self._now()):
+                return Agreed(None, "no other speaker took part")
         return Agreed(at)
 
     def _clock_problem(self) -> str | None:

@@ -8,8 +8,9 @@ the instant for all. Every node then places the first sample of the chime at tha
 its own clock (kept to true time by NTP), using its output's own delay.
 
 The same announcement is known on every node by a key made of the topic and the payload's
-bytes, plus how many times this node has begun to speak it (a preempted announcement is spoken
-again, and agreed again, in every room it was preempted in).
+bytes. Rooms that begin it together are one round: their proposals lie within JOIN_LATE_MAX_S
+of each other. An earlier round of the same key (the same message sent before, or this one
+spoken before a preemption and now again) is told apart by being older than that.
 
 A node that hears no other room (for the announcement in hand, nor for a day) is alone: a house
 with one speaker that sends to `all` does not wait the lead for nobody.
@@ -60,11 +61,6 @@ def announcement_key(topic: str, payload: bytes) -> str:
     """The same announcement's key on every node that got it: topic and payload digested."""
     digest = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=12)
     return digest.hexdigest()
-
-
-def attempt_key(key: str, attempt: int) -> str:
-    """The key of one attempt at speaking it (0: the first; a preempted one is spoken again)."""
-    return f"{key}.{attempt}"
 
 
 def parse_proposal(payload: bytes) -> Proposal:
@@ -120,26 +116,36 @@ class Agreement:
         self._forget(now)
         return True
 
-    def instant(self, key: str, now: float) -> float | None:
-        """The agreed start of `key`: the earliest proposal, this node's own or one heard that
-        would make it skip at most JOIN_LATE_MAX_S of the sound; None if this node made no
-        proposal for it."""
+    def instant(self, key: str) -> float | None:
+        """The agreed start of `key`: the earliest proposal of this round, this node's own or
+        one heard (see `_in_round`); None if this node made no proposal for it."""
         own = self._own.get(key)
         if own is None:
             return None
-        joinable = [at for at in self._heard.get(key, ()) if at >= now - JOIN_LATE_MAX_S]
-        return min([own.at, *joinable])
+        return min([own.at, *self._in_round(key, own.at)])
 
-    def alone(self, key: str, now: float) -> bool:
-        """No other room has proposed `key`, nor anything for PEERS_FORGOTTEN_AFTER_S."""
-        if self._heard.get(key):
+    def _in_round(self, key: str, own_at: float) -> list[float]:
+        """The proposals heard for `key` that belong with this node's own: made up to
+        JOIN_LATE_MAX_S before it (joining them skips at most that much) or after it. Older
+        ones are an earlier round: the same message before, or one this node came too late to."""
+        return [at for at in self._heard.get(key, ()) if at >= own_at - JOIN_LATE_MAX_S]
+
+    def joined(self, key: str) -> bool:
+        """Another room proposed `key` in this node's round."""
+        own = self._own.get(key)
+        return own is not None and bool(self._in_round(key, own.at))
+
+    def missed(self, key: str) -> bool:
+        """No other room is in this round, but some began `key` earlier: too long ago to join."""
+        own = self._own.get(key)
+        if own is None or self.joined(key):
             return False
+        return any(at < own.at - JOIN_LATE_MAX_S for at in self._heard.get(key, ()))
+
+    def alone(self, now: float) -> bool:
+        """No other room has been heard proposing anything for PEERS_FORGOTTEN_AFTER_S."""
         heard_at = self._peer_heard_at
         return heard_at is None or now - heard_at > PEERS_FORGOTTEN_AFTER_S
-
-    def missed(self, key: str, now: float) -> bool:
-        """Other rooms began `key` too long ago for this one to join them."""
-        return any(at < now - JOIN_LATE_MAX_S for at in self._heard.get(key, ()))
 
     def _forget(self, now: float) -> None:
         """Beyond REMEMBERED_KEYS the oldest go; and a few of the oldest each time, if stale."""
