@@ -380,7 +380,7 @@ def test_media_from_home_assistant_is_an_announcement_that_never_shows_its_token
     url = "https://ha.local:8123/api/esphome/ffmpeg_proxy/abc/def.wav?authSig=s3cret"
     media = media_announcement(url, PRIORITY_LEVELS["high"], 1000.0, NO_DEFAULTS, "esphome")
     assert media.media_url == url and media.source == "esphome"
-    assert media.text == "media from https://ha.local:8123/api/esphome/ffmpeg_proxy/abc/def.wav"
+    assert media.text == "media from https://ha.local:8123"  # the path can hold a token
     assert media.interrupt and media.chime is False and media.cache is False
     assert media.expires_at == 1000.0 + NO_DEFAULTS.ttl_for(PRIORITY_LEVELS["high"])
     for bad, reason in (

@@ -483,7 +483,7 @@ def test_only_http_and_https_urls_are_fetched(url: str, says: str) -> None:
 
 def test_an_http_error_names_the_status_and_the_place(server: Server) -> None:
     message, _ = failure(server.url("/missing.wav?authSig=secret"))
-    assert message == f"HTTP 404 from {server.url('/missing.wav')}"
+    assert message == f"HTTP 404 from {server.url('')}"
 
 
 ID3 = b"ID3\x04\0\0\0\0\0\x21" + bytes(200)
@@ -515,7 +515,7 @@ def test_what_is_not_wav_is_refused_naming_what_it_looks_like(
 ) -> None:
     url = server.serve("/media", body, content_type)
     message, got = failure(url + "?authSig=secret")
-    assert message.startswith(f"unsupported audio: {server.url('/media')} is not WAV (it")
+    assert message.startswith(f"unsupported audio: {server.url('')} is not WAV (it")
     assert says in message
     assert message.endswith("Home Assistant converts to WAV for Herald)")
     assert SECRET not in message
@@ -524,7 +524,7 @@ def test_what_is_not_wav_is_refused_naming_what_it_looks_like(
 
 def test_an_empty_body_is_refused(server: Server) -> None:
     message, _ = failure(server.serve("/empty.wav", b""))
-    assert message == f"unsupported audio: the response from {server.url('/empty.wav')} is empty"
+    assert message == f"unsupported audio: the response from {server.url('')} is empty"
 
 
 @pytest.mark.parametrize("cut", [3, 20, 40], ids=["in-RIFF", "in-fmt", "in-data-header"])
@@ -572,7 +572,7 @@ def test_a_redirect_is_followed(server: Server) -> None:
 def test_errors_after_a_redirect_name_the_place_that_answered(server: Server) -> None:
     server.routes["/hop"] = lambda h: h.redirect("/gone.wav?authSig=secret")
     message, _ = failure(server.url("/hop"))
-    assert message == f"HTTP 404 from {server.url('/gone.wav')}"
+    assert message == f"HTTP 404 from {server.url('')}"
 
 
 def test_more_than_five_redirects_are_refused(server: Server) -> None:
@@ -604,7 +604,8 @@ def closed_port() -> int:
 def test_a_connection_failure_names_the_host_and_the_error() -> None:
     port = closed_port()
     message, _ = failure(f"http://user:secret@127.0.0.1:{port}/a.wav?authSig=secret")
-    assert message.startswith(f"cannot connect to http://127.0.0.1:{port}/a.wav: ConnectError")
+    assert message.startswith(f"cannot connect to http://127.0.0.1:{port}: ConnectError")
+    assert "/a.wav" not in message  # Home Assistant's proxy puts a token in the path
     assert SECRET not in message
 
 
@@ -622,9 +623,7 @@ def test_a_server_that_stalls_times_out(server: Server, when: str) -> None:
     started = time.monotonic()
     message, got = failure(server.url("/stall.wav?authSig=secret"), timeout_s=0.3)
     assert time.monotonic() - started < 2
-    assert message == (
-        f"timed out: the media from {server.url('/stall.wav')} did not arrive within 0.3 s"
-    )
+    assert message == (f"timed out: the media from {server.url('')} did not arrive within 0.3 s")
     assert (sum(p.size for p in got) > 0) == (when == "mid-body")
 
 
@@ -637,7 +636,7 @@ def test_a_body_cut_off_mid_way_is_an_error_after_the_audio_so_far(server: Serve
 
     server.routes["/cut.wav"] = cut
     message, got = failure(server.url("/cut.wav?authSig=secret"))
-    assert message.startswith(f"the download from {server.url('/cut.wav')} broke off:")
+    assert message.startswith(f"the download from {server.url('')} broke off:")
     assert SECRET not in message
     assert sum(p.size for p in got) > 0
 
@@ -681,7 +680,7 @@ def test_https_verifies_the_certificate(tmp_path: Path) -> None:
     with running(self_signed(tmp_path)) as tls_server:
         tls_server.serve("/tone.wav", wav(tone(0.1, 16000), 16000))
         message, _ = failure(tls_server.url("/tone.wav?authSig=secret"))
-    assert message.startswith(f"cannot connect to {tls_server.url('/tone.wav')}: ConnectError")
+    assert message.startswith(f"cannot connect to {tls_server.url('')}: ConnectError")
     assert "CERTIFICATE_VERIFY_FAILED" in message
     assert SECRET not in message
 

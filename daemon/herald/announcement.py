@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from herald.chime_names import payload_chime
-from herald.logsafe import where
+from herald.logsafe import where_host
 from herald.payload_json import InvalidJson, load_json
 from herald.text import clean_text, first_control_character
 
@@ -97,7 +97,7 @@ def media_announcement(
         raise PayloadRejected("the media URL must be http:// or https://")
     return Announcement(
         id=new_id(),
-        text=f"media from {where(url)}",
+        text=f"media from {where_host(url)}",
         priority=priority,
         expires_at=now + defaults.ttl_for(priority),
         interrupt=priority >= INTERRUPTS_BY_DEFAULT_FROM,

@@ -144,7 +144,7 @@ class QueueJournal:
 
     def _append(self, entry: dict[str, Any]) -> None:
         if self._closed:
-            log.debug("journal: closed; not written: %s", entry)
+            log.debug("journal: closed; not written: %s", next(iter(entry)))
             return
         try:
             if self._file is None or self._lines >= self._compact_at():

@@ -69,3 +69,11 @@ def where(url: str) -> str:
         authority = netloc
     scheme = f"{parts.scheme.lower()}://" if parts.scheme else ""
     return shown(f"{scheme}{authority}{parts.path}", SHOWN_URL_CHARS)
+
+
+def where_host(url: str) -> str:
+    """`url` as scheme://host[:port] alone: for media from Home Assistant, whose proxy puts a
+    token in the path (and signed URLs one in the query)."""
+    place = where(url)
+    scheme, separator, rest = place.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}" if separator else place.split("/", 1)[0]

@@ -6,8 +6,9 @@ bits; 1 to 8 channels; any rate): Home Assistant's ESPHome integration converts 
 WAV with ffmpeg before it hands the player a URL, so anything else is refused with a reason.
 
 A URL from Home Assistant may carry a signed token in its query string (`?authSig=...`) or a
-password in its userinfo: neither ever appears in an error message or a log line. `where(url)`
-is the form every message uses.
+password in its userinfo, and Home Assistant's proxy a token in its path: none of them ever
+appears in an error message or a log line. `where_host(url)`, scheme://host[:port], is the form
+every message uses.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy.typing as npt
 
 from herald import __version__
 from herald.audio.dsp import Samples, StreamResampler, silence
-from herald.logsafe import shown, where
+from herald.logsafe import shown, where_host
 from herald.voice.base import VoiceError
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ async def stream_media(
         except httpx.HTTPError as exc:
             raise MediaError(_failure(exc, place)) from None
         try:
-            place = where(str(response.url))  # after redirects, the place that answered
+            place = where_host(str(response.url))  # after redirects, the place that answered
             wait.place = place
             decoder = _accepted(response, place, rate, max_bytes)
             pieces = _Pieces(piece_frames)
@@ -122,8 +123,8 @@ async def stream_media(
 
 
 def _checked(url: str) -> str:
-    """where(url), once the URL is one Herald may fetch: http or https, with a host."""
-    place = where(url)
+    """where_host(url), once the URL is one Herald may fetch: http or https, with a host."""
+    place = where_host(url)
     try:
         parts = urllib.parse.urlsplit(url.strip())
     except ValueError:
@@ -193,7 +194,7 @@ class _Waiter:
 def _failure(exc: httpx.HTTPError, place: str) -> str:
     """One line for a failed request or download, naming the host and what went wrong."""
     with contextlib.suppress(RuntimeError):  # RuntimeError: raised before any request
-        place = where(str(exc.request.url))  # the hop that failed, after any redirect
+        place = where_host(str(exc.request.url))  # the hop that failed, after any redirect
     if isinstance(exc, httpx.TooManyRedirects):
         return f"too many redirects (more than {MAX_REDIRECTS}) from {place}"
     if isinstance(exc, httpx.UnsupportedProtocol):
@@ -211,8 +212,8 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 def _short(exc: BaseException) -> str:
-    """The error's class and message, on one line, with any URL in it cut to where(URL)."""
-    text = _URL.sub(lambda match: where(match.group(0).rstrip("'\".,)")), str(exc))
+    """The error's class and message, on one line, with any URL in it cut to its host."""
+    text = _URL.sub(lambda match: where_host(match.group(0).rstrip("'\".,)")), str(exc))
     name = type(exc).__name__
     return shown(f"{name}: {text}" if text else name, 120)
 
