@@ -103,3 +103,40 @@ def test_home_assistant_plays_an_announcement_through_the_esphome_api(
     sound = heard[loud[0] : loud[-1]]
     assert abs(len(sound) / RATE - 1.5) < 0.05, len(sound) / RATE
     assert abs(dominant_hz(sound, RATE) - 660) < 5
+
+
+def test_a_taken_port_or_a_bad_key_costs_the_esphome_api_not_the_daemon(
+    broker: Broker, make_daemon: DaemonFactory, probe: MqttProbe, node_id: str, tmp_path: Path
+) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))  # noqa: S104 (where Herald listens: every interface)
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        daemon = make_daemon(
+            broker, f"[esphome]\nenabled = true\nport = {port}\nmdns = false\n", as_sent=True
+        )
+        daemon.start(wait_until="herald: ready")
+        probe.publish(f"herald/{node_id}/say", "Still speaking.")
+        assert probe.events_until(lambda got: any(e["event"] == "finished" for e in got))
+        daemon.stop()
+    finally:
+        taken.close()
+    log = "\n".join(daemon.log_lines)
+    assert f"esphome: not served: cannot listen on port {port}" in log
+    assert "Traceback" not in log
+
+    (tmp_path / "bad_key").write_text("c2hvcnQ=\n")  # base64, 5 bytes
+    daemon = make_daemon(
+        broker,
+        f"[esphome]\nenabled = true\nport = {free_port()}\nmdns = false\n"
+        f'encryption_key_file = "{tmp_path / "bad_key"}"\n',
+        as_sent=True,
+    )
+    daemon.start(wait_until="herald: ready")
+    daemon.stop()
+    log = "\n".join(daemon.log_lines)
+    assert "esphome: not served: config error: the ESPHome encryption key from file" in log
+    assert "5 bytes, not 32" in log and "c2hvcnQ" not in log and "Traceback" not in log

@@ -366,7 +366,12 @@ def _esphome(
         return None
     from herald.esphome.service import build_esphome
 
-    return build_esphome(config, dispatcher, get_volume, set_volume)
+    try:
+        return build_esphome(config, dispatcher, get_volume, set_volume)
+    except ConfigError as exc:  # a bad key: the rest of Herald runs on
+        for line in exc.lines:
+            log.error("esphome: not served: %s", line)
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -375,7 +380,13 @@ async def _serving(esphome: EsphomeService | None) -> AsyncIterator[None]:
     if esphome is None:
         yield
         return
-    await esphome.start()
+    try:
+        await esphome.start()
+    except OSError as exc:  # the port is taken (another Herald?): the rest of Herald runs on
+        log.error("esphome: not served: cannot listen on port %d: %s", esphome.port, exc.strerror)
+        await esphome.close()
+        yield
+        return
     try:
         yield
     finally:

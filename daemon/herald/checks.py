@@ -59,8 +59,10 @@ def check_esphome(config: Config) -> CheckResult:
     from herald.esphome.service import device_name, encryption_key
 
     name = f"esphome {device_name(config)} on port {config.esphome.port}"
-    source = find_secret(config.esphome.encryption_key_file, "HERALD_ESPHOME_KEY", "esphome_key")
     try:
+        source = find_secret(
+            config.esphome.encryption_key_file, "HERALD_ESPHOME_KEY", "esphome_key"
+        )
         key = encryption_key(config)
     except ConfigError as exc:
         return CheckResult(name, False, exc.lines[0], "sudo ./install.sh --esphome-key")

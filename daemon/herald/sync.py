@@ -171,7 +171,6 @@ class ClockState:
     synchronized: bool
     estimated_error_s: float | None = None
     maximum_error_s: float | None = None
-    source: str = "adjtimex"
 
 
 def clock_problem(state: ClockState | None, max_error_s: float) -> str | None:

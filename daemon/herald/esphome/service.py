@@ -131,6 +131,10 @@ class EsphomeService:
     def volume_changed(self) -> None:
         self.player.volume_changed()
 
+    @property
+    def port(self) -> int:
+        return self._config.esphome.port
+
     async def start(self) -> None:
         await self.server.start()
         if self._config.esphome.mdns:

@@ -121,5 +121,5 @@ class Reader:
                 return value, position
             shift += 7
             if shift > 28:
-                raise FrameError("a varint longer than 4 bytes")
+                raise FrameError("a varint longer than 5 bytes")
         return None, position
