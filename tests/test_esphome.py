@@ -354,3 +354,35 @@ def test_a_daemon_without_the_esphome_api_never_loads_its_libraries() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_a_client_that_never_says_hello_is_closed_when_it_is_due(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every slot taken by clients that say nothing, or trickle a byte at a time: each holds
+    its slot only until its hello is due (the whole handshake, not each read), and Home
+    Assistant gets in after that."""
+    import herald.esphome.server as server_module
+
+    monkeypatch.setattr(server_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+
+    async def scenario() -> None:
+        async with herald_device() as (server, _):
+            _, trickler = await asyncio.open_connection("127.0.0.1", server.port)
+            silent = [
+                await asyncio.open_connection("127.0.0.1", server.port)
+                for _ in range(server_module.MAX_CLIENTS - 1)
+            ]
+            for _ in range(4):  # a byte every 0.2 s: each read comes in time, the hello never
+                trickler.write(b"\x00")
+                await asyncio.sleep(0.2)
+            await until(lambda: any("say hello in time" in r.getMessage() for r in caplog.records))
+            client = client_for(server)
+            await client.connect(login=True)
+            await client.disconnect()
+            for _, writer in silent:
+                writer.close()
+            trickler.close()
+
+    with caplog.at_level(logging.INFO, logger="herald"):
+        asyncio.run(scenario())

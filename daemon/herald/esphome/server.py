@@ -113,9 +113,12 @@ class EsphomeServer:
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "a client"
         if len(self._clients) >= MAX_CLIENTS:
-            log.warning("esphome: refused %s: %d clients already connected", where, MAX_CLIENTS)
-            writer.close()
-            return
+            waiting = [client for client in self._clients if not client.greeted]
+            if not waiting:
+                log.warning("esphome: refused %s: %d clients already connected", where, MAX_CLIENTS)
+                writer.close()
+                return
+            waiting[0].close()  # one that has not even said hello makes room for this one
         client = _Client(self, reader, writer, where)
         self._clients.add(client)
         try:
@@ -145,20 +148,28 @@ class _Client:
             None if key is None else NoiseResponder(key, server.device.name, server.device.mac)
         )
         self.subscribed = False
+        self.greeted = False  # it said hello (after the encryption's handshake, if any)
         self._done = False
 
     async def run(self) -> None:
+        """Until the client leaves: its hello within HANDSHAKE_TIMEOUT_S of connecting (the
+        handshake included, however it trickles in), then a message at least every
+        IDLE_TIMEOUT_S (Home Assistant pings every 20 s)."""
+        loop = asyncio.get_running_loop()
+        hello_by = loop.time() + HANDSHAKE_TIMEOUT_S
         try:
             while not self._done:
-                ready = self._noise is None or self._noise.ready
-                timeout = IDLE_TIMEOUT_S if ready else HANDSHAKE_TIMEOUT_S
-                data = await asyncio.wait_for(self._reader.read(65536), timeout)
+                left = IDLE_TIMEOUT_S if self.greeted else hello_by - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                data = await asyncio.wait_for(self._reader.read(65536), left)
                 if not data:
                     return
                 self._frames.feed(data)
                 self._take_frames()
         except TimeoutError:
-            log.info("esphome: %s said nothing for too long; closed", self.where)
+            what = "said nothing for too long" if self.greeted else "did not say hello in time"
+            log.info("esphome: %s %s; closed", self.where, what)
         except (FrameError, NoiseFailure, DecodeError) as exc:
             log.warning("esphome: closed %s: %s", self.where, shown(str(exc), 200))
         except ConnectionError:
@@ -201,6 +212,7 @@ class _Client:
     def _answer(self, message: Message) -> list[Message]:
         device, player = self._server.device, self._server.player
         if isinstance(message, HelloRequest):
+            self.greeted = True
             major, minor = API_VERSION
             info = f"Herald {__version__}"
             name = device.name
