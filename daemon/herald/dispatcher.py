@@ -149,12 +149,25 @@ class Dispatcher:
             self._emit(Event("rejected", None, details={"reason": "herald is shutting down"}))
             return None
         try:
-            announcement = media_announcement(url, priority, self._clock(), self._defaults, source)
+            return self._admit_media(url, priority, source)
+        except Exception as exc:  # a bug must cost one message (with an event), not the caller
+            log.exception("could not take media")
+            reason = f"internal error: {exc!r}"
+            self._emit(Event("rejected", None, details={"reason": reason, "source": source}))
+            return None
+
+    def _admit_media(self, url: str, priority: int, source: str) -> Announcement | None:
+        now = self._clock()
+        try:
+            announcement = media_announcement(url, priority, now, self._defaults, source)
         except PayloadRejected as exc:
             log.warning("rejected media from %s: %s", source, exc.reason)
             self._emit(Event("rejected", None, details={"reason": exc.reason, "source": source}))
             return None
-        log.info("%s: %s (priority %d)", announcement.id, announcement.text, priority)
+        if self._over_rate(announcement, source, now):  # the same limit as any MQTT topic's
+            self._emit(about(announcement, "rejected", {"reason": self._rate_reason(source)}))
+            return None
+        log.info("%s: %s (priority %d)", announcement.id, shown(announcement.text), priority)
         self._offer(announcement)
         return announcement
 
@@ -185,9 +198,7 @@ class Dispatcher:
             log.info("%s arrived again (a redelivery): Herald had it", announcement.id)
             return None
         if self._over_rate(announcement, source, now):
-            reason = (
-                f"rate limit: more than {self._rate[0] if self._rate else 0} a minute from {source}"
-            )
+            reason = self._rate_reason(source)
             self._emit(Event("rejected", announcement.id, details={"reason": reason}))
             return None
         self._offer(announcement)
@@ -199,6 +210,9 @@ class Dispatcher:
             announcement.text,
             announcement.priority,
         )
+
+    def _rate_reason(self, source: str) -> str:
+        return f"rate limit: more than {self._rate[0] if self._rate else 0} a minute from {source}"
 
     def _over_rate(self, announcement: Announcement, source: str, now: float) -> bool:
         """A flooding publisher cannot starve the others; critical ones always get through."""
