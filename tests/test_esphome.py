@@ -30,11 +30,14 @@ from aioesphomeapi.model import (
 from aioesphomeapi.model import MediaPlayerEntityState as PlayerState
 
 from herald.config import Config
+from herald.controls import Controls
 from herald.dispatcher import Dispatcher
 from herald.esphome.player import MediaPlayer
 from herald.esphome.server import Device, EsphomeServer
 from herald.esphome.service import device_name, stable_mac
 from herald.events import Event
+from herald.mqtt.topics import Topics
+from herald.node import Node
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER_KEY = base64.b64encode(bytes(range(1, 33))).decode()
@@ -47,6 +50,7 @@ class Actions:
     played: list[tuple[str, bool]] = field(default_factory=list)
     stops: int = 0
     level: float = 0.8
+    silent: bool = False
 
     def play(self, url: str, announce: bool) -> str | None:
         self.played.append((url, announce))
@@ -60,6 +64,12 @@ class Actions:
 
     def volume(self) -> float:
         return self.level
+
+    def set_muted(self, muted: bool) -> None:
+        self.silent = muted
+
+    def muted(self) -> bool:
+        return self.silent
 
 
 @asynccontextmanager
@@ -154,10 +164,13 @@ def test_commands_reach_herald_and_every_state_change_is_sent() -> None:
             await until(lambda: states[-1].volume == pytest.approx(0.35))
             client.media_player_command(key, command=MediaPlayerCommand.MUTE)
             await until(lambda: states[-1].muted)
-            assert actions.level == 0 and states[-1].volume == pytest.approx(0.35)
+            assert actions.muted() and states[-1].volume == pytest.approx(0.35)  # level kept
+            client.media_player_command(key, volume=0.5)  # set while muted: stays muted
+            await until(lambda: states[-1].volume == pytest.approx(0.5))
+            assert states[-1].muted and actions.muted()
             client.media_player_command(key, command=MediaPlayerCommand.UNMUTE)
             await until(lambda: not states[-1].muted)
-            assert actions.level == pytest.approx(0.35)
+            assert not actions.muted() and actions.level == pytest.approx(0.5)
             client.media_player_command(key, command=MediaPlayerCommand.STOP)
             await until(lambda: actions.stops == 1)
 
@@ -318,8 +331,9 @@ def test_the_device_is_announced_over_mdns_as_home_assistant_looks_for_it(
         config = Config.model_validate(
             {"node_id": f"mdns{port}", "esphome": {"enabled": True, "port": port}}
         )
-        queue = cast(Dispatcher, NoQueue())  # mDNS needs no queue
-        service = EsphomeService(config, queue, lambda: 1.0, lambda _: None, base64.b64decode(KEY))
+        queue = cast(Dispatcher, NoQueue())  # mDNS needs no queue, nor a node's volume
+        node = Node(config, Topics("herald", config.node_id), Controls(1.0))
+        service = EsphomeService(config, queue, node, base64.b64decode(KEY))
         await service.start()
         browser = AsyncZeroconf(ip_version=IPVersion.V4Only)
         try:

@@ -260,7 +260,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         build_delivery(config),
         amplifier=life.amplifier,
         ducker=life.ducker,
-        live_volume=lambda: controls.volume,
+        live_volume=lambda: 0.0 if controls.muted else controls.volume,
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
         device_problem=node.audio_problem,
         synchroniser=synchroniser,
@@ -277,7 +277,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         rate=(config.mqtt.rate_per_minute, config.mqtt.rate_burst),
     )
     node.attach(bridge, dispatcher, voices, synchroniser)
-    esphome = _esphome(config, dispatcher, lambda: controls.volume, node.set_volume)
+    esphome = _esphome(config, dispatcher, node)
     if esphome is not None:
         events.add(esphome.note)
         node.volume_changed = esphome.volume_changed
@@ -354,12 +354,7 @@ def _media_player(config: Config) -> Callable[[str], AsyncGenerator[Samples, Non
     )
 
 
-def _esphome(
-    config: Config,
-    dispatcher: Dispatcher,
-    get_volume: Callable[[], float],
-    set_volume: Callable[[float], None],
-) -> EsphomeService | None:
+def _esphome(config: Config, dispatcher: Dispatcher, node: Node) -> EsphomeService | None:
     """The ESPHome API, if enabled (only then are aioesphomeapi and zeroconf loaded: about 10 MB
     and a tenth of a second here, more on a Pi Zero)."""
     if not config.esphome.enabled:
@@ -367,7 +362,7 @@ def _esphome(
     from herald.esphome.service import build_esphome
 
     try:
-        return build_esphome(config, dispatcher, get_volume, set_volume)
+        return build_esphome(config, dispatcher, node)
     except ConfigError as exc:  # a bad key: the rest of Herald runs on
         for line in exc.lines:
             log.error("esphome: not served: %s", line)

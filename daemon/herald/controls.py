@@ -25,12 +25,13 @@ SAVE_INTERVAL_S = 1.0
 class Controls:
     volume: float
     quiet: bool = False
+    muted: bool = False  # Home Assistant's media player: silent, the volume kept as it was
 
     @classmethod
     def load(cls, path: Path, default_volume: float) -> Controls:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(float(data["volume"]), bool(data["quiet"]))
+            return cls(float(data["volume"]), bool(data["quiet"]), bool(data.get("muted", False)))
         except FileNotFoundError:
             return cls(default_volume)
         except (ValueError, KeyError, TypeError) as exc:

@@ -251,9 +251,16 @@ class Node:
         self.controls.volume = min(max(volume, 0.0), 1.0)
         self._controls_changed()
 
+    def set_muted(self, muted: bool) -> None:
+        """Muted (Home Assistant's media player): silent until unmuted, the volume kept."""
+        self.controls.muted = muted
+        self._controls_changed()
+
     def _controls_changed(self) -> None:
         self.controls_file.changed()
-        log.info("volume %.2f, quiet mode %s", self.controls.volume, self.controls.quiet)
+        controls = self.controls
+        muted = ", muted" if controls.muted else ""
+        log.info("volume %.2f%s, quiet mode %s", controls.volume, muted, controls.quiet)
         if self.status is not None:
             self.status.changed()
         self.volume_changed()

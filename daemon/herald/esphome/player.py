@@ -58,13 +58,15 @@ class PlayerActions(Protocol):
 
     def volume(self) -> float: ...
 
+    def set_muted(self, muted: bool) -> None: ...
+
+    def muted(self) -> bool: ...
+
 
 @dataclass
 class _Now:
     state: MediaPlayerState = MediaPlayerState.IDLE
     speaking: str | None = None  # the id of the announcement being spoken
-    muted: bool = False
-    volume_before_mute: float = 1.0
 
 
 def entity_key(object_id: str) -> int:
@@ -112,10 +114,9 @@ class MediaPlayer:
         )
 
     def state_message(self) -> MediaPlayerStateResponse:
-        volume = self._now.volume_before_mute if self._now.muted else self._actions.volume()
         state = _ON_THE_WIRE.get(self._now.state, self._now.state)
         return MediaPlayerStateResponse(
-            key=self.key, state=state, volume=volume, muted=self._now.muted
+            key=self.key, state=state, volume=self._actions.volume(), muted=self._actions.muted()
         )
 
     @property
@@ -152,23 +153,13 @@ class MediaPlayer:
     def _set_volume(self, volume: float) -> None:
         if not 0.0 <= volume <= 1.0:  # also NaN
             volume = min(max(volume, 0.0), 1.0) if volume == volume else 1.0
-        if self._now.muted:  # the new level applies when unmuted
-            self._now.volume_before_mute = volume
-            self._changed()
-            return
-        self._actions.set_volume(volume)
+        self._actions.set_volume(volume)  # muted or not: the level for when it is not
         self._changed()
 
     def _mute(self, mute: bool) -> None:
-        if mute == self._now.muted:
-            return
-        if mute:
-            self._now.volume_before_mute = self._actions.volume()
-            self._actions.set_volume(0.0)
-        else:
-            self._actions.set_volume(self._now.volume_before_mute)
-        self._now.muted = mute
-        self._changed()
+        if mute != self._actions.muted():
+            self._actions.set_muted(mute)
+            self._changed()
 
     def note(self, event: Event) -> None:
         """An event of Herald's: the state follows what it speaks."""

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import re
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ from herald.esphome.noise import decode_key
 from herald.esphome.player import MediaPlayer
 from herald.esphome.server import API_VERSION, Device, EsphomeServer
 from herald.events import Event
+from herald.node import Node
 
 if TYPE_CHECKING:
     from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
@@ -64,17 +64,10 @@ def encryption_key(config: Config) -> bytes | None:
 class _Actions:
     """What the media player's commands do: the queue, and the one volume Herald has."""
 
-    def __init__(
-        self,
-        config: Config,
-        dispatcher: Dispatcher,
-        get_volume: Callable[[], float],
-        set_volume: Callable[[float], None],
-    ) -> None:
+    def __init__(self, config: Config, dispatcher: Dispatcher, node: Node) -> None:
         self._cfg = config.esphome
         self._dispatcher = dispatcher
-        self._get_volume = get_volume
-        self._set_volume = set_volume
+        self._node = node
 
     def play(self, url: str, announce: bool) -> str | None:
         level = self._cfg.announce_priority if announce else self._cfg.media_priority
@@ -86,10 +79,16 @@ class _Actions:
             log.info("esphome: stop: nothing was playing")
 
     def set_volume(self, volume: float) -> None:
-        self._set_volume(volume)
+        self._node.set_volume(volume)
 
     def volume(self) -> float:
-        return self._get_volume()
+        return self._node.controls.volume
+
+    def set_muted(self, muted: bool) -> None:
+        self._node.set_muted(muted)
+
+    def muted(self) -> bool:
+        return self._node.controls.muted
 
 
 class EsphomeService:
@@ -99,8 +98,7 @@ class EsphomeService:
         self,
         config: Config,
         dispatcher: Dispatcher,
-        get_volume: Callable[[], float],
-        set_volume: Callable[[float], None],
+        node: Node,
         key: bytes | None,
     ) -> None:
         self._config = config
@@ -110,7 +108,7 @@ class EsphomeService:
             mac=stable_mac(config),
             key=key,
         )
-        actions = _Actions(config, dispatcher, get_volume, set_volume)
+        actions = _Actions(config, dispatcher, node)
         self.player = MediaPlayer(
             name=config.home_assistant.name or f"Herald {config.node_id}",
             object_id=f"{config.node_id}_speaker",
@@ -200,10 +198,5 @@ def _addresses() -> list[str]:
     return found or ["127.0.0.1"]
 
 
-def build_esphome(
-    config: Config,
-    dispatcher: Dispatcher,
-    get_volume: Callable[[], float],
-    set_volume: Callable[[float], None],
-) -> EsphomeService:
-    return EsphomeService(config, dispatcher, get_volume, set_volume, encryption_key(config))
+def build_esphome(config: Config, dispatcher: Dispatcher, node: Node) -> EsphomeService:
+    return EsphomeService(config, dispatcher, node, encryption_key(config))
