@@ -212,7 +212,12 @@ def test_broker_restart_reconnects_and_republishes_availability_and_discovery(
         daemon.wait_for_log("lost the connection")
         broker.start()
         wait_for(lambda: sum("subscribed to" in x for x in daemon.log_lines) >= 2, 30, "resub")
-        assert retained_bytes(broker, f"herald/{node_id}/availability") == b"online"
+        # `online` is published after the resubscription is logged: wait for it to land.
+        wait_for(
+            lambda: retained_bytes(broker, f"herald/{node_id}/availability") == b"online",
+            10,
+            "availability online again",
+        )
         configs = collect_discovery(broker, node_id)  # retained, and published anew
         assert len(configs) == 9
     finally:
