@@ -63,6 +63,7 @@ from herald.speaker import Delivery, Speaker
 from herald.voice import voices_running
 from herald.voice.base import Voice
 from herald.voice.cache import PhraseCache
+from herald.voice.cached import CachedVoice
 from herald.voice.deepgram import DeepgramVoice
 from herald.voice.espeak import EspeakVoice
 from herald.voice.gateway import GatewayVoice
@@ -449,7 +450,7 @@ async def _cached_source(
         stored[text] = audio
     sink = RecordingSink()
     voice = ScaledVoice(engine, espeak, -20.0)  # never asked when the cache answers
-    speaker = Speaker([voice], sink, announcer.events.append, delivery, cache=cache)
+    speaker = Speaker([CachedVoice(voice, cache)], sink, announcer.events.append, delivery)
     try:
         for text in texts:
             heard = measure(await announcer.say(speaker, sink, text), RATE)

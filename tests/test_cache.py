@@ -1,5 +1,6 @@
-"""The phrase cache: on disk, bounded, keyed by the voice that spoke; the Speaker plays a hit at
-once with no network, and keeps only what a cloud voice said to the end; `herald cache`."""
+"""The phrase cache: on disk, bounded, keyed by the voice that spoke; a cloud voice wrapped in it
+(CachedVoice) is heard at once with no network, and keeps only what it said to the end of an
+announcement that finished; `herald cache`."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from herald.announcement import Announcement
 from herald.config import Config, EspeakConfig, GatewayConfig, SlngConfig, parse_config
 from herald.events import Event
 from herald.speaker import Delivery, Speaker
-from herald.voice import build_cache, cached_voices, open_cache, voices_running
+from herald.voice import build_cache, build_voices, cached_voices, open_cache, voices_running
 from herald.voice.base import Voice
 from herald.voice.cache import CacheKey, PhraseCache
+from herald.voice.cached import CachedVoice, with_phrase_cache
 from herald.voice.espeak import EspeakVoice
 from herald.voice.gateway import GatewayVoice
 from herald.voice.slng import SlngVoice
@@ -125,7 +127,20 @@ def test_build_cache_follows_the_config(tmp_path: Path) -> None:
     assert build_cache(off) is None
 
 
-# --- the Speaker and the cache --------------------------------------------------------------------
+def test_the_daemons_cloud_voices_keep_their_phrases_and_espeak_does_not(tmp_path: Path) -> None:
+    engines = {"engines": ["gateway", "espeak"]}
+    config = parse_config({"state_dir": str(tmp_path), "voice": engines}, "t")
+    gateway, espeak = build_voices(config, phrase_cache=True)
+    assert isinstance(gateway, CachedVoice) and gateway.name == "gateway"
+    assert isinstance(espeak, EspeakVoice)
+    assert not any(isinstance(voice, CachedVoice) for voice in build_voices(config))  # `say`
+    off = parse_config(
+        {"state_dir": str(tmp_path), "voice": {**engines, "cache": {"enabled": False}}}, "t"
+    )
+    assert not any(isinstance(voice, CachedVoice) for voice in build_voices(off, phrase_cache=True))
+
+
+# --- the Speaker and the cached voices ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -149,12 +164,20 @@ def voice_for(engine: str, server: LoopbackServer) -> Voice:
 
 
 class Rig:
-    """A Speaker with a cache and a recording output, and the events it emitted."""
+    """A Speaker whose cloud voices keep their phrases in a cache, a recording output, and the
+    events it emitted."""
 
     def __init__(self, voices: list[Voice], cache: PhraseCache | None) -> None:
         self.sink = RecordingSink()
         self.events: list[Event] = []
-        self.speaker = Speaker(voices, self.sink, self.events.append, Delivery(RATE), cache=cache)
+        self.voices = voices if cache is None else with_phrase_cache(voices, cache)
+        self.speaker = Speaker(self.voices, self.sink, self.events.append, Delivery(RATE))
+
+    async def written(self) -> None:
+        """Wait until the audio of the announcements spoken so far is in the cache."""
+        for voice in self.voices:
+            if isinstance(voice, CachedVoice):
+                await voice.written()
 
     async def say(self, announcement: Announcement) -> tuple[bool, float]:
         """Speak it; return whether it was heard and the seconds to its first samples."""
@@ -191,7 +214,7 @@ def test_the_second_play_opens_no_socket_and_starts_within_milliseconds(
                 await server.wait_for_connections(1)
                 ok, live = await rig.say(Announcement("a1", text))
                 assert ok
-                await rig.speaker.cache_written()  # the second play reads it from the disk
+                await rig.written()  # the second play reads it from the disk
                 heard_live = rig.sink.samples()
                 before = (server.connections, server.syntheses, len(server.received))
                 ok, cached = await rig.say(Announcement("a2", text))
@@ -222,7 +245,7 @@ def test_a_cut_off_announcement_is_never_kept(tmp_path: Path) -> None:
                 speaking.cancel()  # a preemption or a stop
                 with pytest.raises(asyncio.CancelledError):
                     await speaking
-                await rig.speaker.cache_written()
+                await rig.written()
         return cache
 
     cache = asyncio.run(asyncio.wait_for(scenario(), 60))
@@ -238,12 +261,12 @@ def test_a_fallback_voice_is_never_kept_as_the_primary(tmp_path: Path) -> None:
                 await server.wait_for_connections(1)
                 server.options.provider_fails = True
                 assert (await rig.say(Announcement("a1", "Said by espeak.")))[0]
-                await rig.speaker.cache_written()
+                await rig.written()
                 assert cache.entries() == []  # espeak-ng's audio is not kept at all
                 server.options.provider_fails = False
                 await server.wait_until(lambda: server.open_connections == 1)
                 assert (await rig.say(Announcement("a2", "Said by espeak.")))[0]
-                await rig.speaker.cache_written()
+                await rig.written()
             return rig, server, cache
 
     rig, server, cache = asyncio.run(asyncio.wait_for(scenario(), 60))
@@ -260,7 +283,7 @@ def test_with_every_engine_down_cached_phrases_are_still_spoken(tmp_path: Path) 
             async with running([voice_for("gateway", server)], cache) as rig:
                 await server.wait_for_connections(1)
                 assert (await rig.say(Announcement("a1", "Front door open.")))[0]
-                await rig.speaker.cache_written()
+                await rig.written()
         # The fake is gone: nothing answers on its port. A restart, with a new cache object.
         async with FakeSlng(FakeSlngOptions(handshake_status=503)) as slng:
             gateway = GatewayVoice(GatewayConfig(url=gateway_url, connect_wait_s=0.5), RATE)
@@ -289,7 +312,7 @@ def test_cache_false_neither_reads_nor_writes(tmp_path: Path) -> None:
                 await server.wait_for_connections(1)
                 assert (await rig.say(NoCache("a1", "Fresh every time.")))[0]
                 assert (await rig.say(NoCache("a2", "Fresh every time.")))[0]
-                await rig.speaker.cache_written()
+                await rig.written()
             return server, cache
 
     server, cache = asyncio.run(asyncio.wait_for(scenario(), 60))

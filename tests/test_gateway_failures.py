@@ -23,6 +23,7 @@ from herald.speaker import Delivery, Speaker
 from herald.voice import gateway, voices_running
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import PhraseCache
+from herald.voice.cached import CachedVoice, with_phrase_cache
 from herald.voice.espeak import EspeakVoice
 from herald.voice.gateway import GatewayVoice
 from tests.fake_deepgram import synthesize
@@ -61,13 +62,16 @@ class Rig:
         self.sink = RecordingSink()
         self.events: list[Event] = []
         self.cache = cache
-        self.speaker = Speaker(voices, self.sink, self.events.append, Delivery(RATE), cache=cache)
+        self.voices = with_phrase_cache(voices, cache)
+        self.speaker = Speaker(self.voices, self.sink, self.events.append, Delivery(RATE))
 
     async def say(self, announcement_id: str, text: str = TEXT) -> str:
         """Speak it; the voice that finished it."""
         self.sink.reset()
         assert await self.speaker.speak(Announcement(announcement_id, text))
-        await self.speaker.cache_written()
+        for voice in self.voices:
+            if isinstance(voice, CachedVoice):
+                await voice.written()
         [finished] = [
             e for e in self.events if e.kind == "finished" and e.announcement_id == announcement_id
         ]

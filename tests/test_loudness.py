@@ -23,6 +23,7 @@ from herald.audio.meter import Meter, measure
 from herald.config import EspeakConfig
 from herald.speaker import Delivery, Speaker
 from herald.voice.cache import PhraseCache
+from herald.voice.cached import CachedVoice
 from herald.voice.espeak import EspeakVoice
 from tests.fake_slng import RecordingSink
 from tests.test_voice_and_speaker import StubVoice
@@ -251,7 +252,7 @@ def test_a_cached_phrase_is_levelled_exactly(tmp_path: Path) -> None:
     cache.store(cache.key("gateway", "Cached words.") or pytest.fail("no key"), quiet)
     sink = RecordingSink()
     voice = LevelVoice("gateway", -10.0)  # never asked: the cache answers
-    speaker = Speaker([voice], sink, lambda _: None, levelled(tmp_path), cache=cache)
+    speaker = Speaker([CachedVoice(voice, cache)], sink, lambda _: None, levelled(tmp_path))
     heard = say(speaker, sink, "Cached words.")
     assert len(heard) == len(quiet)
     assert measure(heard, RATE).lufs == pytest.approx(-18.0, abs=0.5)

@@ -42,7 +42,7 @@ from herald.scheduler import Outcome, QuietHours, Scheduler
 from herald.signals import Signals
 from herald.speaker import Delivery, Speaker
 from herald.systemd import Notifier, keep_watchdog_fed, watchdog_interval_s
-from herald.voice import Voice, build_cache, build_voices, voice_identities, voices_running
+from herald.voice import Voice, build_voices, voice_identities, voices_running
 
 if TYPE_CHECKING:
     from herald.esphome.service import EsphomeService
@@ -253,7 +253,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
     )
     bridge.adopt(life.unsent)
     life.unsent = []
-    voices = build_voices(config)
+    voices = build_voices(config, phrase_cache=True)
     synchroniser = Synchroniser(config.sync, config.node_id, publish=node.send_proposal)
     events = EventFanOut(node.emit)  # and Home Assistant's ESPHome media player, if any
     delivery = replace(
@@ -266,7 +266,7 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         synchroniser=synchroniser,
         media=_media_player(config),
     )
-    speaker = Speaker(voices, output, events.emit, delivery, cache=build_cache(config))
+    speaker = Speaker(voices, output, events.emit, delivery)
     dispatcher = Dispatcher(
         speaker,
         life.scheduler,

@@ -19,10 +19,11 @@ An announcement that reached several rooms is agreed with the other rooms first 
 while the voice already runs and the amplifier warms up): its first sound is then placed on the
 output at the agreed instant, and the output keeps it in step (herald.audio.alsa).
 
-With a phrase cache, each voice's cached audio of the exact text is played before that voice is
-even asked (no network, first samples within milliseconds), and the audio a cloud voice spoke is
-kept once the announcement has finished completely (never a cut-off one), under the name of the
-voice that actually spoke it.
+A voice that keeps its phrases (herald.voice.cached.CachedVoice, the cloud voices when the phrase
+cache is on) is first asked to recall the exact text: that whole audio is played before the voice
+is even asked to speak (no network, first samples within milliseconds). The Speaker tells these
+voices whether each announcement finished completely, so that only a whole one's audio is kept;
+an announcement with `cache: false` neither recalls nor keeps.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ from herald.events import EventKind, EventSink, about
 from herald.logsafe import shown
 from herald.rooms import Agreed, Synchroniser
 from herald.voice.base import Voice, VoiceError
-from herald.voice.cache import CacheKey, PhraseCache, concatenate
+from herald.voice.cached import CachedVoice
 
 log = logging.getLogger(__name__)
 
 MEDIA = "media"  # the "voice" of an announcement that plays a URL, in its events and levels
 REPEAT_PAUSE_MS = 600  # between the repeats of an announcement
-CACHED_CHUNK_MS = 40  # cached audio goes out in pieces, so a resume position stays accurate
+CACHED_CHUNK_MS = 40  # recalled audio goes out in pieces, so a resume position stays accurate
 DEVICE_FAULTS_MAX = 3  # the device failing an announcement this often fails it for good
 # How far the voice may run ahead of the chime: longer than any chime (at most 10 s), so a voice
 # that is quick to start never waits on it, and small (about 1 MB at 48 kHz).
@@ -102,7 +103,6 @@ class Speaker:
         emit: EventSink,
         delivery: Delivery,
         clock: Callable[[], float] = time.monotonic,
-        cache: PhraseCache | None = None,
     ) -> None:
         if not voices:
             raise ValueError("a Speaker needs at least one voice")
@@ -111,13 +111,10 @@ class Speaker:
         self._emit = emit
         self._delivery = delivery
         self._clock = clock
-        self._cache = cache
+        self._keeping = [voice for voice in voices if isinstance(voice, CachedVoice)]
         self._last_sound_at = float("-inf")
         self.speech_seconds = 0.0  # of the announcement being spoken: where a resume starts
-        self._fresh: dict[CacheKey, Samples] = {}  # this announcement's cloud audio so far
-        self._unwritten: dict[CacheKey, Samples] = {}  # finished, on its way to the disk
-        self._writing: set[asyncio.Task[None]] = set()
-        self._from_cache = False  # the round being spoken comes from the cache
+        self._from_cache = False  # the round being spoken was recalled from the phrase cache
         self._humming: Humming | None = None  # the keep-awake tone, while idle
         self._agreed: Agreed | None = None  # when the one being spoken starts in every room
 
@@ -136,6 +133,8 @@ class Speaker:
                 self._delivery.amplifier.idle()
             if self._delivery.ducker is not None:
                 self._delivery.ducker.idle()
+            for cached in self._keeping:
+                cached.forget()  # a cut-off or failed one's audio is never kept
             self._keep_awake()
 
     async def _speak(self, announcement: Announcement) -> bool:
@@ -205,7 +204,7 @@ class Speaker:
                 return False
             if not waited:
                 log.warning(
-                    "announcement %s waits for the audio device: %s (trying again every %.0f s)",
+                    "announcement %s waits for the audio device: %s (trying again every %g s)",
                     announcement.id,
                     problem,
                     retry_s,
@@ -217,7 +216,8 @@ class Speaker:
     async def _speak_once(self, announcement: Announcement) -> str:
         """Play it through once, on an open output; the name of the voice that spoke it."""
         self.speech_seconds = 0.0
-        self._fresh = {}
+        for cached in self._keeping:
+            cached.forget()  # spoken again from its start: asked again
         gain = self._delivery.gain_for(announcement)
         # The voice starts at once: its first audio comes while the amplifier warms up, the
         # music is lowered and the rooms agree, not after.
@@ -265,7 +265,8 @@ class Speaker:
             duration_s=round(self.speech_seconds, 3),
             **self._cached_detail(),
         )
-        self._keep_fresh_audio()
+        for cached in self._keeping:
+            cached.keep()
 
     @property
     def _rate(self) -> int:
@@ -341,7 +342,7 @@ class Speaker:
         """The text as audio from the first voice that speaks it to the end, levelled.
 
         A voice that fails, even halfway, hands the whole text to the next one: the listener may
-        hear a beginning twice, but never loses the end. A voice's cached audio of the text is
+        hear a beginning twice, but never loses the end. What a voice recalls of the text is
         played instead of asking the voice (and, being whole, is levelled exactly).
         """
         self._from_cache = False
@@ -351,25 +352,19 @@ class Speaker:
             return
         problems: list[str] = []
         for voice in self._voices:
-            key = self._cache_key(announcement, voice.name)
-            if key is not None and (cached := await self._cached(key)) is not None:
-                self._from_cache = key not in self._fresh  # not a repeat of what it just said
-                gain = levelling.gain_of(cached)  # whole: measured, so levelled exactly
-                step = ms_to_frames(CACHED_CHUNK_MS, self._rate)
-                for start in range(0, len(cached), step):
-                    if len(piece := levelling.push(cached[start : start + step], gain)):
-                        yield voice.name, piece
-                if len(held := levelling.flush()):
-                    yield voice.name, held
+            keeping = voice if isinstance(voice, CachedVoice) and announcement.cache else None
+            recalled = None if keeping is None else await keeping.recall(announcement.text)
+            if recalled is not None:
+                self._from_cache = recalled.from_cache
+                async for piece in self._whole(recalled.samples, levelling):
+                    yield voice.name, piece
                 return
-            kept = None if key is None or not self._cache else _Kept(self._cache.max_entry_bytes)
             produced = False
             try:
-                async with contextlib.aclosing(voice.stream(announcement.text)) as chunks:
+                live = voice.stream if keeping is None else keeping.stream_keeping
+                async with contextlib.aclosing(live(announcement.text)) as chunks:
                     async for chunk in chunks:
                         produced = True
-                        if kept is not None:
-                            kept.add(chunk)
                         if len(levelled := levelling.live(voice.name, chunk)):
                             yield voice.name, levelled
             except VoiceError as exc:
@@ -382,11 +377,19 @@ class Speaker:
                 levelling.spoken_to_the_end(voice.name)
                 if len(held := levelling.flush()):
                     yield voice.name, held
-                if key is not None and kept is not None and (audio := kept.samples()) is not None:
-                    self._fresh[key] = audio
                 return
             problems.append(f"{voice.name}: produced no audio")
         raise VoiceError("no voice could speak: " + "; ".join(problems))
+
+    async def _whole(self, audio: Samples, levelling: Levelling) -> AsyncGenerator[Samples, None]:
+        """Whole audio (recalled), levelled exactly (measured first), in CACHED_CHUNK_MS pieces."""
+        gain = levelling.gain_of(audio)
+        step = ms_to_frames(CACHED_CHUNK_MS, self._rate)
+        for start in range(0, len(audio), step):
+            if len(piece := levelling.push(audio[start : start + step], gain)):
+                yield piece
+        if len(held := levelling.flush()):
+            yield held
 
     async def _media(self, url: str, levelling: Levelling) -> AsyncGenerator[Samples, None]:
         """The media at `url` as it downloads, levelled like a voice of its own."""
@@ -403,49 +406,6 @@ class Speaker:
         levelling.spoken_to_the_end(MEDIA)
         if len(held := levelling.flush()):
             yield held
-
-    # --- the phrase cache -------------------------------------------------------------------
-
-    def _cache_key(self, announcement: Announcement, engine: str) -> CacheKey | None:
-        """The cache key of this voice speaking this text; None: no cache, or not this time."""
-        if self._cache is None or not announcement.cache:
-            return None
-        return self._cache.key(engine, announcement.text)
-
-    async def _cached(self, key: CacheKey) -> Samples | None:
-        """The audio kept for this key: from this announcement's earlier round, from one whose
-        audio is still being written, or from the disk."""
-        assert self._cache is not None
-        if (kept := self._fresh.get(key, self._unwritten.get(key))) is not None:
-            return kept
-        return await asyncio.to_thread(self._cache.lookup, key)
-
-    def _keep_fresh_audio(self) -> None:
-        """Write what the cloud voices said to the cache, in a thread, after the announcement
-        (a task of its own: the announcement has finished and nothing may cancel it now)."""
-        fresh, self._fresh = self._fresh, {}
-        if self._cache is None or not fresh:
-            return
-        self._unwritten.update(fresh)
-        task = asyncio.create_task(self._write(self._cache, fresh), name="phrase-cache-write")
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
-
-    async def _write(self, cache: PhraseCache, fresh: dict[CacheKey, Samples]) -> None:
-        try:
-            for key, samples in fresh.items():
-                await asyncio.to_thread(cache.store, key, samples)
-        except OSError as exc:
-            log.warning("cache: cannot write to %s: %s", cache.directory, exc)
-        finally:
-            for key, samples in fresh.items():
-                if self._unwritten.get(key) is samples:
-                    del self._unwritten[key]
-
-    async def cache_written(self) -> None:
-        """Wait until the audio of the announcements spoken so far is in the cache."""
-        if self._writing:
-            await asyncio.wait(self._writing)
 
     def _cached_detail(self) -> dict[str, object]:
         return {"cached": True} if self._from_cache else {}
@@ -475,27 +435,6 @@ class Humming:
             await _cancel(self._task)
         finally:
             self._output.drop()
-
-
-class _Kept:
-    """A voice's audio, collected for the cache; given up once it is too large to keep."""
-
-    def __init__(self, limit_bytes: int) -> None:
-        self._chunks: list[Samples] | None = []
-        self._bytes = 0
-        self._limit = limit_bytes
-
-    def add(self, chunk: Samples) -> None:
-        if self._chunks is None:
-            return
-        self._bytes += 2 * len(chunk)
-        if self._bytes > self._limit:
-            self._chunks = None
-        else:
-            self._chunks.append(chunk)
-
-    def samples(self) -> Samples | None:
-        return concatenate(self._chunks) if self._chunks else None
 
 
 @dataclass

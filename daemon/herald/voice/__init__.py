@@ -1,5 +1,5 @@
-"""Voices: each turns text into audio; `build_voices` makes the configured fallback chain and
-`build_cache` the phrase cache that keeps what the cloud voices said."""
+"""Voices: each turns text into audio; `build_voices` makes the configured fallback chain, for the
+daemon with its cloud voices keeping their phrases in the phrase cache (`build_cache`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from pathlib import Path
 from herald.config import Config, read_secret
 from herald.voice.base import Voice, VoiceError
 from herald.voice.cache import MB, PhraseCache
+from herald.voice.cached import CachedVoice, with_phrase_cache
 from herald.voice.deepgram import DeepgramVoice
 from herald.voice.espeak import EspeakVoice
 from herald.voice.gateway import GatewayVoice
 from herald.voice.slng import SlngVoice
 
 __all__ = [
+    "CachedVoice",
     "PhraseCache",
     "Voice",
     "VoiceError",
@@ -28,9 +30,16 @@ __all__ = [
 ]
 
 
-def build_voices(config: Config) -> list[Voice]:
-    """The voices named in `voice.engines`, in order: the first that works speaks."""
-    return [_build_voice(config, name) for name in config.voice.engines]
+def build_voices(config: Config, *, phrase_cache: bool = False) -> list[Voice]:
+    """The voices named in `voice.engines`, in order: the first that works speaks.
+
+    With `phrase_cache` (the daemon's) and `voice.cache.enabled`, each cloud voice is a
+    CachedVoice, all sharing one PhraseCache; without (`herald say --local`, `herald check`),
+    nothing is recalled or kept.
+    """
+    voices = [_build_voice(config, name) for name in config.voice.engines]
+    cache = build_cache(config) if phrase_cache else None
+    return voices if cache is None else with_phrase_cache(voices, cache)
 
 
 def _build_voice(config: Config, name: str) -> Voice:
@@ -85,7 +94,8 @@ def open_cache(config: Config) -> PhraseCache:
 
 
 def build_cache(config: Config) -> PhraseCache | None:
-    """The phrase cache the Speaker uses, or None when `voice.cache.enabled` is false."""
+    """The phrase cache the daemon's voices keep their phrases in, or None when
+    `voice.cache.enabled` is false."""
     return open_cache(config) if config.voice.cache.enabled else None
 
 

@@ -5,7 +5,8 @@ spoke, that engine's voice, the sample rate and the exact text): `<hash>.pcm`, t
 16-bit little-endian mono PCM at the output rate, and `<hash>.json`, the key and its size for
 `herald cache list`. Because the engine that actually spoke is part of the key, a lookup for one
 engine never finds another's audio: a fallback voice's words are never heard as the primary's.
-Only engines named in `voices` are kept; espeak-ng is not (it is local and starts at once).
+Only engines named in `voices` are kept; espeak-ng is not (it is local and starts at once). This
+is the store; what a voice keeps, and when, is herald.voice.cached's (CachedVoice).
 
 Each file is written to a temporary name and renamed, the `.json` before the `.pcm`, so a `.pcm`
 always belongs to a complete entry, even after a crash. The cache is bounded by the total size of
