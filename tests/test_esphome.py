@@ -30,14 +30,12 @@ from aioesphomeapi.model import (
 from aioesphomeapi.model import MediaPlayerEntityState as PlayerState
 
 from herald.config import Config
-from herald.controls import Controls
+from herald.controls import ControlPanel, Controls
 from herald.dispatcher import Dispatcher
 from herald.esphome.player import MediaPlayer
 from herald.esphome.server import Device, EsphomeServer
 from herald.esphome.service import device_name, stable_mac
 from herald.events import Event
-from herald.mqtt.topics import Topics
-from herald.node import Node
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER_KEY = base64.b64encode(bytes(range(1, 33))).decode()
@@ -331,9 +329,9 @@ def test_the_device_is_announced_over_mdns_as_home_assistant_looks_for_it(
         config = Config.model_validate(
             {"node_id": f"mdns{port}", "esphome": {"enabled": True, "port": port}}
         )
-        queue = cast(Dispatcher, NoQueue())  # mDNS needs no queue, nor a node's volume
-        node = Node(config, Topics("herald", config.node_id), Controls(1.0))
-        service = EsphomeService(config, queue, node, base64.b64decode(KEY))
+        queue = cast(Dispatcher, NoQueue())  # mDNS needs no queue, nor the volume
+        panel = ControlPanel(Controls(1.0), config.state_dir / "controls.json")
+        service = EsphomeService(config, queue, panel, base64.b64decode(KEY))
         await service.start()
         browser = AsyncZeroconf(ip_version=IPVersion.V4Only)
         try:

@@ -14,25 +14,22 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from herald.announcement import NO_DEFAULTS
+from herald.app import assemble, build_scheduler
 from herald.config import Config
-from herald.controls import Controls
 from herald.dispatcher import Dispatcher
 from herald.events import Event
 from herald.journal import QueueJournal
 from herald.mqtt import hermes
-from herald.mqtt.client import Inbound, MqttBridge
+from herald.mqtt.client import Inbound
 from herald.mqtt.hermes import MAX_WAITING, HermesBridge
 from herald.mqtt.topics import Topics
 from herald.node import Node
-from herald.rooms import Synchroniser
-from herald.scheduler import Scheduler
-from herald.speaker import Delivery, Speaker
+from herald.speaker import Delivery
 from tests.fake_slng import RecordingSink
 from tests.test_voice_and_speaker import ToneVoice
 
@@ -56,7 +53,7 @@ class Broker:
     def publish(
         self,
         topic: str,
-        payload: str,
+        payload: bytes | str,
         qos: int = 1,
         retain: bool = False,
         on_acknowledged: Callable[[], None] | None = None,
@@ -112,20 +109,31 @@ messages = st.builds(
 
 
 def herald_in_a_box(state_dir: Path) -> tuple[Node, Dispatcher, Broker]:
+    """The daemon's own parts (herald.app.assemble) around a broker stand-in, a tone voice
+    and a recording output."""
     config = Config.model_validate(
-        {"node_id": "prop", "state_dir": str(state_dir), "hermes": {"enabled": True}}
+        {
+            "node_id": "prop",
+            "state_dir": str(state_dir),
+            "hermes": {"enabled": True},
+            "queue": {"max_length": 5},
+            "mqtt": {"rate_per_minute": 100_000, "rate_burst": 100_000},
+        }
     )
     journal = QueueJournal(state_dir / "queue.journal")
     journal.load()
-    node = Node(config, TOPICS, Controls(1.0), journal)
     broker = Broker()
-    speaker = Speaker([ToneVoice()], RecordingSink(), node.emit, Delivery(16000))
-    dispatcher = Dispatcher(
-        speaker, Scheduler(max_length=5), node.emit, NO_DEFAULTS, 16384, journal=journal
+    core = assemble(
+        config,
+        TOPICS,
+        build_scheduler(config),
+        journal,
+        broker,
+        [ToneVoice()],
+        RecordingSink(),
+        Delivery(16000),
     )
-    synchroniser = Synchroniser(config.sync, config.node_id, publish=node.send_proposal)
-    node.attach(cast(MqttBridge, broker), dispatcher, [ToneVoice()], synchroniser)
-    return node, dispatcher, broker
+    return core.node, core.dispatcher, broker
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -176,7 +184,6 @@ async def deliver(arriving: list[Inbound], state: Path, trace: Trace) -> Broker:
     node.route(Inbound(TOPICS.say, json.dumps({"text": "Still here.", "id": "after"}).encode()))
     dispatcher.stop_current()
     dispatcher.clear_queue()
-    node.close()
     return broker
 
 

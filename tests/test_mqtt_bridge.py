@@ -56,11 +56,10 @@ async def receive(
         config,
         client_id,
         [topic],
-        handle,
         persistent=True,
         before_ack=lambda: slow_sync(syncs, len(received)),
     )
-    async with bridge:
+    async with bridge.serving(handle):
         assert await bridge.wait_connected(10)
         if count:
             await asyncio.wait_for(enough.wait(), 60)
@@ -97,7 +96,7 @@ def test_a_flood_of_publishes_waits_its_turn_in_order_and_none_is_lost(broker: B
     async def flood() -> tuple[list[int], int]:
         acknowledged: list[int] = []
         config = MqttConfig(host=broker.host, port=broker.port)
-        async with MqttBridge(config, f"flood-{uuid.uuid4()}", [], lambda _: None) as bridge:
+        async with MqttBridge(config, f"flood-{uuid.uuid4()}", []) as bridge:
             assert await bridge.wait_connected(10)
             for n in range(count):
                 bridge.publish(topic, str(n), on_acknowledged=partial(acknowledged.append, n))
@@ -139,7 +138,8 @@ def test_qos0_messages_beyond_what_can_wait_are_dropped_and_counted(
 
     async def run() -> None:
         config = MqttConfig(host=broker.host, port=broker.port)
-        async with MqttBridge(config, f"qos0-{uuid.uuid4()}", [topic], slow_at_first) as bridge:
+        qos0 = MqttBridge(config, f"qos0-{uuid.uuid4()}", [topic])
+        async with qos0.serving(slow_at_first) as bridge:
             assert await bridge.wait_connected(10)
             sender = MqttProbe(broker)
             for n in range(count):
@@ -166,7 +166,7 @@ def test_what_one_bridge_could_not_send_the_next_one_sends_first(broker: Broker)
     async def run() -> None:
         away = MqttConfig(host=broker.host, port=free_port(), reconnect_max_s=1)
         availability = f"{topic}/availability"
-        bridge = MqttBridge(away, f"old-{uuid.uuid4()}", [], lambda _: None, availability)
+        bridge = MqttBridge(away, f"old-{uuid.uuid4()}", [], availability)
         async with bridge as old:
             for n in range(150):
                 old.publish(topic, str(n), on_acknowledged=partial(acknowledged.append, n))
@@ -174,7 +174,7 @@ def test_what_one_bridge_could_not_send_the_next_one_sends_first(broker: Broker)
         leftover = old.leftover()
         assert len(leftover) == 150 and not acknowledged
         here = MqttConfig(host=broker.host, port=broker.port)
-        async with MqttBridge(here, f"new-{uuid.uuid4()}", [], lambda _: None) as new:
+        async with MqttBridge(here, f"new-{uuid.uuid4()}", []) as new:
             new.adopt(leftover)
             new.publish(topic, "the new bridge's own")
             assert await new.wait_connected(10)
@@ -203,7 +203,8 @@ def test_a_message_far_over_the_payload_limit_is_never_sent_to_herald(broker: Br
     async def run() -> None:
         config = MqttConfig(host=broker.host, port=broker.port, max_payload_bytes=16384)
         handle = lambda message: received.append(len(message.payload))  # noqa: E731
-        async with MqttBridge(config, f"big-{uuid.uuid4()}", [topic], handle) as bridge:
+        big = MqttBridge(config, f"big-{uuid.uuid4()}", [topic])
+        async with big.serving(handle) as bridge:
             assert await bridge.wait_connected(10)
             sender = MqttProbe(broker)
             sender.publish(topic, b"x" * (3 * 1024 * 1024))  # over the packet limit

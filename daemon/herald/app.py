@@ -21,26 +21,28 @@ from typing import TYPE_CHECKING
 from herald import __version__
 from herald.amp import Amplifier
 from herald.announcement import PRIORITY_LEVELS, Announcement, Defaults, parse_priority
-from herald.audio import AudioError
+from herald.audio import AudioError, AudioSink
 from herald.audio.alsa import AlsaOutput
 from herald.audio.chimes import ChimeError, load_chime_async
 from herald.audio.dsp import Samples, keep_awake_tone
 from herald.audio.loudness import Loudness, Target, VoiceLevels
 from herald.audio.meter import MeterUnavailable, check_meter
 from herald.config import Config, ConfigError, DuckingConfig
-from herald.controls import Controls
+from herald.controls import ControlPanel, Controls
 from herald.dispatcher import Dispatcher
 from herald.duck import Ducker, build_ducker
-from herald.events import Event, EventSink
 from herald.journal import QueueJournal
 from herald.mqtt.client import MqttBridge, Publish
 from herald.mqtt.discovery import NodeInfo, removal_messages
+from herald.mqtt.hermes import HermesBridge
 from herald.mqtt.topics import Topics
-from herald.node import Node
+from herald.node import Node, subscriptions
+from herald.outbox import Outbox, Publisher
 from herald.rooms import Synchroniser
 from herald.scheduler import Outcome, QuietHours, Scheduler
 from herald.signals import Signals
 from herald.speaker import Delivery, Speaker
+from herald.status import StatusBoard
 from herald.systemd import Notifier, keep_watchdog_fed, watchdog_interval_s
 from herald.voice import Voice, build_voices, voice_identities, voices_running
 
@@ -220,67 +222,113 @@ def _reloaded(config: Config, reload: Callable[[], Config] | None) -> Config:
 
 
 @dataclass
+class Core:
+    """One speaker's parts between the broker and the sound: what `assemble` builds."""
+
+    panel: ControlPanel
+    status: StatusBoard
+    outbox: Outbox
+    speaker: Speaker
+    dispatcher: Dispatcher
+    node: Node
+
+
+def assemble(
+    config: Config,
+    topics: Topics,
+    scheduler: Scheduler,
+    journal: QueueJournal | None,
+    publisher: Publisher,
+    voices: list[Voice],
+    output: AudioSink,
+    delivery: Delivery,
+) -> Core:
+    """The parts, each built after what it needs, so that none is attached to another later:
+    the controls and the status; the outbox, through which every event leaves; the Speaker and
+    the Dispatcher, which emit into it; the Node, which routes what arrives, last. (The MQTT
+    bridge, `publisher` here, comes before all of them: it publishes at once, and receives only
+    once it is served the Node's `route`.)"""
+    panel = ControlPanel(
+        Controls.load(config.state_dir / "controls.json", config.audio.volume),
+        config.state_dir / "controls.json",
+    )
+    scheduler.quiet_mode = panel.controls.quiet
+    status = StatusBoard(
+        scheduler,
+        voices,
+        panel.controls,
+        lambda payload: publisher.publish(topics.status, payload, retain=True),
+        last_path=config.state_dir / "last.json",
+    )
+    panel.follow(status.changed)
+    outbox = Outbox(publisher, topics.events, journal)
+    outbox.follow(status.note)
+    hermes = HermesBridge(config.hermes.site_id or config.node_id, publisher.publish)
+    outbox.follow(hermes.note)
+    synchroniser = Synchroniser(
+        config.sync,
+        config.node_id,
+        publish=lambda payload: publisher.publish(topics.sync, payload, qos=0),  # late = lost
+    )
+    delivery = replace(
+        delivery,
+        live_volume=panel.live_volume,
+        device_problem=status.audio,
+        synchroniser=synchroniser,
+    )
+    speaker = Speaker(voices, output, outbox.emit, delivery)
+    dispatcher = Dispatcher(
+        speaker,
+        scheduler,
+        outbox.emit,
+        announcement_defaults(config),
+        config.mqtt.max_payload_bytes,
+        queue_kept=outbox.keeps_queue,
+        rate=(config.mqtt.rate_per_minute, config.mqtt.rate_burst),
+        on_change=status.changed,
+    )
+    node = Node(config, topics, dispatcher, panel, status, publisher, hermes, synchroniser)
+    return Core(panel, status, outbox, speaker, dispatcher, node)
+
+
+@dataclass
 class _Parts:
     """Everything one configuration builds; rebuilt on each reload."""
 
-    node: Node
-    output: AlsaOutput
+    core: Core
     bridge: MqttBridge
+    output: AlsaOutput
     voices: list[Voice]
-    dispatcher: Dispatcher
-    speaker: Speaker
     esphome: EsphomeService | None = None
-
-    def status(self) -> str:
-        return status_line(self.dispatcher, self.voices, self.output.problem)
 
 
 def _build(config: Config, life: _Lifetime) -> _Parts:
     topics = Topics(config.mqtt.base_topic, config.node_id, tuple(config.mqtt.groups))
-    controls = Controls.load(config.state_dir / "controls.json", config.audio.volume)
-    life.scheduler.quiet_mode = controls.quiet
-    node = Node(config, topics, controls, life.journal)
-    output = AlsaOutput(config.audio)
     bridge = MqttBridge(
         config.mqtt,
         f"herald-{config.node_id}",
-        node.subscriptions(),
-        node.route,
+        subscriptions(config, topics),
         availability=topics.availability,
         persistent=True,
-        on_connected=node.on_connected,
+        # Acknowledged only once what the messages queued is on disk (one sync per burst).
         before_ack=life.journal.sync if life.journal is not None else None,
     )
     bridge.adopt(life.unsent)
     life.unsent = []
     voices = build_voices(config, phrase_cache=True)
-    synchroniser = Synchroniser(config.sync, config.node_id, publish=node.send_proposal)
-    events = EventFanOut(node.emit)  # and Home Assistant's ESPHome media player, if any
+    output = AlsaOutput(config.audio)
     delivery = replace(
         build_delivery(config),
         amplifier=life.amplifier,
         ducker=life.ducker,
-        live_volume=lambda: 0.0 if controls.muted else controls.volume,
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
-        device_problem=node.audio_problem,
-        synchroniser=synchroniser,
         media=_media_player(config),
     )
-    speaker = Speaker(voices, output, events.emit, delivery)
-    dispatcher = Dispatcher(
-        speaker,
-        life.scheduler,
-        events.emit,
-        announcement_defaults(config),
-        config.mqtt.max_payload_bytes,
-        journal=life.journal,
-        rate=(config.mqtt.rate_per_minute, config.mqtt.rate_burst),
-    )
-    node.attach(bridge, dispatcher, voices, synchroniser)
-    esphome = _esphome(config, dispatcher, node)
+    core = assemble(config, topics, life.scheduler, life.journal, bridge, voices, output, delivery)
+    esphome = _esphome(config, core.dispatcher, core.panel)
     if esphome is not None:
-        events.add(esphome.note)
-        node.volume_changed = esphome.volume_changed
+        core.outbox.follow(esphome.note)
+        core.panel.follow(esphome.volume_changed)
     log.info(
         "herald: node '%s', voices %s, audio '%s' at %d Hz",
         config.node_id,
@@ -288,51 +336,53 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         config.audio.device,
         config.audio.sample_rate,
     )
-    return _Parts(node, output, bridge, voices, dispatcher, speaker, esphome)
+    return _Parts(core, bridge, output, voices, esphome)
 
 
 async def _serve(config: Config, life: _Lifetime) -> None:
     """One run of the daemon with one configuration, until a stop or reload signal."""
     parts = _build(config, life)
+    core = parts.core
     try:
-        async with voices_running(parts.voices), parts.bridge, _serving(parts.esphome):
+        serving = parts.bridge.serving(core.node.route, on_connected=core.node.on_connected)
+        async with voices_running(parts.voices), serving, _serving(parts.esphome):
             async with asyncio.TaskGroup() as tasks:
                 await _run_until_signalled(parts, life, tasks)
             # Still connected: the events of what was cut short reach the broker.
             if life.signals.stop.is_set():
-                parts.dispatcher.abandon()
+                core.dispatcher.abandon()
             else:
-                parts.dispatcher.suspend()  # a reload: what was speaking goes back to the queue
+                core.dispatcher.suspend()  # a reload: what was speaking goes back to the queue
     finally:
         life.unsent = parts.bridge.leftover()  # a reload's next bridge sends them first
-        parts.node.close()
-        await parts.speaker.aclose()
+        core.panel.close()
+        await core.speaker.aclose()
         parts.output.drop()
         await parts.output.close()
 
 
 async def _run_until_signalled(parts: _Parts, life: _Lifetime, tasks: asyncio.TaskGroup) -> None:
-    dispatcher, notifier = parts.dispatcher, life.notifier
-    parts.node.send_unreported()  # final events the broker missed when Herald last stopped
-    dispatcher.report(life.to_report)  # evictions by a reload that shrank the queue
-    dispatcher.replay(life.to_replay)  # what the journal kept from the last run
+    core, notifier = parts.core, life.notifier
+    core.outbox.send_unreported()  # final events the broker missed when Herald last stopped
+    core.dispatcher.report(life.to_report)  # evictions by a reload that shrank the queue
+    core.dispatcher.replay(life.to_replay)  # what the journal kept from the last run
     life.to_report, life.to_replay = [], []
-    speaking = tasks.create_task(dispatcher.speak_queue(), name="speak-queue")
-    parts.speaker.idle()  # (the keep-awake tone, if asked for, until the first announcement)
-    ready = _become_ready(
-        parts.bridge, parts.output, notifier, parts.status, parts.node.audio_problem
-    )
+    speaking = tasks.create_task(core.dispatcher.speak_queue(), name="speak-queue")
+    core.speaker.idle()  # (the keep-awake tone, if asked for, until the first announcement)
+    ready = _become_ready(parts.bridge, parts.output, notifier, core.status)
     upkeep = [tasks.create_task(ready, name="readiness")]
     # Fed while the loop turns and the audio thread is not stuck on the device; no watchdog:
     # a stuck device is still logged.
-    feeding = keep_watchdog_fed(notifier, watchdog_interval_s(), parts.status, parts.output.hung)
+    feeding = keep_watchdog_fed(
+        notifier, watchdog_interval_s(), status=core.status.line, hung=parts.output.hung
+    )
     upkeep.append(tasks.create_task(feeding, name="watchdog"))
     await life.signals.either()
     parts.bridge.stop_receiving()  # what comes now waits at the broker for the next run
     if life.signals.stop.is_set():
         log.info("herald: stopping")
         notifier.stopping()
-        dispatcher.close()
+        core.dispatcher.close()
     else:  # systemd hears of the reload as it starts (and READY=1 once it is done)
         log.info("herald: reloading the configuration")
         notifier.reloading()
@@ -354,7 +404,7 @@ def _media_player(config: Config) -> Callable[[str], AsyncGenerator[Samples, Non
     )
 
 
-def _esphome(config: Config, dispatcher: Dispatcher, node: Node) -> EsphomeService | None:
+def _esphome(config: Config, dispatcher: Dispatcher, panel: ControlPanel) -> EsphomeService | None:
     """The ESPHome API, if enabled (only then are aioesphomeapi and zeroconf loaded: about 10 MB
     and a tenth of a second here, more on a Pi Zero)."""
     if not config.esphome.enabled:
@@ -362,7 +412,7 @@ def _esphome(config: Config, dispatcher: Dispatcher, node: Node) -> EsphomeServi
     from herald.esphome.service import build_esphome
 
     try:
-        return build_esphome(config, dispatcher, node)
+        return build_esphome(config, dispatcher, panel)
     except ConfigError as exc:  # a bad key: the rest of Herald runs on
         for line in exc.lines:
             log.error("esphome: not served: %s", line)
@@ -388,21 +438,6 @@ async def _serving(esphome: EsphomeService | None) -> AsyncIterator[None]:
         await esphome.close()
 
 
-class EventFanOut:
-    """One event sink that hands every event to the Node (MQTT, the journal, the status) and
-    to whatever else follows them (the ESPHome media player's state)."""
-
-    def __init__(self, first: EventSink) -> None:
-        self._sinks = [first]
-
-    def add(self, sink: EventSink) -> None:
-        self._sinks.append(sink)
-
-    def emit(self, event: Event) -> None:
-        for sink in self._sinks:
-            sink(event)
-
-
 def _open_journal(config: Config) -> QueueJournal | None:
     journal = QueueJournal(config.state_dir / "queue.journal")
     try:
@@ -418,17 +453,13 @@ def _open_journal(config: Config) -> QueueJournal | None:
 
 
 async def _become_ready(
-    bridge: MqttBridge,
-    output: AlsaOutput,
-    notifier: Notifier,
-    status: Callable[[], str],
-    audio_problem: Callable[[str | None], None],
+    bridge: MqttBridge, output: AlsaOutput, notifier: Notifier, status: StatusBoard
 ) -> None:
     """READY=1 once the broker is connected and the audio device opens (the cloud voice may
     still be connecting: the status line says so). Until the device opens, announcements wait
-    for it (see Speaker) and the status line says why. Meanwhile each retry asks systemd for
-    more time, so a broker or speaker that comes later does not get Herald killed at the
-    start timeout."""
+    for it (see Speaker) and the status says why. Meanwhile each retry asks systemd for more
+    time, so a broker or speaker that comes later does not get Herald killed at the start
+    timeout."""
     more_time_s = 3 * AUDIO_RETRY_S
     while not await bridge.wait_connected(AUDIO_RETRY_S):
         waiting = bridge.last_error or f"connecting to {bridge.where}"
@@ -441,31 +472,13 @@ async def _become_ready(
         except AudioError as exc:
             if not warned:
                 log.error("audio: %s (trying again every %.0f s)", exc, AUDIO_RETRY_S)
-                audio_problem(str(exc))  # Home Assistant's status says so, idle or not
                 warned = True
-            notifier.still_starting(status(), more_time_s)
+            status.audio(str(exc))  # Home Assistant's status says so, idle or not
+            notifier.still_starting(status.line(), more_time_s)
             await asyncio.sleep(AUDIO_RETRY_S)
-    audio_problem(None)
-    notifier.ready(status())
-    log.info("herald: ready (%s)", status())
-
-
-def status_line(
-    dispatcher: Dispatcher, voices: list[Voice], audio_problem: str | None = None
-) -> str:
-    """What a person reads in `systemctl status`: state · each voice · queue length, and why
-    the audio device cannot be used, while it cannot."""
-    current = dispatcher.current
-    if current is None:
-        state = "idle"
-    elif audio_problem is not None:
-        state = f"{current.id} ({current.priority_name}) waits for the audio device"
-    else:
-        state = f"speaking {current.id} ({current.priority_name})"
-    parts = [state, *(voice.describe() for voice in voices), f"queue {dispatcher.queue_length}"]
-    if audio_problem is not None:
-        parts.append(audio_problem)
-    return " · ".join(parts)
+    status.audio(None)
+    notifier.ready(status.line())
+    log.info("herald: ready (%s)", status.line())
 
 
 async def remove_discovery(config: Config) -> int:
@@ -478,7 +491,7 @@ async def remove_discovery(config: Config) -> int:
         config.home_assistant.discovery_prefix,
     )
     topics = Topics(config.mqtt.base_topic, config.node_id)
-    bridge = MqttBridge(config.mqtt, f"herald-remove-{config.node_id}", [], lambda _: None)
+    bridge = MqttBridge(config.mqtt, f"herald-remove-{config.node_id}", [])
     async with bridge:
         if not await bridge.wait_connected(10):
             log.error("mqtt: %s", bridge.last_error or f"cannot reach broker {bridge.where}")

@@ -14,7 +14,7 @@ from herald.audio.loudness import VoiceLevels, voice_key
 from herald.audio.meter import MeterUnavailable, check_meter
 from herald.clock import describe, read_clock
 from herald.config import Config, ConfigError, find_secret
-from herald.mqtt.client import Inbound, MqttBridge
+from herald.mqtt.client import MqttBridge
 from herald.sync import ClockState, clock_problem
 from herald.voice import VoiceError, build_voices, voice_identities
 
@@ -163,7 +163,7 @@ def check_secrets(config: Config) -> list[CheckResult]:
 async def check_broker(config: Config) -> CheckResult:
     name = f"broker {config.mqtt.host}:{config.mqtt.port}"
     try:
-        bridge = MqttBridge(config.mqtt, f"herald-check-{config.node_id}", [], _ignore)
+        bridge = MqttBridge(config.mqtt, f"herald-check-{config.node_id}", [])
     except ConfigError as exc:
         return CheckResult(name, False, exc.lines[0], "check the password file and TLS files")
     async with bridge:
@@ -192,21 +192,21 @@ async def check_broker_keeps_messages(config: Config) -> CheckResult:
     arrived = asyncio.Event()
 
     def absent_session() -> MqttBridge:
-        return MqttBridge(config.mqtt, session, [topic], lambda _: arrived.set(), persistent=True)
+        return MqttBridge(config.mqtt, session, [topic], persistent=True)
 
     try:
-        async with absent_session() as away:
+        async with absent_session().serving(lambda _: arrived.set()) as away:
             if not await away.wait_connected(BROKER_TIMEOUT_S):
                 return CheckResult(name, False, away.last_error or "could not subscribe")
-        async with MqttBridge(config.mqtt, f"{session}-sender", [], _ignore) as sender:
+        async with MqttBridge(config.mqtt, f"{session}-sender", []) as sender:
             await sender.wait_connected(BROKER_TIMEOUT_S)
             sender.publish(topic, "sent while you were away", qos=1)
-        async with absent_session() as back:
+        async with absent_session().serving(lambda _: arrived.set()) as back:
             await back.wait_connected(BROKER_TIMEOUT_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrived.wait(), KEPT_MESSAGE_WAIT_S)
     finally:
-        async with MqttBridge(config.mqtt, session, [], _ignore) as forget:  # ends the session
+        async with MqttBridge(config.mqtt, session, []) as forget:  # ends the session
             await forget.wait_connected(BROKER_TIMEOUT_S)
     if arrived.is_set():
         return CheckResult(name, True, "a QoS 1 message sent while away was kept")
@@ -256,7 +256,3 @@ async def check_voices(config: Config) -> list[CheckResult]:
         finally:
             await voice.aclose()
     return results
-
-
-def _ignore(_message: Inbound) -> None:
-    """`herald check` subscribes to nothing."""

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,3 +75,47 @@ class ControlsFile:
         self._due = None
         self._saved_at = time.monotonic()
         self._controls.save(self._file)
+
+
+class ControlPanel:
+    """The controls as Herald runs: set from MQTT or Home Assistant's media player; each change
+    is saved (ControlsFile), logged, and told to whoever follows the controls (the status, the
+    media player's volume)."""
+
+    def __init__(self, controls: Controls, path: Path) -> None:
+        self.controls = controls
+        self._file = ControlsFile(controls, path)
+        self._followers: list[Callable[[], None]] = []
+
+    def follow(self, changed: Callable[[], None]) -> None:
+        self._followers.append(changed)
+
+    def set_volume(self, volume: float) -> None:
+        """The default volume (clamped to 0-1)."""
+        self.controls.volume = min(max(volume, 0.0), 1.0)
+        self._changed()
+
+    def set_quiet(self, quiet: bool) -> None:
+        self.controls.quiet = quiet
+        self._changed()
+
+    def set_muted(self, muted: bool) -> None:
+        """Muted (Home Assistant's media player): silent until unmuted, the volume kept."""
+        self.controls.muted = muted
+        self._changed()
+
+    def live_volume(self) -> float:
+        """The volume announcements without a volume of their own are spoken at."""
+        return 0.0 if self.controls.muted else self.controls.volume
+
+    def _changed(self) -> None:
+        self._file.changed()
+        controls = self.controls
+        muted = ", muted" if controls.muted else ""
+        log.info("volume %.2f%s, quiet mode %s", controls.volume, muted, controls.quiet)
+        for changed in self._followers:
+            changed()
+
+    def close(self) -> None:
+        """At the end of a run: a change still waiting to be saved is saved now."""
+        self._file.flush()

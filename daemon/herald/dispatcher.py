@@ -2,9 +2,9 @@
 
 The Scheduler decides (pure); the Dispatcher acts: it starts the Speaker on the next
 announcement, interrupts it when the Scheduler says a newcomer preempts it, reports expiries on
-time, and publishes an event for every outcome. With a journal, every accepted announcement is
-on disk from the moment it is queued until the broker has its final event (the Node settles it
-in the journal when it publishes that event), so a crash or a restart loses nothing.
+time, and emits an event for every outcome. The events go to the outbox (herald.outbox), which
+keeps every accepted announcement on disk from its `queued` event until the broker has its
+final event, so a crash or a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ from herald.announcement import (
 )
 from herald.budget import SlidingBudget
 from herald.events import Event, EventSink, about, event_for
-from herald.journal import QueueJournal
 from herald.logsafe import shown
 from herald.scheduler import (
     Outcome,
     Preempt,
-    Queued,
     Scheduler,
 )
 from herald.speaker import Speaker
@@ -80,16 +78,22 @@ class Dispatcher:
         defaults: Defaults,
         max_payload_bytes: int,
         clock: Callable[[], float] = time.time,
-        journal: QueueJournal | None = None,
+        queue_kept: bool = False,
         rate: tuple[int, int] | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        """`queue_kept`: what is not spoken when Herald stops is kept for the restart (the
+        outbox has a journal); else it fails, with its event. `on_change` is called when an
+        announcement starts (it may wait for the audio device before any event says so) and
+        when one has ended and nothing took its place yet (its event goes out before that
+        moment): the status follows what events alone do not tell."""
         self._speaker = speaker
         self._scheduler = scheduler
         self._emit = emit
         self._defaults = defaults
         self._max_payload_bytes = max_payload_bytes
         self._clock = clock
-        self._journal = journal
+        self._queue_kept = queue_kept
         self._rate = rate  # (per minute, burst) per source
         self._budgets: dict[str, SlidingBudget] = {}
         # What was taken lately (and what the journal gave back at start), by id. The broker
@@ -100,10 +104,7 @@ class Dispatcher:
         self._speaking: asyncio.Task[bool] | None = None
         self._preempted_by: str | None = None
         self._closing = False
-        # Called when an announcement starts (it may wait for the audio device before any
-        # event says so) and when one has ended and nothing took its place yet (its event goes
-        # out before that moment): the status follows what events alone do not tell.
-        self.when_changed: Callable[[], None] = lambda: None
+        self._on_change = on_change
 
     @property
     def queue_length(self) -> int:
@@ -280,13 +281,13 @@ class Dispatcher:
         self._closing = True
 
     def abandon(self) -> None:
-        """On shutdown: what is speaking and what waits stays in the journal for the restart;
-        without a journal each fails, with an event."""
+        """On shutdown: what is speaking and what waits is kept for the restart (if the queue
+        is kept); else each fails, with an event."""
         self._closing = True
         speaking, waiting = self._scheduler.current, self._scheduler.waiting()
         self._scheduler.finish()
         self._scheduler.clear()
-        if self._journal is not None:  # closed by the caller once the last events are out
+        if self._queue_kept:  # the journal is closed by the caller once the events are out
             kept = len(waiting) + (speaking is not None)
             log.info("herald: %d announcements kept in the journal for the restart", kept)
             return
@@ -308,7 +309,7 @@ class Dispatcher:
             if announcement is None:
                 await self._wait_for_change()
                 continue
-            self.when_changed()
+            self._on_change()
             await self._speak(announcement)
 
     async def _wait_for_change(self, speaking: asyncio.Task[bool] | None = None) -> None:
@@ -344,8 +345,8 @@ class Dispatcher:
             self._speaking = None
         preempted_by, self._preempted_by = self._preempted_by, None
         if not task.cancelled():
-            self._scheduler.finish()  # spoken, or failed: its event settled it in the journal
-            self.when_changed()
+            self._scheduler.finish()  # spoken, or failed: its event settled it
+            self._on_change()
         elif preempted_by is not None:
             resume = unspoken_part(announcement.text, self._speaker.speech_seconds)
             self._publish(self._scheduler.preempted(preempted_by, resume))
@@ -361,8 +362,6 @@ class Dispatcher:
             if isinstance(outcome, Preempt):
                 self._interrupt_for(outcome.by)
                 continue
-            if isinstance(outcome, Queued) and self._journal is not None:
-                self._journal.add(outcome.announcement)  # before its event: see the Node
             if (event := event_for(outcome)) is not None:
                 self._emit(event)
 

@@ -28,9 +28,15 @@ class Event:
     announcement_id: str | None
     ts: float = field(default_factory=time.time)
     details: dict[str, object] = field(default_factory=dict)
-    # The announcement's words, for the status's "last announcement"; never published in the
-    # event itself (the events topic carries ids, not what was said).
-    text: str = field(default="", compare=False, repr=False)
+    # The announcement it tells of, for those who follow the events inside Herald: the journal
+    # keeps a queued one, the status shows the last one's words. Never published (the events
+    # topic carries ids, not what was said).
+    announcement: Announcement | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The announcement's words ("" for an event of no announcement's)."""
+        return "" if self.announcement is None else self.announcement.text
 
     @property
     def settles(self) -> bool:
@@ -79,8 +85,8 @@ def event_for(outcome: Outcome) -> Event | None:
 
 
 def about(announcement: Announcement, kind: EventKind, details: dict[str, object]) -> Event:
-    """An event of this announcement's (carrying its words for the status, and where it came
-    from when that was not MQTT)."""
+    """An event of this announcement's (carrying it, for the journal and the status, and where
+    it came from when that was not MQTT)."""
     if announcement.source is not None:
         details = {**details, "source": announcement.source}
-    return Event(kind, announcement.id, details=details, text=announcement.text)
+    return Event(kind, announcement.id, details=details, announcement=announcement)

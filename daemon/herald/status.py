@@ -1,11 +1,17 @@
-"""The status Herald publishes (retained JSON): what it is doing, for people and Home Assistant."""
+"""What Herald is doing: one status, shown two ways.
+
+The same `Status` gives the retained JSON on `<base>/<node>/status` (for Home Assistant and
+scripts) and the line a person reads in `systemctl status` (systemd's STATUS=).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,8 +19,8 @@ from herald.statefile import StateFile
 
 if TYPE_CHECKING:
     from herald.controls import Controls
-    from herald.dispatcher import Dispatcher
     from herald.events import Event
+    from herald.scheduler import Scheduler
     from herald.voice.base import Voice
 
 log = logging.getLogger(__name__)
@@ -26,8 +32,59 @@ STATES = (IDLE, SPEAKING, WAITING_FOR_AUDIO)
 """Every `state` the status can have: Home Assistant's State sensor offers exactly these."""
 
 
+@dataclass(frozen=True)
+class Status:
+    """What Herald is doing at one moment."""
+
+    state: str  # one of STATES
+    current: tuple[str, str] | None  # (id, priority name) of the one speaking or due
+    queue_length: int
+    voice: str  # the voice that spoke last (or the first one)
+    degraded: bool  # ... and it was a fallback
+    voices: tuple[str, ...]  # each voice in a few words ("deepgram warm (age 12 min)")
+    volume: float
+    quiet: bool  # quiet hours or quiet mode hold the less urgent ones now
+    last: dict[str, Any] | None  # the last announcement's fate: id, event, ts, text
+    audio: str | None  # why the audio device cannot be used, while it cannot
+
+    def to_json(self) -> str:
+        """The retained status message."""
+        current = self.current
+        return json.dumps(
+            {
+                "state": self.state,
+                "current": None if current is None else {"id": current[0], "priority": current[1]},
+                "queue_length": self.queue_length,
+                "voice": self.voice,
+                "degraded": self.degraded,
+                "voice_status": ", ".join(self.voices),
+                "volume": self.volume,
+                "quiet": self.quiet,
+                "last": self.last,
+                "audio": self.audio,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    def line(self) -> str:
+        """What a person reads in `systemctl status`: state · each voice · queue length, and
+        why the audio device cannot be used, while it cannot."""
+        if self.current is None:
+            state = "idle"
+        elif self.state == WAITING_FOR_AUDIO:
+            state = f"{self.current[0]} ({self.current[1]}) waits for the audio device"
+        else:
+            state = f"speaking {self.current[0]} ({self.current[1]})"
+        parts = [state, *self.voices, f"queue {self.queue_length}"]
+        if self.audio is not None:
+            parts.append(self.audio)
+        return " · ".join(parts)
+
+
 class StatusBoard:
-    """Follows the events and the controls; publishes a fresh snapshot after each change.
+    """Follows the events, the queue and the controls; publishes a fresh status after each
+    change.
 
     Several changes in one turn of the event loop give one publication, not several, and at
     most one write of the last announcement to the disk (an SD card).
@@ -35,15 +92,17 @@ class StatusBoard:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        scheduler: Scheduler,
         voices: Sequence[Voice],
         controls: Controls,
         publish: Callable[[str], None],
         last_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """last_path: where the last announcement is kept, so a restart still shows it."""
-        self._dispatcher = dispatcher
-        dispatcher.when_changed = self.changed
+        """`publish`: sends the retained status; `last_path`: where the last announcement is
+        kept, so a restart still shows it."""
+        self._scheduler = scheduler
+        self._clock = clock
         self._voices = voices
         self._controls = controls
         self._publish = publish
@@ -80,30 +139,32 @@ class StatusBoard:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._send)
 
-    def snapshot(self) -> dict[str, Any]:
-        current = self._dispatcher.current
+    def now(self) -> Status:
+        current = self._scheduler.current
         if current is None:
             state = IDLE
         else:
             state = SPEAKING if self._audio_problem is None else WAITING_FOR_AUDIO
-        return {
-            "state": state,
-            "current": None
-            if current is None
-            else {"id": current.id, "priority": current.priority_name},
-            "queue_length": self._dispatcher.queue_length,
-            "voice": self._voice,
-            "degraded": self._degraded,
-            "voice_status": ", ".join(voice.describe() for voice in self._voices),
-            "volume": self._controls.volume,
-            "quiet": self._dispatcher.quiet_now(),
-            "last": self._last,
-            "audio": self._audio_problem,
-        }
+        return Status(
+            state=state,
+            current=None if current is None else (current.id, current.priority_name),
+            queue_length=len(self._scheduler),
+            voice=self._voice,
+            degraded=self._degraded,
+            voices=tuple(voice.describe() for voice in self._voices),
+            volume=self._controls.volume,
+            quiet=self._scheduler.quiet_now(self._clock()),
+            last=self._last,
+            audio=self._audio_problem,
+        )
+
+    def line(self) -> str:
+        """The status as systemd shows it."""
+        return self.now().line()
 
     def _send(self) -> None:
         self._scheduled = False
-        self._publish(json.dumps(self.snapshot(), ensure_ascii=False, separators=(",", ":")))
+        self._publish(self.now().to_json())
         if self._last_unsaved and self._last is not None and self._last_file is not None:
             self._last_file.write(self._last)  # one write for a burst of fates
             self._last_unsaved = False

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from herald.announcement import PRIORITY_LEVELS
 from herald.config import Config, ConfigError, find_secret
+from herald.controls import ControlPanel
 from herald.dispatcher import Dispatcher
 from herald.esphome.noise import decode_key
 from herald.esphome.player import MediaPlayer
 from herald.esphome.server import API_VERSION, Device, EsphomeServer
 from herald.events import Event
-from herald.node import Node
 
 if TYPE_CHECKING:
     from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
@@ -64,10 +64,10 @@ def encryption_key(config: Config) -> bytes | None:
 class _Actions:
     """What the media player's commands do: the queue, and the one volume Herald has."""
 
-    def __init__(self, config: Config, dispatcher: Dispatcher, node: Node) -> None:
+    def __init__(self, config: Config, dispatcher: Dispatcher, panel: ControlPanel) -> None:
         self._cfg = config.esphome
         self._dispatcher = dispatcher
-        self._node = node
+        self._panel = panel
 
     def play(self, url: str, announce: bool) -> str | None:
         level = self._cfg.announce_priority if announce else self._cfg.media_priority
@@ -79,16 +79,16 @@ class _Actions:
             log.info("esphome: stop: nothing was playing")
 
     def set_volume(self, volume: float) -> None:
-        self._node.set_volume(volume)
+        self._panel.set_volume(volume)
 
     def volume(self) -> float:
-        return self._node.controls.volume
+        return self._panel.controls.volume
 
     def set_muted(self, muted: bool) -> None:
-        self._node.set_muted(muted)
+        self._panel.set_muted(muted)
 
     def muted(self) -> bool:
-        return self._node.controls.muted
+        return self._panel.controls.muted
 
 
 class EsphomeService:
@@ -98,7 +98,7 @@ class EsphomeService:
         self,
         config: Config,
         dispatcher: Dispatcher,
-        node: Node,
+        panel: ControlPanel,
         key: bytes | None,
     ) -> None:
         self._config = config
@@ -108,7 +108,7 @@ class EsphomeService:
             mac=stable_mac(config),
             key=key,
         )
-        actions = _Actions(config, dispatcher, node)
+        actions = _Actions(config, dispatcher, panel)
         self.player = MediaPlayer(
             name=config.home_assistant.name or f"Herald {config.node_id}",
             object_id=f"{config.node_id}_speaker",
@@ -198,5 +198,5 @@ def _addresses() -> list[str]:
     return found or ["127.0.0.1"]
 
 
-def build_esphome(config: Config, dispatcher: Dispatcher, node: Node) -> EsphomeService:
-    return EsphomeService(config, dispatcher, node, encryption_key(config))
+def build_esphome(config: Config, dispatcher: Dispatcher, panel: ControlPanel) -> EsphomeService:
+    return EsphomeService(config, dispatcher, panel, encryption_key(config))

@@ -108,12 +108,12 @@ class MqttBridge:
         cfg: MqttConfig,
         client_id: str,
         subscriptions: list[str],
-        on_message: MessageHandler,
         availability: str | None = None,
         persistent: bool = False,
-        on_connected: Callable[[], None] | None = None,
         before_ack: Callable[[], None] | None = None,
     ) -> None:
+        """A session that publishes at once (what is published before the connection waits
+        for it); what it receives goes to the handler `serving` names."""
         self._cfg = cfg
         self._before_ack = before_ack
         self._acks_due: list[tuple[int, int]] = []  # (mid, qos) handled, not yet acknowledged
@@ -129,8 +129,8 @@ class MqttBridge:
         self._drops_reported_at = float("-inf")
         self._receiving = True
         self._subscriptions = subscriptions
-        self._on_message = on_message
-        self._on_connected = on_connected
+        self._on_message: MessageHandler = _ignore
+        self._on_connected: Callable[[], None] | None = None
         self._persistent = persistent
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
@@ -179,6 +179,17 @@ class MqttBridge:
         if cfg.tls_insecure:
             log.warning("mqtt: tls_insecure: the broker's host name is not checked")
             self._client.tls_insecure_set(True)
+
+    def serving(
+        self, on_message: MessageHandler, on_connected: Callable[[], None] | None = None
+    ) -> MqttBridge:
+        """The session, handing each message to `on_message` and calling `on_connected` at
+        each (re)connection: `async with bridge.serving(...)`. (`async with bridge` alone
+        publishes only: a message that arrives is acknowledged and dropped.)"""
+        if self._loop is not None:
+            raise RuntimeError("the session has started: its handlers are given before")
+        self._on_message, self._on_connected = on_message, on_connected
+        return self
 
     async def __aenter__(self) -> MqttBridge:
         self._loop = asyncio.get_running_loop()
@@ -463,3 +474,7 @@ class MqttBridge:
         held, self._acks_held = self._acks_held, []
         for mid, qos in held:
             self._client.ack(mid, qos)
+
+
+def _ignore(_message: Inbound) -> None:
+    """What a session that only publishes does with a message."""

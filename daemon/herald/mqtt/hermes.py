@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from herald.announcement import new_id
@@ -25,8 +26,12 @@ MAX_WAITING = 1000  # says awaiting their sayFinished; far more than a queue hol
 
 
 class HermesBridge:
-    def __init__(self, site_id: str) -> None:
+    def __init__(
+        self, site_id: str, publish: Callable[[str, str], None] = lambda _topic, _payload: None
+    ) -> None:
+        """`publish` sends a sayFinished (topic, payload)."""
         self.site_id = site_id
+        self._publish = publish
         # Announcement id -> the siteId to answer; the oldest forgotten beyond MAX_WAITING (an
         # id that no event ever names, e.g. one too long to be an id, must not stay forever).
         self._waiting: OrderedDict[str, str] = OrderedDict()
@@ -55,6 +60,11 @@ class HermesBridge:
         while len(self._waiting) > MAX_WAITING:
             self._waiting.popitem(last=False)
         return json.dumps(translated).encode()
+
+    def note(self, event: Event) -> None:
+        """Every event of Herald's: one that ends a Hermes announcement sends its sayFinished."""
+        if (finished := self.finished(event)) is not None:
+            self._publish(*finished)
 
     def finished(self, event: Event) -> tuple[str, str] | None:
         """The sayFinished message due for this event, if it ends a Hermes announcement."""

@@ -44,8 +44,8 @@ async def announce_via_daemon(
             events.put_nowait((message.topic.split("/")[-2], event))  # <base>/<node>/events
 
     followed = f"{config.mqtt.base_topic}/+/events" if target else topics.events
-    bridge = MqttBridge(config.mqtt, f"herald-say-{announcement_id}", [followed], on_message)
-    async with bridge:
+    bridge = MqttBridge(config.mqtt, f"herald-say-{announcement_id}", [followed])
+    async with bridge.serving(on_message):
         if not await bridge.wait_connected(CONNECT_TIMEOUT_S):
             raise RemoteError(bridge.last_error or f"cannot reach broker {bridge.where}")
         topic = target.format(base=config.mqtt.base_topic) if target else topics.say
