@@ -43,6 +43,7 @@ UNIT_FILES = {
     "test_deepgram_protocol.py",
     "test_discovery.py",
     "test_logsafe.py",
+    "test_priorities.py",
     "test_pure_core.py",
     "test_scheduler.py",
     "test_sync.py",

@@ -1,8 +1,13 @@
-"""Priorities end to end: preemption, FIFO, expiry, stop, clear and quiet hours in the real daemon.
+"""Priorities end to end, in the real daemon: what needs the real program and real time.
 
-The fake Aura server speaks each text as a tone of its own pitch at real-time pace, so an
-announcement lasts as long as it would on a speaker, and every sample in the capture says which
-announcement it belongs to.
+A critical announcement cutting in, followed sample by sample through ALSA and then heard on a
+real-time output with its latencies; `stop` and `clear` over MQTT. The fake Aura server speaks
+each text as a tone of its own pitch at real-time pace, so an announcement lasts as long as it
+would on a speaker, and every sample in the capture says which announcement it belongs to.
+
+The rules themselves (drop on preempt, equal priority, expiry, stop, clear, quiet hours,
+repeat, volume, preemption during a chime or twice in a row) are tested in process, on virtual
+time: tests/test_priorities.py.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,9 @@ from tests.support import (
     MqttProbe,
     PulseServer,
     finished_or_failed,
+    got,
+    is_final,
+    settled,
     wait_for,
 )
 
@@ -122,95 +129,32 @@ def find(haystack: np.ndarray, needle: np.ndarray, start: int = 0) -> int:
     raise AssertionError("not found")
 
 
-def test_drop_on_preempt_and_equal_priority_does_not_interrupt(
+def test_stop_and_clear_over_mqtt(
     broker: Broker,
     make_daemon: DaemonFactory,
     probe: MqttProbe,
     node_id: str,
     paced_voice: FakeDeepgramThread,
 ) -> None:
-    cloud_daemon(make_daemon, broker, paced_voice)
-    say(probe, node_id, text="Normal one.", id="n1", chime=False)
-    probe.events_until(started("n1"))
-    say(probe, node_id, text="Normal two.", id="n2", interrupt=True, chime=False)
-    say(probe, node_id, text=LOW, id="low", priority="low", on_preempt="drop", chime=False)
-    events = probe.events_until(started("low"))
-    say(probe, node_id, text="High.", id="high", priority="high", chime=False)
-    events += probe.events_until(finished_or_failed("high"))
-
-    order = [e["id"] for e in events if e["event"] == "finished"]
-    assert order == ["n1", "n2", "high"]  # n2 waited for n1: same priority never interrupts
-    dropped = next(e for e in events if e["event"] == "preempted")
-    assert (dropped["id"], dropped["requeued"]) == ("low", False)
-    assert not [e for e in events if e["event"] == "finished" and e["id"] == "low"]
-
-
-def test_expiry_stop_and_clear(
-    broker: Broker,
-    make_daemon: DaemonFactory,
-    probe: MqttProbe,
-    node_id: str,
-    paced_voice: FakeDeepgramThread,
-) -> None:
+    """The `clear` and `stop` topics reach the queue (the rules themselves, and expiry, are
+    in tests/test_priorities.py)."""
     cloud_daemon(make_daemon, broker, paced_voice)
     say(probe, node_id, text=LOW, id="long", chime=False)
-    probe.events_until(started("long"))
-    say(probe, node_id, text="Stale soon.", id="stale", ttl=0.5)
+    events = probe.events_until(started("long"))
     say(probe, node_id, text="Cleared one.", id="c1")
     say(probe, node_id, text="Cleared two.", id="c2")
-    time.sleep(1.0)
+    events += probe.events_until(got("queued", "c2"))
     probe.publish(f"herald/{node_id}/clear", "")
+    events += probe.events_until(settled(["c1", "c2"]))
     probe.publish(f"herald/{node_id}/stop", "")
+    events += probe.events_until(settled(["long"]))
     say(probe, node_id, text="After the stop.", id="after", chime=False)
-    events = probe.events_until(finished_or_failed("after"))
+    events += probe.events_until(finished_or_failed("after"))
 
-    fate = {e["id"]: (e["event"], e.get("reason")) for e in events if e["event"] != "queued"}
-    assert fate["stale"] == ("expired", "its time to live ran out before it was spoken")
+    fate = {e["id"]: (e["event"], e.get("reason")) for e in events if is_final(e)}
     assert fate["c1"] == fate["c2"] == ("dropped", "cleared")
     assert fate["long"] == ("dropped", "stopped")
     assert fate["after"][0] == "finished"
-
-
-def test_quiet_hours_hold_the_less_urgent_and_let_critical_through(
-    broker: Broker,
-    make_daemon: DaemonFactory,
-    probe: MqttProbe,
-    node_id: str,
-    paced_voice: FakeDeepgramThread,
-) -> None:
-    now = datetime.now()
-    start, end = (now - timedelta(minutes=5)).strftime("%H:%M"), (now + timedelta(minutes=5))
-    quiet = (
-        f'[quiet_hours]\nenabled = true\nstart = "{start}"\nend = "{end.strftime("%H:%M")}"\n'
-        'min_priority = "critical"\n'
-    )
-    cloud_daemon(make_daemon, broker, paced_voice, extra=quiet)
-    say(probe, node_id, text="Laundry.", id="held", ttl=2)
-    say(probe, node_id, text="Smoke!", id="fire", priority="critical", chime=False)
-    events = probe.events_until(finished_or_failed("held"))
-
-    fate = {e["id"]: e["event"] for e in events if e["event"] != "queued"}
-    assert fate == {"fire": "finished", "held": "expired"}
-
-
-def test_repeat_and_volume(
-    broker: Broker,
-    make_daemon: DaemonFactory,
-    probe: MqttProbe,
-    node_id: str,
-    capture: Capture,
-) -> None:
-    with FakeDeepgramThread(FakeDeepgramOptions(first_byte_s=0.0)) as fast:
-        cloud_daemon(make_daemon, broker, fast)
-        say(probe, node_id, text="Twice.", id="r", repeat=2, volume=0.5, chime=False)
-        probe.events_until(finished_or_failed("r"))
-    played = capture.samples()
-    tone = np.frombuffer(synthesize("Twice.", RATE), dtype="<i2")
-    half = np.round(tone.astype(np.float64) * 0.5).astype(np.int16)
-    first = find(played, half[:4800])
-    second = find(played, half[:4800], start=first + len(tone))
-    assert np.array_equal(played[first : first + len(tone)], half)
-    assert second - first >= len(tone) + int(0.5 * RATE)  # a pause between the two
 
 
 def test_preemption_through_a_real_time_output_reports_its_latencies(
