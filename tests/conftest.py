@@ -48,6 +48,7 @@ UNIT_FILES = {
     "test_scheduler.py",
     "test_sync.py",
     "test_text.py",
+    "test_timing.py",
 }
 END_TO_END_FILES = {
     "test_bench_smoke.py",

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from herald.app import AUDIO_RETRY_S
+from herald.timing import AUDIO_RETRY_S
 from tests.conftest import DaemonFactory
 from tests.support import (
     Broker,
@@ -48,7 +48,7 @@ from tests.support import (
 )
 
 DEVICE = "herald_unpluggable"
-RETRY_S = AUDIO_RETRY_S  # how often the daemon tries a missing device again (5 s)
+RETRY_S = AUDIO_RETRY_S  # how often the daemon tries a missing device again (scaled: 2 s)
 LONG = "This one is long on purpose: the speaker is pulled out while it plays, then comes back."
 
 ASOUNDRC = """

@@ -33,10 +33,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from herald.app import AUDIO_RETRY_S
-from herald.audio.alsa import CLOSE_WAIT_S, HANG_AFTER_S, AlsaOutput
+from herald.audio.alsa import CLOSE_WAIT_S, AlsaOutput
 from herald.config import AudioConfig
-from herald.systemd import HEALTH_CHECK_S
+from herald.timing import AUDIO_RETRY_S, HANG_AFTER_S, HEALTH_CHECK_S
 from tests.conftest import DaemonFactory
 from tests.support import (
     RATE,

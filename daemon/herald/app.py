@@ -44,14 +44,13 @@ from herald.signals import Signals
 from herald.speaker import Delivery, Speaker
 from herald.status import StatusBoard
 from herald.systemd import Notifier, keep_watchdog_fed, watchdog_interval_s
+from herald.timing import AUDIO_RETRY_S
 from herald.voice import Voice, build_voices, voice_identities, voices_running
 
 if TYPE_CHECKING:
     from herald.esphome.service import EsphomeService
 
 log = logging.getLogger(__name__)
-
-AUDIO_RETRY_S = 5.0  # how often a missing audio device is tried again (readiness, speaking)
 
 
 # --- building the daemon ------------------------------------------------------------------------
@@ -471,7 +470,7 @@ async def _become_ready(
             break
         except AudioError as exc:
             if not warned:
-                log.error("audio: %s (trying again every %.0f s)", exc, AUDIO_RETRY_S)
+                log.error("audio: %s (trying again every %g s)", exc, AUDIO_RETRY_S)
                 warned = True
             status.audio(str(exc))  # Home Assistant's status says so, idle or not
             notifier.still_starting(status.line(), more_time_s)

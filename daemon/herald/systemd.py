@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
+from herald.timing import HEALTH_CHECK_S
+
 log = logging.getLogger(__name__)
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-HEALTH_CHECK_S = 5.0  # how often keep_watchdog_fed looks for something stuck, without a watchdog
 
 
 class Notifier:

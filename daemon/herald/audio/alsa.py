@@ -51,15 +51,12 @@ import numpy as np
 from herald.audio import AudioError
 from herald.audio.dsp import Samples, silence, upmix
 from herald.config import AudioConfig
+from herald.timing import HANG_AFTER_S
 
 log = logging.getLogger(__name__)
 
 _UNDERRUN = -errno.EPIPE  # pyalsaaudio returns -EPIPE after preparing the PCM again
 FADE_MS = 8  # a drop fades out over this long instead of cutting (a cut clicks)
-# A call into the device (or the buffer playing out) that makes no progress for this long is
-# hung. A write blocks for about a period (the first after a start on a PulseAudio null sink,
-# about 2 s), the buffer plays out in 80 ms: this is far beyond, yet well inside WatchdogSec.
-HANG_AFTER_S = 10.0
 CLOSE_WAIT_S = 1.0  # close() waits this long for a thread that is stuck on the device
 SYNC_SLACK_MS = 2  # a placed sound further out of step with the clock than this is put back
 # ... once that many readings in a row say so (one reading can be off: a thread descheduled
