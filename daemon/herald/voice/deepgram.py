@@ -17,20 +17,26 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.exceptions import ConnectionClosed
 
-from herald.audio.dsp import Samples
 from herald.budget import SlidingBudget
 from herald.config import DeepgramConfig
 from herald.voice.base import VoiceError
 from herald.voice.protocol import Failure, FailureKind, split_text
 from herald.voice.socket import LiveSocket, SocketKeeper, SocketSpec
-from herald.voice.streaming import Pcm16Stream, SocketFailed, SocketVoice, cold_check
+from herald.voice.streaming import (
+    END,
+    FrameMeaning,
+    SocketFailed,
+    SocketVoice,
+    Utterance,
+    cold_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +293,10 @@ class DeepgramVoice(SocketVoice):
         self._cfg = cfg
         self._clock = clock
         self.connect_wait_s = cfg.connect_wait_s
+        self.first_audio_timeout_s = cfg.first_audio_timeout_s
+        self.stall_timeout_s = STALL_TIMEOUT_S
         self._output_rate = output_rate
-        self._socket_rate = request_rate(output_rate)
+        self._input_rate = request_rate(output_rate)
         # The server's limits are per minute; tests shorten the window on both sides.
         self._chars = SlidingBudget(cfg.chars_per_minute, budget_window_s)
         self._flushes = SlidingBudget(cfg.flushes_per_minute, budget_window_s)
@@ -300,7 +308,7 @@ class DeepgramVoice(SocketVoice):
     def _spec(self, api_key: str) -> SocketSpec:
         return SocketSpec(
             name=self.name,
-            url=socket_url(self._cfg.url, self._cfg.model, self._socket_rate),
+            url=socket_url(self._cfg.url, self._cfg.model, self._input_rate),
             headers={"Authorization": f"Token {api_key}"},
             max_age_s=self._cfg.max_age_s,
             classify_close=classify_close,
@@ -310,43 +318,36 @@ class DeepgramVoice(SocketVoice):
             idle_normal_close=True,  # a 1000 close of an unused socket is an idle timeout too
         )
 
-    async def _utterance(self, live: LiveSocket, text: str) -> AsyncGenerator[Samples, None]:
-        connection = live.connection
-        ledger = _ledger(live)
-        pcm = Pcm16Stream(self._socket_rate, self._output_rate)
-        try:
-            for piece in split_text(text, MAX_SPEAK_CHARS):
-                await self._within(self._chars, len(piece))
-                await connection.send(speak(piece))
-            await self._within(self._flushes, 1)
-            ledger.flush()  # counted first: a Flush cut off while sending errs towards a replay
-            await connection.send(FLUSH)
-            timeout = self._cfg.first_audio_timeout_s
-            while True:
-                event = decode(await asyncio.wait_for(connection.recv(), timeout))
-                if isinstance(event, Audio):
-                    timeout = STALL_TIMEOUT_S
-                    if len(out := pcm.push(event.data)):
-                        yield out
-                elif isinstance(event, Flushed):
-                    if self._whose(ledger, event) is Verdict.CURRENT:
-                        if len(tail := pcm.end()):
-                            yield tail
-                        return
-                elif isinstance(event, Warning) and event.code == EXCESSIVE_FLUSH:
-                    # No Flushed will come for this text: a fresh socket speaks it at once.
-                    ignored = Failure(
-                        FailureKind.RATE_LIMITED,
-                        f"the server ignored the Flush ({event.code}: {event.description})",
-                    )
-                    raise SocketFailed(ignored)
-                else:
-                    _note(event)
-        except ConnectionClosed as exc:
-            raise SocketFailed(_close_failure(exc)) from None
-        except TimeoutError:
-            silent = Failure(FailureKind.TRANSIENT, "no audio from the server in time")
-            raise SocketFailed(silent) from None
+    async def _send_text(self, said: Utterance) -> None:
+        """Speak messages within the character budget, then one Flush within the Flush budget."""
+        connection = said.live.connection
+        ledger = _ledger(said.live)
+        for piece in split_text(said.text, MAX_SPEAK_CHARS):
+            await self._within(self._chars, len(piece))
+            await connection.send(speak(piece))
+        await self._within(self._flushes, 1)
+        ledger.flush()  # counted first: a Flush cut off while sending errs towards a replay
+        await connection.send(FLUSH)
+
+    def _read(self, frame: str | bytes, said: Utterance) -> FrameMeaning:
+        """Audio; the end at the Flushed that answers this text's Flush; else nothing."""
+        event = decode(frame)
+        if isinstance(event, Audio):
+            return event.data
+        if isinstance(event, Flushed):
+            return END if self._whose(_ledger(said.live), event) is Verdict.CURRENT else None
+        if isinstance(event, Warning) and event.code == EXCESSIVE_FLUSH:
+            # No Flushed will come for this text: a fresh socket speaks it at once.
+            ignored = Failure(
+                FailureKind.RATE_LIMITED,
+                f"the server ignored the Flush ({event.code}: {event.description})",
+            )
+            raise SocketFailed(ignored)
+        _note(event)
+        return None
+
+    def _sign_of_life(self, audio: bytes) -> bool:
+        return True  # any audio frame, even an empty one
 
     def _whose(self, ledger: FlushLedger, event: Flushed) -> Verdict:
         """Whose Flushed this is; what it showed of the numbering is kept for every socket.
@@ -423,11 +424,6 @@ def _ledger(live: LiveSocket) -> FlushLedger:
     if not isinstance(live.engine_state, FlushLedger):
         live.engine_state = FlushLedger()
     return live.engine_state
-
-
-def _close_failure(exc: ConnectionClosed) -> Failure:
-    received = exc.rcvd
-    return classify_close(received.code if received else None, received.reason if received else "")
 
 
 def _note(event: ServerEvent) -> None:

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection
@@ -49,7 +49,7 @@ from herald.voice.base import VoiceError
 from herald.voice.cache import concatenate
 from herald.voice.protocol import Failure, FailureKind
 from herald.voice.socket import LiveSocket, SocketKeeper, SocketSpec
-from herald.voice.streaming import Pcm16Stream, SocketFailed, SocketVoice, cold_check
+from herald.voice.streaming import END, FrameMeaning, SocketVoice, Utterance, cold_check
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,9 @@ class GatewayVoice(SocketVoice):
         self._cfg = cfg
         self._clock = clock
         self.connect_wait_s = cfg.connect_wait_s
+        self.first_audio_timeout_s = cfg.first_audio_timeout_s
+        self.stall_timeout_s = cfg.stall_timeout_s
+        self._input_rate = cfg.sample_rate
         self._output_rate = output_rate
         self.keeper: SocketKeeper = SocketKeeper(
             SocketSpec(
@@ -203,51 +206,36 @@ class GatewayVoice(SocketVoice):
             clock,
         )
 
-    async def _utterance(self, live: LiveSocket, text: str) -> AsyncGenerator[Samples, None]:
-        connection = live.connection
-        pcm = Pcm16Stream(self._cfg.sample_rate, self._output_rate)
-        received = 0  # bytes of audio
-        try:
-            await _discard_stale(connection)
-            await connection.send(synthesize(text))
-            silent_s = self._cfg.first_audio_timeout_s
-            while True:
-                try:
-                    async with asyncio.timeout(silent_s):
-                        event = decode(await connection.recv())
-                except TimeoutError:
-                    await self._replace(live, "its synthesis went silent")
-                    after = "after part of the audio" if received else "before any audio"
-                    raise VoiceError(
-                        f"gateway: no audio and no 'done' for {silent_s:g} s {after}: "
-                        "its provider's synthesis died"
-                    ) from None
-                if isinstance(event, Audio):
-                    if not event.data:
-                        continue  # OpenAI's end-of-stream mark: not a sign of life
-                    received += len(event.data)
-                    silent_s = self._cfg.stall_timeout_s
-                    if len(out := pcm.push(event.data)):
-                        yield out
-                elif isinstance(event, Done):
-                    heard_s = received / 2 / self._cfg.sample_rate
-                    if looks_truncated(heard_s, text):
-                        raise VoiceError(
-                            f"gateway: 'done' after {heard_s:.1f} s of audio, far too short for "
-                            f"{len(text)} characters (its provider failed, or its cache holds a "
-                            "cut-off copy of this text)"
-                        )
-                    if len(tail := pcm.end()):
-                        yield tail
-                    return
-                else:
-                    log.debug("gateway: %s", event)
-        except ConnectionClosed as exc:
-            received_frame = exc.rcvd
-            code, reason = (
-                (received_frame.code, received_frame.reason) if received_frame else (None, "")
-            )
-            raise SocketFailed(classify_close(code, reason)) from None
+    async def _send_text(self, said: Utterance) -> None:
+        await _discard_stale(said.live.connection)
+        await said.live.connection.send(synthesize(said.text))
+
+    def _read(self, frame: str | bytes, said: Utterance) -> FrameMeaning:
+        """Audio; the end at `done`, unless the audio was far too short for the text."""
+        event = decode(frame)
+        if isinstance(event, Audio):
+            return event.data or None  # b"" is OpenAI's end-of-stream mark: not a sign of life
+        if isinstance(event, Done):
+            heard_s = said.audio_bytes / 2 / self._input_rate
+            if looks_truncated(heard_s, said.text):
+                raise VoiceError(
+                    f"gateway: 'done' after {heard_s:.1f} s of audio, far too short for "
+                    f"{len(said.text)} characters (its provider failed, or its cache holds a "
+                    "cut-off copy of this text)"
+                )
+            return END
+        log.debug("gateway: %s", event)
+        return None
+
+    async def _went_silent(self, said: Utterance, silent_s: float) -> NoReturn:
+        """The provider's synthesis died: the socket is replaced (see `_replace`), and the
+        next voice speaks the text, not a replay here."""
+        await self._replace(said.live, "its synthesis went silent")
+        after = "after part of the audio" if said.audio_bytes else "before any audio"
+        raise VoiceError(
+            f"gateway: no audio and no 'done' for {silent_s:g} s {after}: "
+            "its provider's synthesis died"
+        ) from None
 
     async def _replace(self, live: LiveSocket, why: str) -> None:
         """Close the socket; the keeper opens the next one after its backoff. The gateway

@@ -22,19 +22,25 @@ import binascii
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from herald.audio.dsp import Samples
 from herald.config import SlngConfig
 from herald.voice.base import VoiceError
 from herald.voice.protocol import Failure, FailureKind, split_text
 from herald.voice.socket import LiveSocket, SessionRefused, SocketKeeper, SocketSpec
-from herald.voice.streaming import Pcm16Stream, SocketFailed, SocketVoice, cold_check
+from herald.voice.streaming import (
+    END,
+    FrameMeaning,
+    SocketFailed,
+    SocketVoice,
+    Utterance,
+    cold_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +290,9 @@ class SlngVoice(SocketVoice):
         self._cfg = cfg
         self._clock = clock
         self.connect_wait_s = cfg.connect_wait_s
+        self.first_audio_timeout_s = cfg.first_audio_timeout_s
+        self.stall_timeout_s = STALL_TIMEOUT_S
+        self._input_rate = cfg.sample_rate
         self._output_rate = output_rate
         # None: not known yet (probed on the next socket); False once the server has said it
         # does not know the message; a transient error answering it decides nothing.
@@ -344,46 +353,33 @@ class SlngVoice(SocketVoice):
             )
             raise SessionRefused(failure) from None
 
-    async def _utterance(self, live: LiveSocket, words: str) -> AsyncGenerator[Samples, None]:
-        connection = live.connection
-        pcm = Pcm16Stream(self._cfg.sample_rate, self._output_rate)
-        heard = False
-        retire_after: str | None = None  # the session is suspect: replace it after this text
-        try:
-            await self._discard_stale(connection)
-            for piece in split_text(words, MAX_TEXT_CHARS):
-                await connection.send(text(piece))
-            await connection.send(FLUSH)
-            while True:
-                timeout = STALL_TIMEOUT_S if heard else self._cfg.first_audio_timeout_s
-                event = decode(await asyncio.wait_for(connection.recv(), timeout))
-                if isinstance(event, Audio):
-                    heard = heard or bool(event.data)
-                    if len(out := pcm.push(event.data)):
-                        yield out
-                elif isinstance(event, End) and heard:
-                    # Before any audio, an end marker is the second one of the utterance
-                    # before (servers may send both `flushed` and `audio_end`): not ours.
-                    if len(tail := pcm.end()):
-                        yield tail
-                    if retire_after and self.keeper is not None:
-                        self.keeper.retire(live, retire_after)
-                    return
-                elif isinstance(event, Error):
-                    if not self._answers_keepalive(event):
-                        raise spent(event)
-                    # An answer to a keepalive sent just before this text, not to the text:
-                    # finish the text, then replace the socket in case the session is spent.
-                    retire_after = f"error answering 'keepalive' ({event})"
-                elif isinstance(event, Other) and event.kind == "warning":
-                    log.info("slng: warning from the server: %s", event.text)
-        except ConnectionClosed as exc:
-            received = exc.rcvd
-            code, reason = (received.code, received.reason) if received else (None, "")
-            raise SocketFailed(classify_close(code, reason)) from None
-        except TimeoutError:
-            failure = Failure(FailureKind.TRANSIENT, "no audio from the server in time")
-            raise SocketFailed(failure) from None
+    async def _send_text(self, said: Utterance) -> None:
+        """What is stale on the socket is dropped first; then the text, and one `flush`."""
+        connection = said.live.connection
+        await self._discard_stale(connection)
+        for piece in split_text(said.text, MAX_TEXT_CHARS):
+            await connection.send(text(piece))
+        await connection.send(FLUSH)
+
+    def _read(self, frame: str | bytes, said: Utterance) -> FrameMeaning:
+        """Audio; the end at an end marker after some audio; an error spends the session,
+        unless it answers a keepalive."""
+        event = decode(frame)
+        if isinstance(event, Audio):
+            return event.data
+        if isinstance(event, End):
+            # Before any audio, an end marker is the second one of the utterance before
+            # (servers may send both `flushed` and `audio_end`): not ours.
+            return END if said.heard else None
+        if isinstance(event, Error):
+            if not self._answers_keepalive(event):
+                raise spent(event)
+            # An answer to a keepalive sent just before this text, not to the text:
+            # finish the text, then replace the socket in case the session is spent.
+            said.retire_after = f"error answering 'keepalive' ({event})"
+        elif isinstance(event, Other) and event.kind == "warning":
+            log.info("slng: warning from the server: %s", event.text)
+        return None
 
     async def _discard_stale(self, connection: ClientConnection) -> None:
         """Read what arrived while the socket was idle, without waiting: a late end marker or

@@ -1,21 +1,25 @@
-"""What every socket voice does the same way: the SocketVoice base; one utterance over a leased
-socket, replayed once on a fresh socket when the first dies; the cold check for `herald check`;
-PCM frames as samples.
+"""What every socket voice does the same way: the SocketVoice base and its utterance loop; one
+utterance over a leased socket, replayed once on a fresh socket when the first dies; the cold
+check for `herald check`; PCM frames as samples.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import NoReturn, TypeAlias, TypeVar
+
+from websockets.exceptions import ConnectionClosed
 
 from herald.audio.dsp import Samples, StreamResampler, pcm16
 from herald.voice.base import VoiceError
-from herald.voice.protocol import Failure
+from herald.voice.protocol import Failure, FailureKind
 from herald.voice.socket import LiveSocket, SocketKeeper
 
 log = logging.getLogger(__name__)
@@ -32,15 +36,51 @@ class SocketFailed(Exception):
         self.replay = replay
 
 
+def close_frame(exc: ConnectionClosed) -> tuple[int | None, str]:
+    """The code and reason of the close frame the server sent; (None, "") when it sent none."""
+    received = exc.rcvd
+    return (received.code, received.reason) if received else (None, "")
+
+
+class Ended(enum.Enum):
+    """The engine's end marker for this text: all of its audio has come."""
+
+    END = "end"
+
+
+END = Ended.END
+# What one frame means to the utterance loop: audio (bytes, maybe empty), the end of the text,
+# or nothing (a message the engine has dealt with, or a frame that is not this text's).
+FrameMeaning: TypeAlias = bytes | Ended | None
+
+
+@dataclass
+class Utterance:
+    """One text on one socket, as far as it has come: what the engine's hooks may look at."""
+
+    live: LiveSocket
+    text: str
+    heard: bool = False  # a sign of life came: the stall timeout applies from now on
+    audio_bytes: int = 0  # audio received so far
+    retire_after: str | None = None  # the socket is suspect: replace it once the text is spoken
+
+
 class SocketVoice(ABC):
     """What a voice over one warm socket does alike: the socket is kept warm in the background,
     described for the status line, and each text is one utterance on it, replayed once on a
-    fresh socket. A voice says how an utterance goes (`_utterance`) and how it is cut short
-    (`_interrupt`); `keeper` is None when the voice has no API key (`no_key` says so)."""
+    fresh socket. The utterance loop is the same for every engine: send the text, then read
+    frames until the engine's end marker, within a first-audio timeout that becomes a stall
+    timeout once audio was heard. A voice says how the text is sent (`_send_text`), what a
+    frame means (`_read`) and how an utterance is cut short (`_interrupt`); `keeper` is None
+    when the voice has no API key (`no_key` says so)."""
 
     name: str
     keeper: SocketKeeper | None
     connect_wait_s: float  # how long an utterance waits for a socket that is not open yet
+    first_audio_timeout_s: float  # how long the server may take to start a text's audio
+    stall_timeout_s: float  # no frame for this long once audio came: the synthesis is dead
+    _input_rate: int  # the rate of the PCM the server sends
+    _output_rate: int
     no_key = ""
 
     def describe(self) -> str:
@@ -68,10 +108,58 @@ class SocketVoice(ABC):
             async for samples in audio:
                 yield samples
 
-    @abstractmethod
-    def _utterance(self, live: LiveSocket, text: str) -> AsyncGenerator[Samples, None]:
+    async def _utterance(self, live: LiveSocket, text: str) -> AsyncGenerator[Samples, None]:
         """The whole text on this socket, as samples at the output rate; SocketFailed when the
         socket cannot finish it."""
+        said = Utterance(live, text)
+        pcm = Pcm16Stream(self._input_rate, self._output_rate)
+        try:
+            await self._send_text(said)
+            while (meaning := await self._next_frame(said)) is not END:
+                if meaning is not None and len(out := pcm.push(meaning)):
+                    yield out
+            if len(tail := pcm.end()):
+                yield tail
+        except ConnectionClosed as exc:
+            raise SocketFailed(self._close_failure(exc)) from None
+        if said.retire_after and self.keeper is not None:
+            self.keeper.retire(live, said.retire_after)
+
+    async def _next_frame(self, said: Utterance) -> FrameMeaning:
+        """What the next frame means; audio is counted, and may show a sign of life."""
+        silent_s = self.stall_timeout_s if said.heard else self.first_audio_timeout_s
+        try:
+            async with asyncio.timeout(silent_s):
+                frame = await said.live.connection.recv()
+        except TimeoutError:
+            await self._went_silent(said, silent_s)
+        meaning = self._read(frame, said)
+        if isinstance(meaning, bytes):
+            said.audio_bytes += len(meaning)
+            said.heard = said.heard or self._sign_of_life(meaning)
+        return meaning
+
+    def _close_failure(self, exc: ConnectionClosed) -> Failure:
+        assert self.keeper is not None  # the socket was leased from it
+        return self.keeper.spec.classify_close(*close_frame(exc))
+
+    @abstractmethod
+    async def _send_text(self, said: Utterance) -> None:
+        """Send the whole text, and whatever asks the server to speak it now."""
+
+    @abstractmethod
+    def _read(self, frame: str | bytes, said: Utterance) -> FrameMeaning:
+        """What one frame from the server means for this text; raises SocketFailed (or
+        VoiceError) when it says the text cannot be finished."""
+
+    def _sign_of_life(self, audio: bytes) -> bool:
+        """Whether this audio shows the synthesis is under way: any that is not empty."""
+        return bool(audio)
+
+    async def _went_silent(self, said: Utterance, silent_s: float) -> NoReturn:
+        """No frame came for `silent_s`: the socket is dead, and a fresh one may speak the text."""
+        failure = Failure(FailureKind.TRANSIENT, "no audio from the server in time")
+        raise SocketFailed(failure) from None
 
     @abstractmethod
     async def _interrupt(self, live: LiveSocket) -> None:
