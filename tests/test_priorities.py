@@ -122,11 +122,35 @@ def test_two_that_cut_in_at_the_same_instant_preempt_once(arrival: tuple[str, st
 
         preempted = [e for e in h.events.seen if e.kind == "preempted"]
         assert [(e.id, e["requeued"]) for e in preempted] == [("low", True)]
-        assert preempted[0]["by"] in arrival
+        assert preempted[0]["by"] == "fire"  # the one that speaks next, whichever came first
         started = [e.id for e in h.events.seen if e.kind == "started"]
         assert started == ["low", "fire", "high", "low"]
         low, high, fire = tone_of(LOW), tone_of(texts["high"]), tone_of(CRITICAL)
         assert np.array_equal(h.output.heard(), joined(low[: frames(0.505)], fire, high, low))
+
+    run(scenario)
+
+
+def test_a_stop_right_after_a_preemption_drops_the_interrupted_one_and_the_newcomer_speaks() -> (
+    None
+):
+    """The critical one and a stop arrive in one turn of the loop, before the speaking task has
+    heard of the preemption: the stop is about the one that was speaking."""
+
+    async def scenario(h: Harness) -> None:
+        h.say(text=LOW, id="low", priority="low")
+        await h.until("started", "low")
+        await h.wait(0.505)
+        h.say(text=CRITICAL, id="fire", priority="critical", chime=False)
+        assert h.dispatcher.stop_current() == 1
+        await h.until("finished", "fire")
+        await h.wait(10)  # nothing more comes: the low one is gone
+
+        assert [e.kind for e in h.events.of("low")] == ["queued", "started", "dropped"]
+        assert h.events.find("dropped", "low")["reason"] == "stopped"
+        assert not [e for e in h.events.seen if e.kind == "preempted"]
+        heard = h.output.heard()
+        assert np.array_equal(heard, joined(tone_of(LOW)[: frames(0.505)], tone_of(CRITICAL)))
 
     run(scenario)
 
@@ -175,6 +199,27 @@ def test_a_resumed_one_goes_on_from_the_sentence_it_was_cut_in() -> None:
         assert np.array_equal(
             heard, joined(tone_of(text)[: frames(2.005)], tone_of(CRITICAL), tone_of(rest))
         )
+
+    run(scenario)
+
+
+def test_a_resumed_one_cut_in_its_repeat_goes_on_from_where_that_round_was() -> None:
+    """Cut 2 s into its second round: it resumes from the second sentence of that round (not
+    from where the time spoken in both rounds would put it)."""
+    text = "First sentence here. Second sentence is this one. Third one ends it."
+    rest = "Second sentence is this one. Third one ends it."
+
+    async def scenario(h: Harness) -> None:
+        h.say(text=text, id="story", priority="low", on_preempt="resume", repeat=2, chime=False)
+        await h.until("started", "story")
+        round_s = len(tone_of(text)) / RATE + REPEAT_PAUSE_MS / 1000
+        await h.wait(round_s + 2.005)
+        h.say(text=CRITICAL, id="fire", priority="critical", chime=False)
+        await h.until("started", "fire")
+
+        assert h.voice.asked == [text, text, CRITICAL]
+        resumed = h.scheduler.find("story")
+        assert resumed is not None and resumed.text == rest
 
     run(scenario)
 

@@ -102,7 +102,7 @@ class Dispatcher:
         self._taken = RecentlyTaken(REMEMBERED_IDS)
         self._changed = asyncio.Event()
         self._speaking: asyncio.Task[bool] | None = None
-        self._preempted_by: str | None = None
+        self._preempted_by: Announcement | None = None  # the one that cut in, until it speaks
         self._closing = False
         self._on_change = on_change
 
@@ -262,6 +262,7 @@ class Dispatcher:
         if outcomes and self._speaking is not None:
             self._speaker.silence_now()
             self._speaking.cancel()
+            self._preempted_by = None  # stopped for good, even if something had just cut in
         self._publish(outcomes)
         return len(outcomes)
 
@@ -349,7 +350,7 @@ class Dispatcher:
             self._on_change()
         elif preempted_by is not None:
             resume = unspoken_part(announcement.text, self._speaker.speech_seconds)
-            self._publish(self._scheduler.preempted(preempted_by, resume))
+            self._publish(self._scheduler.preempted(preempted_by.id, resume))
         # else: stopped; the Scheduler let go of it when the command came
 
     def report(self, outcomes: list[Outcome]) -> None:
@@ -369,6 +370,11 @@ class Dispatcher:
         if self._speaking is None or self._speaking.done():
             return
         log.info("%s (priority %d) cuts in", newcomer.id, newcomer.priority)
-        self._speaker.silence_now()  # silence first: cancelling takes a turn of the loop
-        self._preempted_by = newcomer.id
-        self._speaking.cancel()
+        first = self._preempted_by
+        # Several in one turn of the loop (before the speaking task has heard of the first):
+        # the event names the one that speaks next, the most urgent (of equals, the first).
+        if first is None or newcomer.priority > first.priority:
+            self._preempted_by = newcomer
+        if first is None:
+            self._speaker.silence_now()  # silence first: cancelling takes a turn of the loop
+            self._speaking.cancel()

@@ -113,7 +113,9 @@ class Speaker:
         self._clock = clock
         self._keeping = [voice for voice in voices if isinstance(voice, CachedVoice)]
         self._last_sound_at = float("-inf")
-        self.speech_seconds = 0.0  # of the announcement being spoken: where a resume starts
+        # Of the round being spoken (a repeat starts again at 0): where a resume starts.
+        self.speech_seconds = 0.0
+        self._heard_seconds = 0.0  # of the announcement being spoken, every round
         self._from_cache = False  # the round being spoken was recalled from the phrase cache
         self._humming: Humming | None = None  # the keep-awake tone, while idle
         self._agreed: Agreed | None = None  # when the one being spoken starts in every room
@@ -215,7 +217,7 @@ class Speaker:
 
     async def _speak_once(self, announcement: Announcement) -> str:
         """Play it through once, on an open output; the name of the voice that spoke it."""
-        self.speech_seconds = 0.0
+        self.speech_seconds = self._heard_seconds = 0.0
         for cached in self._keeping:
             cached.forget()  # spoken again from its start: asked again
         gain = self._delivery.gain_for(announcement)
@@ -262,7 +264,7 @@ class Speaker:
             announcement,
             voice=voice,
             degraded=degraded,
-            duration_s=round(self.speech_seconds, 3),
+            duration_s=round(self._heard_seconds, 3),
             **self._cached_detail(),
         )
         for cached in self._keeping:
@@ -320,9 +322,10 @@ class Speaker:
         gain: float,
     ) -> str:
         voice = ""
+        self.speech_seconds = 0.0
         async with contextlib.aclosing(speech):
             async for voice, chunk in speech:
-                if self.speech_seconds == 0:
+                if self._heard_seconds == 0:
                     degraded = voice not in (self._voices[0].name, MEDIA)
                     self._event(
                         "started",
@@ -333,6 +336,7 @@ class Speaker:
                         **(self._agreed.details() if self._agreed is not None else {}),
                     )
                 self.speech_seconds += len(chunk) / self._rate
+                self._heard_seconds += len(chunk) / self._rate
                 await self._output.play(apply_gain(chunk, gain))
         return voice
 
