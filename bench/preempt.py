@@ -70,8 +70,12 @@ def text_in_band(base: str, trial: int, band: tuple[float, float]) -> str:
 class MonitorRecorder:
     """parec on the null sink's monitor; each read's arrival time and sample count kept."""
 
-    def __init__(self, pulse: PulseServer) -> None:
+    def __init__(
+        self, pulse: PulseServer, source: str = "herald_sink.monitor", channels: int = 1
+    ) -> None:
+        """`channels` above 1: the source's channels as aux0, aux1, ... in that order."""
         self._pulse = pulse
+        self._source, self._channels = source, channels
         self._chunks: list[bytes] = []
         self.reads: list[
             tuple[float, int]
@@ -80,9 +84,12 @@ class MonitorRecorder:
         self._thread: threading.Thread | None = None
 
     def start(self) -> MonitorRecorder:
+        layout = ",".join(f"aux{n}" for n in range(self._channels))
+        channel_map = [f"--channel-map={layout}"] if self._channels > 1 else []
         self._process = subprocess.Popen(
-            ["parec", "--server", self._pulse.server, "-d", "herald_sink.monitor", "--raw",
-             "--format=s16le", f"--rate={RATE}", "--channels=1", "--latency-msec=10"],
+            ["parec", "--server", self._pulse.server, "-d", self._source, "--raw",
+             "--format=s16le", f"--rate={RATE}", f"--channels={self._channels}",
+             *channel_map, "--latency-msec=10"],
             stdout=subprocess.PIPE, bufsize=0,
         )  # fmt: skip
         self._thread = threading.Thread(target=self._read, name="monitor", daemon=True)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -178,23 +177,8 @@ class RoomsRecorder(MonitorRecorder):
     """Part 2's recorder on the rooms' sink: ROOMS channels, channel N-1 being room N. Its
     `reads` count int16 samples of every channel (ROOMS to a frame)."""
 
-    def start(self) -> RoomsRecorder:
-        layout = ",".join(f"aux{n}" for n in range(ROOMS))
-        self._process = subprocess.Popen(
-            ["parec", "--server", self._pulse.server, "-d", "rooms.monitor", "--raw",
-             "--format=s16le", f"--rate={RATE}", f"--channels={ROOMS}",
-             f"--channel-map={layout}", "--latency-msec=10"],
-            stdout=subprocess.PIPE, bufsize=0,
-        )  # fmt: skip
-        self._thread = threading.Thread(target=self._read, name="rooms-monitor", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self.reads and time.monotonic() < deadline:  # parec takes a moment to record
-            time.sleep(0.05)
-        if not self.reads:
-            raise RuntimeError("parec recorded nothing")
-        time.sleep(0.5)
-        return self
+    def __init__(self, pulse: PulseServer) -> None:
+        super().__init__(pulse, source="rooms.monitor", channels=ROOMS)
 
     def frames(self) -> Frames:
         """The recording, one row per frame, one column per room."""
