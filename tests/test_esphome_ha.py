@@ -138,6 +138,29 @@ def esphome_herald(make_daemon: DaemonFactory, broker: Broker, extra: str = "", 
     return port
 
 
+def announce_tone(ha: HomeAssistant, player: str, media: MediaServer) -> None:
+    """What an automation does: `media_player.play_media` of the tone, as an announcement."""
+    ha.call(
+        "media_player",
+        "play_media",
+        entity_id=player,
+        media_content_id=f"{media.url}/tone.wav",
+        media_content_type="music",
+        announce=True,
+    )
+
+
+def heard_through_esphome(probe: MqttProbe) -> list[dict[str, Any]]:
+    """Herald's events for the announcement, once it has ended: spoken to the end, and from
+    the ESPHome API."""
+    events = probe.events_until(
+        lambda got: any(e["event"] in ("finished", "failed") for e in got), timeout=30
+    )
+    assert [e["event"] for e in events] == ["queued", "started", "finished"], events
+    assert all(e.get("source") == "esphome" for e in events), events
+    return events
+
+
 def test_home_assistant_adds_herald_and_its_announcement_is_heard(
     home_assistant: HomeAssistant,
     broker: Broker,
@@ -158,19 +181,8 @@ def test_home_assistant_adds_herald_and_its_announcement_is_heard(
     assert features & HERALDS_FEATURES == HERALDS_FEATURES, features
     assert not features & PAUSE, features
 
-    home_assistant.call(
-        "media_player",
-        "play_media",
-        entity_id=player,
-        media_content_id=f"{media.url}/tone.wav",
-        media_content_type="music",
-        announce=True,
-    )
-    events = probe.events_until(
-        lambda got: any(e["event"] in ("finished", "failed") for e in got), timeout=30
-    )
-    assert [e["event"] for e in events] == ["queued", "started", "finished"], events
-    assert all(e.get("source") == "esphome" for e in events), events
+    announce_tone(home_assistant, player, media)
+    events = heard_through_esphome(probe)
     assert events[0]["priority"] == "high"  # with the announce flag
     # Herald fetched it from Home Assistant's ffmpeg proxy, and only ffmpeg fetched the tone.
     assert len(media.user_agents) == 1 and "Lavf" in media.user_agents[0]
@@ -221,20 +233,9 @@ def test_with_a_key_home_assistant_asks_for_it_and_shows_the_announcement_playin
     finally:
         status.close()
 
-    home_assistant.call(
-        "media_player",
-        "play_media",
-        entity_id=player,
-        media_content_id=f"{media.url}/tone.wav",
-        media_content_type="music",
-        announce=True,
-    )
+    announce_tone(home_assistant, player, media)
     # Played in real time, the announcement is seen in Home Assistant while it is heard.
     home_assistant.wait_state(player, "playing", timeout=10)
-    events = probe.events_until(
-        lambda got: any(e["event"] in ("finished", "failed") for e in got), timeout=30
-    )
-    assert [e["event"] for e in events] == ["queued", "started", "finished"], events
-    assert all(e.get("source") == "esphome" for e in events), events
+    heard_through_esphome(probe)
     home_assistant.wait_state(player, "idle")
     assert not entries.complaints(), entries.complaints()
