@@ -416,9 +416,6 @@ class DeepgramVoice(SocketVoice):
         timing = await cold_check(self.keeper, self.stream, self._output_rate, self._clock)
         return f"model '{self._cfg.model}', {timing}"
 
-    async def aclose(self) -> None:
-        """The keeper's task closes the socket when it is cancelled."""
-
 
 def _ledger(live: LiveSocket) -> FlushLedger:
     if not isinstance(live.engine_state, FlushLedger):

@@ -300,9 +300,6 @@ class GatewayVoice(SocketVoice):
             )
         return f"{self._cfg.url} at {configured} Hz, {said}"
 
-    async def aclose(self) -> None:
-        """The keeper's task closes the socket when it is cancelled."""
-
 
 async def _discard_stale(connection: ClientConnection) -> None:
     """Drop what is already buffered before a new `synthesize`: a `done` (or audio) that came

@@ -467,6 +467,3 @@ class SlngVoice(SocketVoice):
             f"SLNG answered init with {self.greeting}; "
             f"model '{self._cfg.model_id}' voice '{self._cfg.voice}', {said}"
         )
-
-    async def aclose(self) -> None:
-        """The keeper's task closes the socket when it is cancelled."""

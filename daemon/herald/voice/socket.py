@@ -445,10 +445,7 @@ class SocketKeeper:
             detail = exc.response.headers.get(header) if header else None
             return self.spec.classify_handshake(exc.response.status_code, detail)
         if isinstance(exc, ConnectionClosed):
-            rcvd = exc.rcvd
-            return self.spec.classify_close(
-                rcvd.code if rcvd else None, rcvd.reason if rcvd else ""
-            )
+            return self.spec.classify_close(*close_frame(exc))
         if isinstance(exc, TimeoutError):
             return Failure(FailureKind.TRANSIENT, "the handshake timed out")
         return Failure(FailureKind.TRANSIENT, f"{type(exc).__name__}: {exc}")
@@ -471,3 +468,9 @@ class SocketKeeper:
             self._close_politely(live)
         if self._closing:
             await asyncio.wait(self._closing, timeout=2)
+
+
+def close_frame(exc: ConnectionClosed) -> tuple[int | None, str]:
+    """The code and reason of the close frame the server sent; (None, "") when it sent none."""
+    received = exc.rcvd
+    return (received.code, received.reason) if received else (None, "")

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from herald.audio.dsp import Samples, StreamResampler, pcm16
 from herald.voice.base import VoiceError
 from herald.voice.protocol import Failure, FailureKind
-from herald.voice.socket import LiveSocket, SocketKeeper
+from herald.voice.socket import LiveSocket, SocketKeeper, close_frame
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,6 @@ class SocketFailed(Exception):
         super().__init__(str(failure))
         self.failure = failure
         self.replay = replay
-
-
-def close_frame(exc: ConnectionClosed) -> tuple[int | None, str]:
-    """The code and reason of the close frame the server sent; (None, "") when it sent none."""
-    received = exc.rcvd
-    return (received.code, received.reason) if received else (None, "")
 
 
 class Ended(enum.Enum):
@@ -164,6 +158,10 @@ class SocketVoice(ABC):
     @abstractmethod
     async def _interrupt(self, live: LiveSocket) -> None:
         """Cut the utterance short, leaving no stale audio on the socket (or retire it)."""
+
+    async def aclose(self) -> None:
+        """Nothing to do: the keeper's task closes the socket when it is cancelled."""
+        return None
 
 
 async def replaying(
