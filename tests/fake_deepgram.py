@@ -44,9 +44,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import numpy.typing as npt
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from tests.fake_server import FakeServer, parse_object, reap, sleep_until
+from tests.fake_server import JsonObject as JsonObject  # for the tests that read the fake's JSON
 
 SPEAK_PATH = "/v1/speak"
 DEFAULT_MODEL = "aura-asteria-en"  # what the live service picks when `model` is missing
@@ -61,8 +64,6 @@ DG_ERRORS = {
     429: "TOO_MANY_REQUESTS",
     503: "SERVICE_UNAVAILABLE",
 }
-
-JsonObject = dict[str, Any]
 
 # How the fake writes the sequence_id of the n-th Flushed (or Cleared) of a socket, counting from
 # 0: "count" is what Herald expects (n); the others are what a server might do instead.
@@ -205,6 +206,31 @@ def dominant_hz(samples: npt.ArrayLike, rate: int) -> float:
     return float((k + offset) * rate / x.size)
 
 
+# --- audio on a socket: paced as the service sends it --------------------------------------------
+
+
+async def send_tone(
+    text: str,
+    rate: int,
+    send: Callable[[bytes, int], Awaitable[None]],
+    *,
+    chunk_ms: int,
+    pace: float,
+    seconds_per_char: float,
+    speed: float = 1.0,
+) -> float:
+    """Send the text's tone in `chunk_ms` pieces, each with its index, paced (`pace` 0: as
+    fast as possible; 1.0: real time); return its length in seconds."""
+    hz, total = tone_hz(text), utterance_samples(text, rate, seconds_per_char, speed)
+    step = max(1, rate * chunk_ms // 1000)
+    interval = chunk_ms / 1000 / pace if pace > 0 else 0.0
+    started = time.monotonic()
+    for k, first in enumerate(range(0, total, step)):
+        await sleep_until(started + k * interval)  # yields even when due, so a Clear gets in
+        await send(tone_chunk(hz, rate, first, min(step, total - first)), k)
+    return total / rate
+
+
 # --- limits and handshake: pure ------------------------------------------------------------------
 
 
@@ -301,14 +327,6 @@ def _float_or(text: str | None, default: float) -> float:
         return math.nan
 
 
-def _parse_object(raw: str) -> JsonObject | None:
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) else None
-
-
 # --- one socket ----------------------------------------------------------------------------------
 
 
@@ -361,13 +379,13 @@ class _Session:
         try:
             await self.ws.wait_closed()
         finally:
-            await _reap([reader, watchdog, self._speaker, *self._stragglers])
+            await reap([reader, watchdog, self._speaker, *self._stragglers])
 
     async def close(self, code: int, reason: str) -> None:
         if self._closing:
             return
         self._closing = True
-        self.server._log_close(code, reason)
+        self.server.log_close(code, reason)
         said = close_reason(reason, self.options.reason_style)
         if self.options.error_frames and code != 1000:
             with contextlib.suppress(ConnectionClosed):
@@ -398,7 +416,7 @@ class _Session:
     async def _dispatch(self, frame: str | bytes) -> bool:
         """Act on one client frame; False when the socket is closing and reading should stop."""
         self._last_message = time.monotonic()
-        message = _parse_object(frame) if isinstance(frame, str) else None
+        message = parse_object(frame) if isinstance(frame, str) else None
         received = ReceivedMessage(
             connection=self.index, at=self._last_message, message=message, raw=frame
         )
@@ -516,7 +534,7 @@ class _Session:
         returns the flushes cut short, in order."""
         if self.options.clear_latency_s > 0:
             await asyncio.sleep(self.options.clear_latency_s)
-        await _reap([self._speaker])
+        await reap([self._speaker])
         cut = [self._speaking] if self._speaking is not None else []
         self._speaking = None
         self._text.clear()
@@ -530,7 +548,7 @@ class _Session:
         with contextlib.suppress(ConnectionClosed):
             while (job := await self._jobs.get()) is not None:
                 self._speaking = job
-                await _sleep_until(job.ready_at)
+                await sleep_until(job.ready_at)
                 if job.text.strip():
                     await self._stream(job.text)
                 # Flushed follows the last audio frame of its flush.
@@ -539,18 +557,15 @@ class _Session:
             await self.close(1000, "")
 
     async def _stream(self, text: str) -> None:
-        rate, hz = self.accepted.params.sample_rate, tone_hz(text)
-        total = utterance_samples(
-            text, rate, self.options.seconds_per_char, self.accepted.params.speed
+        await send_tone(
+            text,
+            self.accepted.params.sample_rate,
+            lambda chunk, _: self.ws.send(chunk),
+            chunk_ms=self.options.chunk_ms,
+            pace=self.options.pace,
+            seconds_per_char=self.options.seconds_per_char,
+            speed=self.accepted.params.speed,
         )
-        step = max(1, rate * self.options.chunk_ms // 1000)
-        interval = (
-            self.options.chunk_ms / 1000 / self.options.pace if self.options.pace > 0 else 0.0
-        )
-        started = time.monotonic()
-        for k, first in enumerate(range(0, total, step)):
-            await _sleep_until(started + k * interval)  # yields even when due, so Clear gets in
-            await self.ws.send(tone_chunk(hz, rate, first, min(step, total - first)))
 
     # timers
 
@@ -575,23 +590,6 @@ class _Session:
         return self._last_message + self.options.idle_timeout_s
 
 
-async def _sleep_until(deadline: float) -> None:
-    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-
-
-async def _reap(tasks: Sequence[asyncio.Task[None] | None]) -> None:
-    """Cancel the tasks, wait for them to end, and re-raise a failure of theirs if any."""
-    running = [task for task in tasks if task is not None]
-    for task in running:
-        task.cancel()
-    if running:
-        await asyncio.wait(running)
-    for task in running:
-        failure = None if task.cancelled() else task.exception()
-        if failure is not None:
-            raise failure
-
-
 def _check_forms(options: FakeDeepgramOptions) -> None:
     for value, allowed in (
         (options.sequence_ids, SEQUENCE_ID_FORMS),
@@ -605,99 +603,29 @@ def _check_forms(options: FakeDeepgramOptions) -> None:
 # --- the server ----------------------------------------------------------------------------------
 
 
-class FakeDeepgram:
+class FakeDeepgram(FakeServer):
     """The fake service on 127.0.0.1; counters and logs are plain attributes for tests to read."""
+
+    path = SPEAK_PATH
+    open_timeout = 60
 
     def __init__(
         self, options: FakeDeepgramOptions | None = None, *, host: str = "127.0.0.1", port: int = 0
     ) -> None:
+        super().__init__(host, port)
         self.options = options if options is not None else FakeDeepgramOptions()
         _check_forms(self.options)
-        self.host = host
-        self.connections = 0  # accepted handshakes
-        self.refused = 0  # refused handshakes
         self.refusals: list[tuple[int, str]] = []  # HTTP status and dg-error of each refusal
-        self.close_log: list[tuple[int, str]] = []  # every close the server initiated
         self.idle_closes = 0  # sockets closed for idleness, with either code
         self.received: list[ReceivedMessage] = []
-        self.sent: list[tuple[int, JsonObject]] = []  # every JSON frame sent, by connection index
         self.speak_chars_total = 0
         self.max_chars_in_window_seen = 0  # includes a Speak that broke the limit
-        self._port = port
-        self._server: Server | None = None
-        self._sessions: set[_Session] = set()
         self._accepted: weakref.WeakKeyDictionary[ServerConnection, _Accepted] = (
             weakref.WeakKeyDictionary()
         )
-        self._changed = asyncio.Event()
-
-    async def __aenter__(self) -> FakeDeepgram:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self._port,
-            process_request=self._process_request,
-            process_response=self._process_response,
-            max_size=None,  # the fake checks sizes itself, to close with Deepgram's codes
-            compression=None,
-            open_timeout=60,
-            close_timeout=2,
-        )
-
-    async def stop(self) -> None:
-        """Close every socket (1001) and wait until every connection handler has returned."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the fake is not started")
-        port: int = next(iter(self._server.sockets)).getsockname()[1]
-        return port
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{SPEAK_PATH}"
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._sessions)
 
     def set_handshake_status(self, status: int | None) -> None:
         self.options.handshake_status = status
-
-    # The bounded waits take a timeout, as the tests' brief asks, rather than relying on callers.
-    async def wait_until(
-        self,
-        condition: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109
-    ) -> None:
-        """Wait (bounded) until `condition()` holds; it is re-checked whenever the fake changes."""
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await self._changed.wait()
-
-    async def wait_for_connections(self, n: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        await self.wait_until(lambda: self.connections >= n, timeout)
-
-    async def kill_all(self) -> None:
-        """Drop every TCP connection without a close frame, as a network failure would."""
-        killed = set(self._sessions)
-        for session in killed:
-            session.ws.transport.abort()
-        await self.wait_until(lambda: not killed & self._sessions)
-
-    async def close_all(self, code: int, reason: str) -> None:
-        await asyncio.gather(*(session.close(code, reason) for session in list(self._sessions)))
 
     # hooks
 
@@ -724,38 +652,20 @@ class FakeDeepgram:
     def _refuse(self, connection: ServerConnection, refusal: Refusal) -> Response:
         request_id = str(uuid.uuid4())
         body = {"err_code": refusal.dg_error, "err_msg": refusal.message, "request_id": request_id}
-        response = connection.respond(refusal.status, json.dumps(body))
+        self.refusals.append((refusal.status, refusal.dg_error))
+        response = self.refuse(connection, refusal.status, json.dumps(body))
         del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
         response.headers["dg-error"] = refusal.dg_error
         response.headers["dg-request-id"] = request_id
-        self.refused += 1
-        self.refusals.append((refusal.status, refusal.dg_error))
-        self._notify()
         return response
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        session = _Session(self, ws, self.connections, self._accepted.pop(ws))
-        self.connections += 1
-        self._sessions.add(session)
-        self._notify()
-        try:
-            await session.run()
-        finally:
-            self._sessions.discard(session)
-            self._notify()
+    def _session(self, ws: ServerConnection, index: int) -> _Session:
+        return _Session(self, ws, index, self._accepted.pop(ws))
 
     def _record(self, message: ReceivedMessage) -> None:
         self.received.append(message)
-        self._notify()
-
-    def _log_close(self, code: int, reason: str) -> None:
-        self.close_log.append((code, reason))
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.notify()
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -864,7 +774,7 @@ async def _serve_until_signalled(
         print(server.url, flush=True)
         commands = asyncio.create_task(_obey_stdin(server)) if control else None
         await stop.wait()
-        await _reap([commands])
+        await reap([commands])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

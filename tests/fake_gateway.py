@@ -40,7 +40,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from tests.fake_deepgram import synthesize
-from tests.fake_slng import JsonObject, LoopbackServer, ServerSession, ToneOptions, sleep_until
+from tests.fake_server import JsonObject, sleep_until
+from tests.fake_slng import LoopbackServer, ServerSession, ToneOptions
 
 WS_PATH = "/api/v1/ws"
 CACHE_CHUNK = 4096  # bytes a cached phrase is replayed in

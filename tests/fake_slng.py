@@ -19,7 +19,8 @@ a keepalive or the middle of an utterance with an error of any code, and end an 
 
 The audio is tests.fake_deepgram's tone: its pitch and length are functions of the text, so a
 test can tell which utterance it hears. `LoopbackServer` and `ServerSession` are shared with
-tests/fake_gateway.py; `RecordingSink` is an audio output that keeps what a Speaker plays.
+tests/fake_gateway.py (and the server's plumbing, tests.fake_server's `FakeServer`, with
+tests/fake_deepgram.py too); `RecordingSink` is an audio output that keeps what a Speaker plays.
 """
 
 from __future__ import annotations
@@ -31,134 +32,39 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import numpy as np
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from herald.audio.dsp import Samples
-from tests.fake_deepgram import tone_chunk, tone_hz, utterance_samples
-
-JsonObject = dict[str, Any]
-
+from tests.fake_deepgram import send_tone
+from tests.fake_server import FakeServer, JsonObject, parse_object, reap, sleep_until
 
 # --- what both fakes share -----------------------------------------------------------------------
 
 
-class LoopbackServer:
-    """A WebSocket server on 127.0.0.1 whose sessions tests can count, wait for and break."""
-
-    path = "/"
+class LoopbackServer(FakeServer):
+    """A fake whose sessions are `ServerSession`s: JSON messages in, one utterance at a time out."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.connections = 0  # accepted handshakes
-        self.refused = 0  # refused handshakes
+        super().__init__(host, port)
         self.syntheses = 0  # utterances the server started to synthesize
-        self.close_log: list[tuple[int, str]] = []  # every close the server initiated
         self.received: list[tuple[int, JsonObject]] = []  # client JSON by connection index
-        self.sent: list[tuple[int, JsonObject]] = []  # server JSON by connection index
-        self._port = port
-        self._server: Server | None = None
-        self._sessions: set[ServerSession] = set()
-        self._changed = asyncio.Event()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self._port,
-            process_request=self._process_request,
-            max_size=None,
-            compression=None,
-            close_timeout=2,
-        )
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the fake is not started")
-        port: int = next(iter(self._server.sockets)).getsockname()[1]
-        return port
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.path}"
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._sessions)
 
     def types_received(self, kind_key: str = "type") -> list[str]:
         return [str(message.get(kind_key)) for _, message in self.received]
 
-    async def wait_until(
-        self,
-        condition: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 (a bounded wait, as every test wait must be)
-    ) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await self._changed.wait()
-
     async def wait_for_connections(self, n: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Wait (bounded) until `n` handshakes were accepted and a socket is open."""
         await self.wait_until(lambda: self.connections >= n and self.open_connections > 0, timeout)
-
-    async def kill_all(self) -> None:
-        """Drop every TCP connection without a close frame, as a network failure would."""
-        killed = set(self._sessions)
-        for session in killed:
-            session.ws.transport.abort()
-        await self.wait_until(lambda: not killed & self._sessions)
-
-    async def close_all(self, code: int, reason: str) -> None:
-        await asyncio.gather(*(session.close(code, reason) for session in list(self._sessions)))
-
-    # for subclasses
-
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
-        return None
 
     def _session(self, ws: ServerConnection, index: int) -> ServerSession:
         raise NotImplementedError
-
-    def refuse(self, connection: ServerConnection, status: int, body: str) -> Response:
-        self.refused += 1
-        self.notify()
-        return connection.respond(status, body)
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        session = self._session(ws, self.connections)
-        self.connections += 1
-        self._sessions.add(session)
-        self.notify()
-        try:
-            await session.run()
-        finally:
-            self._sessions.discard(session)
-            self.notify()
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
 
 
 class ServerSession:
@@ -186,8 +92,7 @@ class ServerSession:
         if self._closing:
             return
         self._closing = True
-        self.server.close_log.append((code, reason))
-        self.server.notify()
+        self.server.log_close(code, reason)
         await self.ws.close(code, reason)
 
     async def send_json(self, message: JsonObject) -> None:
@@ -199,7 +104,7 @@ class ServerSession:
         with contextlib.suppress(ConnectionClosed):
             async for frame in self.ws:
                 self.last_message = time.monotonic()
-                message = _parse_object(frame) if isinstance(frame, str) else None
+                message = parse_object(frame) if isinstance(frame, str) else None
                 self.server.received.append((self.index, message or {}))
                 self.server.notify()
                 if message is None:
@@ -244,14 +149,14 @@ class ServerSession:
         send: Callable[[bytes, int], Awaitable[None]],
     ) -> float:
         """Send the text's tone in `chunk_ms` pieces, paced; return its length in seconds."""
-        total = utterance_samples(text, rate, options.seconds_per_char)
-        step = max(1, rate * options.chunk_ms // 1000)
-        interval = options.chunk_ms / 1000 / options.pace if options.pace > 0 else 0.0
-        started = time.monotonic()
-        for k, first in enumerate(range(0, total, step)):
-            await sleep_until(started + k * interval)  # yields even when due: a cancel gets in
-            await send(tone_chunk(tone_hz(text), rate, first, min(step, total - first)), k)
-        return total / rate
+        return await send_tone(
+            text,
+            rate,
+            send,
+            chunk_ms=options.chunk_ms,
+            pace=options.pace,
+            seconds_per_char=options.seconds_per_char,
+        )
 
 
 @dataclass
@@ -260,23 +165,6 @@ class ToneOptions:
     pace: float = 0.0  # 0: as fast as possible; 1.0: real time
     chunk_ms: int = 20
     seconds_per_char: float = 0.06
-
-
-async def sleep_until(deadline: float) -> None:
-    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-
-
-async def reap(tasks: Sequence[asyncio.Task[None] | None]) -> None:
-    """Cancel the tasks, wait for them to end, and re-raise a failure of theirs if any."""
-    running = [task for task in tasks if task is not None]
-    for task in running:
-        task.cancel()
-    if running:
-        await asyncio.wait(running)
-    for task in running:
-        failure = None if task.cancelled() else task.exception()
-        if failure is not None:
-            raise failure
 
 
 class RecordingSink:
@@ -314,14 +202,6 @@ class RecordingSink:
 
     def reset(self) -> None:
         self.chunks, self.first_at = [], None
-
-
-def _parse_object(raw: str) -> JsonObject | None:
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) else None
 
 
 # --- SLNG ---------------------------------------------------------------------------------------

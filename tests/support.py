@@ -19,16 +19,18 @@ import threading
 import time
 import uuid
 import wave
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as paho
 import soxr
 from paho.mqtt.enums import CallbackAPIVersion
+
+from herald.voice.base import Voice
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 48000
@@ -769,3 +771,57 @@ def media_server(body: bytes) -> Iterator[MediaServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- the voice tests: a voice kept warm, what it says, a bounded run -----------------------------
+
+AnyVoice = TypeVar("AnyVoice", bound=Voice)
+Result = TypeVar("Result")
+
+
+@contextlib.asynccontextmanager
+async def warm(voice: AnyVoice) -> AsyncIterator[AnyVoice]:
+    """The voice with its upkeep (`voice.run()`, a warm socket) running; cancelled and awaited
+    when the block ends."""
+    keeping = asyncio.create_task(voice.run())
+    try:
+        yield voice
+    finally:
+        keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
+
+
+async def speak(voice: Voice, text: str) -> bytes:
+    """All the voice says for `text`, as linear16 little-endian bytes."""
+    chunks = [chunk async for chunk in voice.stream(text)]
+    return b"".join(chunk.astype("<i2").tobytes() for chunk in chunks)
+
+
+async def speak_interrupted(
+    voice: Voice, text: str, after_chunks: int, interrupt: Callable[[], Awaitable[None]]
+) -> bytes:
+    """All the voice says for `text`, with `interrupt()` (the fake breaking the socket, say)
+    awaited once the first `after_chunks` chunks have come."""
+    received = []
+    async for chunk in voice.stream(text):
+        received.append(chunk.astype("<i2").tobytes())
+        if len(received) == after_chunks:
+            await interrupt()
+    return b"".join(received)
+
+
+def run(coroutine: Coroutine[Any, Any, Result]) -> Result:
+    """Run a test's scenario on a fresh event loop, bounded to a minute."""
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+# --- the daemon's output, for the end-to-end tests -----------------------------------------------
+
+PERIOD = 960  # 20 ms at 48 kHz: every announcement ends on a whole period
+
+
+def padded(audio: bytes) -> npt.NDArray[np.int16]:
+    """Linear16 audio as the daemon plays it: with silence after it up to a whole period."""
+    samples = np.frombuffer(audio, dtype="<i2")
+    return np.concatenate([samples, np.zeros(-len(samples) % PERIOD, dtype=np.int16)])

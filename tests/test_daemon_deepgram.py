@@ -22,11 +22,11 @@ from tests.support import (
     MqttProbe,
     contains_speech,
     finished_or_failed,
+    padded,
     wait_for,
 )
 
 RATE = 48000
-PERIOD = 960  # 20 ms at 48 kHz: every announcement ends on a whole period
 
 
 @pytest.fixture
@@ -45,11 +45,6 @@ def deepgram_daemon(
     )
     daemon.env["DEEPGRAM_API_KEY"] = key
     return daemon
-
-
-def padded(audio: bytes) -> np.ndarray:
-    samples = np.frombuffer(audio, dtype="<i2")
-    return np.concatenate([samples, np.zeros(-len(samples) % PERIOD, dtype=np.int16)])
 
 
 def test_ten_announcements_use_the_one_socket_opened_before_the_first(

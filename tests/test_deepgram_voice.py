@@ -17,7 +17,7 @@ from herald.config import DeepgramConfig
 from herald.voice.base import VoiceError
 from herald.voice.deepgram import DeepgramVoice
 from tests.fake_deepgram import FakeDeepgram, FakeDeepgramOptions, dominant_hz, synthesize, tone_hz
-from tests.support import free_port
+from tests.support import free_port, run, speak, speak_interrupted, warm
 
 RATE = 48000
 KEY = "test-key"
@@ -27,27 +27,10 @@ def config(server: FakeDeepgram, **overrides: Any) -> DeepgramConfig:
     return DeepgramConfig(url=server.url, **overrides)
 
 
-@contextlib.asynccontextmanager
-async def warm_voice(
+def warm_voice(
     server: FakeDeepgram, key: str = KEY, window_s: float = 60.0, **overrides: Any
-) -> AsyncIterator[DeepgramVoice]:
-    voice = DeepgramVoice(config(server, **overrides), key, RATE, budget_window_s=window_s)
-    keeping = asyncio.create_task(voice.run())
-    try:
-        yield voice
-    finally:
-        keeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeping
-
-
-async def speak(voice: DeepgramVoice, text: str) -> bytes:
-    chunks = [chunk async for chunk in voice.stream(text)]
-    return b"".join(chunk.astype("<i2").tobytes() for chunk in chunks)
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coroutine, 60))
+) -> contextlib.AbstractAsyncContextManager[DeepgramVoice]:
+    return warm(DeepgramVoice(config(server, **overrides), key, RATE, budget_window_s=window_s))
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
@@ -92,9 +75,8 @@ def test_speak_sends_the_model_rate_and_token_the_config_names() -> None:
     async def scenario() -> None:
         async with FakeDeepgram(FakeDeepgramOptions(first_byte_s=0)) as server:
             voice = DeepgramVoice(config(server, model="aura-2-andromeda-en"), KEY, 16000)
-            keeping = asyncio.create_task(voice.run())
-            audio = await speak(voice, "Sixteen kilohertz.")
-            keeping.cancel()
+            async with warm(voice):
+                audio = await speak(voice, "Sixteen kilohertz.")
             assert audio == synthesize("Sixteen kilohertz.", 16000)
 
     run(scenario())
@@ -105,11 +87,9 @@ def test_a_device_rate_deepgram_lacks_is_resampled() -> None:
         async with (
             FakeDeepgram(FakeDeepgramOptions(first_byte_s=0)) as server,
             warm_voice(server) as _,
+            warm(DeepgramVoice(config(server), KEY, 44100)) as voice,
         ):
-            voice = DeepgramVoice(config(server), KEY, 44100)
-            keeping = asyncio.create_task(voice.run())
             audio = np.frombuffer(await speak(voice, "Odd rate."), dtype="<i2")
-            keeping.cancel()
         assert abs(len(audio) / 44100 - len(synthesize("Odd rate.", 48000)) / 2 / 48000) < 0.01
         assert abs(dominant_hz(audio, 44100) - tone_hz("Odd rate.")) < 3
 
@@ -157,15 +137,14 @@ def test_a_socket_that_dies_mid_announcement_is_replayed_in_full(how: str) -> No
             warm_voice(server) as voice,
         ):
             await server.wait_for_connections(1)
-            received = []
-            async for chunk in voice.stream(text):
-                received.append(chunk.astype("<i2").tobytes())
-                if len(received) == 5:
-                    if how == "kill":
-                        await server.kill_all()
-                    else:
-                        await server.close_all(1011, "NET-0000")
-            return b"".join(received), server.connections
+
+            async def interrupt() -> None:
+                if how == "kill":
+                    await server.kill_all()
+                else:
+                    await server.close_all(1011, "NET-0000")
+
+            return await speak_interrupted(voice, text, 5, interrupt), server.connections
 
     heard, connections = run(scenario())
     assert connections == 2
@@ -232,16 +211,11 @@ def test_an_announcement_hears_at_once_that_the_server_is_down(down: str, reason
         async with FakeDeepgram(FakeDeepgramOptions(handshake_status=503)) as server:
             url = server.url if down == "refusing" else f"ws://127.0.0.1:{free_port()}/v1/speak"
             voice = DeepgramVoice(DeepgramConfig(url=url, connect_wait_s=5), KEY, RATE)
-            keeping = asyncio.create_task(voice.run())
-            try:
+            async with warm(voice):
                 started = time.monotonic()
                 with pytest.raises(VoiceError) as caught:
                     await speak(voice, "Is anyone there?")
                 return str(caught.value), time.monotonic() - started, server.refused
-            finally:
-                keeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeping
 
     message, took, refused = run(scenario())
     assert "deepgram is unavailable" in message

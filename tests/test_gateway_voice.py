@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import numpy as np
@@ -23,31 +22,15 @@ from herald.voice.protocol import FailureKind
 from tests.fake_deepgram import dominant_hz, synthesize, tone_hz
 from tests.fake_gateway import FakeGateway, FakeGatewayOptions
 from tests.fake_slng import RecordingSink
+from tests.support import run, speak, speak_interrupted, warm
 
 RATE = 24000  # the gateway's default TTS_SAMPLE_RATE
 
 
-@contextlib.asynccontextmanager
-async def warm_voice(
+def warm_voice(
     server: FakeGateway, rate: int = RATE, **overrides: Any
-) -> AsyncIterator[GatewayVoice]:
-    voice = GatewayVoice(GatewayConfig(url=server.url, **overrides), rate)
-    keeping = asyncio.create_task(voice.run())
-    try:
-        yield voice
-    finally:
-        keeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeping
-
-
-async def speak(voice: Voice, text: str) -> bytes:
-    chunks = [chunk async for chunk in voice.stream(text)]
-    return b"".join(chunk.astype("<i2").tobytes() for chunk in chunks)
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coroutine, 60))
+) -> AbstractAsyncContextManager[GatewayVoice]:
+    return warm(GatewayVoice(GatewayConfig(url=server.url, **overrides), rate))
 
 
 def fast(**overrides: Any) -> FakeGatewayOptions:
@@ -129,12 +112,7 @@ def test_a_socket_killed_mid_announcement_is_replayed_in_full() -> None:
 
     async def scenario() -> tuple[bytes, int]:
         async with FakeGateway(fast(pace=1.0)) as server, warm_voice(server) as voice:
-            received = []
-            async for chunk in voice.stream(text):
-                received.append(chunk.astype("<i2").tobytes())
-                if len(received) == 4:
-                    await server.kill_all()
-            return b"".join(received), server.connections
+            return await speak_interrupted(voice, text, 4, server.kill_all), server.connections
 
     heard, connections = run(scenario())
     assert connections == 2
@@ -175,12 +153,11 @@ def test_a_wrong_path_is_reported_as_a_config_error() -> None:
     async def scenario() -> str:
         async with FakeGateway(fast()) as server:
             voice = GatewayVoice(GatewayConfig(url=server.url + "/nope", connect_wait_s=1), RATE)
-            keeping = asyncio.create_task(voice.run())
-            await server.wait_until(lambda: server.refused >= 1)
-            await asyncio.sleep(0.1)
-            with pytest.raises(VoiceError) as caught:
-                await speak(voice, "Hello")
-            keeping.cancel()
+            async with warm(voice):
+                await server.wait_until(lambda: server.refused >= 1)
+                await asyncio.sleep(0.1)
+                with pytest.raises(VoiceError) as caught:
+                    await speak(voice, "Hello")
             return str(caught.value)
 
     assert "HTTP 404" in run(scenario())

@@ -31,6 +31,7 @@ from tests.conftest import DaemonFactory
 from tests.fake_deepgram import FakeDeepgramOptions, synthesize
 from tests.support import (
     FINAL_EVENTS,
+    PERIOD,
     REPO,
     Broker,
     Capture,
@@ -40,12 +41,12 @@ from tests.support import (
     espeak_reference,
     fates,
     free_port,
+    padded,
     similarity,
     wait_for,
 )
 
 RATE = 48000
-PERIOD = 960  # 20 ms at 48 kHz: every announcement ends on a whole period
 REPLAY_LINE = "replaying it on a fresh socket"
 SOCKET_OPEN = re.compile(r"deepgram: socket #\d+ open")
 
@@ -192,11 +193,6 @@ def cloud_daemon(
     )
     daemon.env.pop("DEEPGRAM_API_KEY", None)
     return daemon
-
-
-def padded(audio: bytes) -> Samples:
-    samples = np.frombuffer(audio, dtype="<i2")
-    return np.concatenate([samples, np.zeros(-len(samples) % PERIOD, dtype=np.int16)])
 
 
 def played_samples(capture: Capture) -> int:

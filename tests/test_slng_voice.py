@@ -8,11 +8,10 @@ error shapes. A fake that only spoke the form Herald expects would prove nothing
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from herald.voice.protocol import Failure, FailureKind
 from herald.voice.slng import SlngVoice
 from tests.fake_deepgram import dominant_hz, synthesize, tone_hz
 from tests.fake_slng import FakeSlng, FakeSlngOptions, RecordingSink, Route
+from tests.support import run, speak, speak_interrupted, warm
 
 RATE = 24000  # the fake's rate and the output's: no resampling, so audio compares byte for byte
 KEY = "slng-test-key"
@@ -54,27 +54,10 @@ def config(server: FakeSlng, route: Route = "bridge", **overrides: Any) -> SlngC
     return SlngConfig(url=server.template_for(route), **overrides)
 
 
-@contextlib.asynccontextmanager
-async def warm_voice(
+def warm_voice(
     server: FakeSlng, key: str = KEY, rate: int = RATE, route: Route = "bridge", **overrides: Any
-) -> AsyncIterator[SlngVoice]:
-    voice = SlngVoice(config(server, route, **overrides), key, rate)
-    keeping = asyncio.create_task(voice.run())
-    try:
-        yield voice
-    finally:
-        keeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeping
-
-
-async def speak(voice: Voice, text: str) -> bytes:
-    chunks = [chunk async for chunk in voice.stream(text)]
-    return b"".join(chunk.astype("<i2").tobytes() for chunk in chunks)
-
-
-def run(coroutine: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coroutine, 60))
+) -> AbstractAsyncContextManager[SlngVoice]:
+    return warm(SlngVoice(config(server, route, **overrides), key, rate))
 
 
 def fast(**overrides: Any) -> FakeSlngOptions:
@@ -517,12 +500,7 @@ def test_a_socket_killed_mid_announcement_is_replayed_in_full() -> None:
 
     async def scenario() -> tuple[bytes, int]:
         async with FakeSlng(fast(pace=1.0)) as server, warm_voice(server) as voice:
-            received = []
-            async for chunk in voice.stream(text):
-                received.append(chunk.astype("<i2").tobytes())
-                if len(received) == 4:
-                    await server.kill_all()
-            return b"".join(received), server.connections
+            return await speak_interrupted(voice, text, 4, server.kill_all), server.connections
 
     heard, connections = run(scenario())
     assert connections == 2
