@@ -46,6 +46,7 @@ UNIT_FILES = {
     "test_priorities.py",
     "test_pure_core.py",
     "test_scheduler.py",
+    "test_status.py",
     "test_sync.py",
     "test_text.py",
     "test_timing.py",

@@ -241,12 +241,14 @@ def assemble(
     voices: list[Voice],
     output: AudioSink,
     delivery: Delivery,
+    device_problem: Callable[[], str | None] = lambda: None,
 ) -> Core:
     """The parts, each built after what it needs, so that none is attached to another later:
     the controls and the status; the outbox, through which every event leaves; the Speaker and
     the Dispatcher, which emit into it; the Node, which routes what arrives, last. (The MQTT
     bridge, `publisher` here, comes before all of them: it publishes at once, and receives only
-    once it is served the Node's `route`.)"""
+    once it is served the Node's `route`.) `device_problem`: what the output last found wrong
+    with the audio device, for the status."""
     panel = ControlPanel(
         Controls.load(config.state_dir / "controls.json", config.audio.volume),
         config.state_dir / "controls.json",
@@ -258,6 +260,7 @@ def assemble(
         panel.controls,
         lambda payload: publisher.publish(topics.status, payload, retain=True),
         last_path=config.state_dir / "last.json",
+        device_problem=device_problem,
     )
     panel.follow(status.changed)
     outbox = Outbox(publisher, topics.events, journal)
@@ -323,7 +326,17 @@ def _build(config: Config, life: _Lifetime) -> _Parts:
         device_retry_s=AUDIO_RETRY_S,  # the daemon waits for a missing device; `say` does not
         media=_media_player(config),
     )
-    core = assemble(config, topics, life.scheduler, life.journal, bridge, voices, output, delivery)
+    core = assemble(
+        config,
+        topics,
+        life.scheduler,
+        life.journal,
+        bridge,
+        voices,
+        output,
+        delivery,
+        device_problem=lambda: output.problem,
+    )
     esphome = _esphome(config, core.dispatcher, core.panel)
     if esphome is not None:
         core.outbox.follow(esphome.note)

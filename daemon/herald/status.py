@@ -98,10 +98,13 @@ class StatusBoard:
         publish: Callable[[str], None],
         last_path: Path | None = None,
         clock: Callable[[], float] = time.time,
+        device_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         """`publish`: sends the retained status; `last_path`: where the last announcement is
-        kept, so a restart still shows it."""
+        kept, so a restart still shows it; `device_problem`: what the audio output itself last
+        found wrong with the device (None once it opens), shown when nothing was reported."""
         self._scheduler = scheduler
+        self._device_problem = device_problem
         self._clock = clock
         self._voices = voices
         self._controls = controls
@@ -141,10 +144,15 @@ class StatusBoard:
 
     def now(self) -> Status:
         current = self._scheduler.current
+        audio = self._audio_problem
+        if audio is None:  # e.g. the device failed while idle (the keep-awake tone)
+            audio = self._device_problem()
         if current is None:
             state = IDLE
+        elif audio is None:
+            state = SPEAKING
         else:
-            state = SPEAKING if self._audio_problem is None else WAITING_FOR_AUDIO
+            state = WAITING_FOR_AUDIO
         return Status(
             state=state,
             current=None if current is None else (current.id, current.priority_name),
@@ -155,7 +163,7 @@ class StatusBoard:
             volume=self._controls.volume,
             quiet=self._scheduler.quiet_now(self._clock()),
             last=self._last,
-            audio=self._audio_problem,
+            audio=audio,
         )
 
     def line(self) -> str:
