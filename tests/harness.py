@@ -42,6 +42,7 @@ from herald.audio.dsp import Samples
 from herald.config import PrioritiesConfig
 from herald.dispatcher import Dispatcher
 from herald.events import Event, EventKind
+from herald.outbox import Outbox
 from herald.scheduler import QuietHours, Scheduler
 from herald.speaker import Delivery, Speaker
 from tests.fake_deepgram import synthesize
@@ -291,7 +292,21 @@ async def builtin_chime_for(announcement: Announcement) -> Samples | None:
     return load_chime(spec, RATE)
 
 
-def assemble(
+class _Unpublished:
+    """Where the outbox publishes: nowhere (the events are followed through the EventLog)."""
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        on_acknowledged: Callable[[], None] | None = None,
+    ) -> None:
+        return None
+
+
+def speaker_and_dispatcher(
     voice: ToneVoice,
     output: PacedOutput,
     events: EventLog,
@@ -300,11 +315,20 @@ def assemble(
     wall_clock: Callable[[], float],
 ) -> tuple[Speaker, Dispatcher]:
     """The one place a Speaker and a Dispatcher are built (keep it so: their constructors are
-    the part of this harness that follows the daemon's changes)."""
-    speaker = Speaker([voice], output, events.append, delivery, clock=virtual_now)
+    the part of this harness that follows the daemon's changes), emitting into an outbox as in
+    the daemon (herald.app.assemble), without a journal; the EventLog follows it."""
+    outbox = Outbox(_Unpublished(), "herald/test/events", journal=None)
+    outbox.follow(events.append)
+    speaker = Speaker([voice], output, outbox.emit, delivery, clock=virtual_now)
     defaults = Defaults({level: PRIORITIES.for_level(level).ttl_s for level in PRIORITY_LEVELS})
     dispatcher = Dispatcher(
-        speaker, scheduler, events.append, defaults, MAX_PAYLOAD_BYTES, clock=wall_clock
+        speaker,
+        scheduler,
+        outbox.emit,
+        defaults,
+        MAX_PAYLOAD_BYTES,
+        clock=wall_clock,
+        queue_kept=outbox.keeps_queue,
     )
     return speaker, dispatcher
 
@@ -349,7 +373,7 @@ async def harness(
     voice, output, events = ToneVoice(), PacedOutput(), EventLog()
     scheduler = Scheduler(quiet_hours=quiet_hours, local_time=lambda _: local_time)
     delivery = Delivery(RATE, volume=volume, chime_for=builtin_chime_for)
-    speaker, dispatcher = assemble(
+    speaker, dispatcher = speaker_and_dispatcher(
         voice, output, events, scheduler, delivery, lambda: epoch + virtual_now()
     )
     queue = asyncio.create_task(dispatcher.speak_queue(), name="speak-queue")

@@ -190,7 +190,7 @@ async def deliver(arriving: list[Inbound], state: Path, trace: Trace) -> Broker:
 def test_hermes_forgets_the_oldest_says_beyond_its_bound() -> None:
     # A say whose id no event ever names (too long to be an id: rejected without it) used to
     # stay in the bridge forever: a flood of them grew memory without bound.
-    bridge = HermesBridge("prop")
+    bridge = HermesBridge("prop", lambda _topic, _payload: None)
     for n in range(MAX_WAITING + 1):
         bridge.translate(json.dumps({"text": "x", "id": f"{n:0>200}", "siteId": "prop"}).encode())
     first, last = f"{0:0>200}", f"{MAX_WAITING:0>200}"

@@ -107,15 +107,8 @@ class Dispatcher:
         self._on_change = on_change
 
     @property
-    def queue_length(self) -> int:
-        return len(self._scheduler)
-
-    @property
     def current(self) -> Announcement | None:
         return self._scheduler.current
-
-    def quiet_now(self) -> bool:
-        return self._scheduler.quiet_now(self._clock())
 
     # --- commands, called in the event loop -----------------------------------------------------
 

@@ -42,6 +42,9 @@ class Publisher(Protocol):
 
 
 class Outbox:
+    """The events' way out (see the module): `emit` is the event sink of the Speaker and the
+    Dispatcher; `follow` adds those who follow the events inside Herald."""
+
     def __init__(self, publisher: Publisher, topic: str, journal: QueueJournal | None) -> None:
         """`topic`: the events topic; `journal`: None when the state directory is unusable
         (announcements then live in memory only)."""

@@ -26,9 +26,7 @@ MAX_WAITING = 1000  # says awaiting their sayFinished; far more than a queue hol
 
 
 class HermesBridge:
-    def __init__(
-        self, site_id: str, publish: Callable[[str, str], None] = lambda _topic, _payload: None
-    ) -> None:
+    def __init__(self, site_id: str, publish: Callable[[str, str], None]) -> None:
         """`publish` sends a sayFinished (topic, payload)."""
         self.site_id = site_id
         self._publish = publish
