@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime
+from datetime import time as clock_time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from herald.announcement import PRIORITY_LEVELS
+from herald.app import build_scheduler, quiet_hours
 from herald.config import (
     Config,
     ConfigError,
@@ -262,3 +266,23 @@ def test_a_players_address_is_a_host_and_a_port(value: str, expected: tuple[str,
 def test_a_bad_players_address_is_refused_with_a_reason(value: str) -> None:
     with pytest.raises(ValidationError, match=r"port|host|IPv6"):
         Config.model_validate({"ducking": {"snapcast": value}})
+
+
+def test_quiet_hours_from_the_config_reach_the_queue() -> None:
+    """`[quiet_hours]` as written (start, end past midnight, min_priority) is what the queue
+    holds announcements by, at start and after a reload."""
+    config = Config.model_validate(
+        {"quiet_hours": {"enabled": True, "start": "22:30", "end": "06:45", "min_priority": "high"}}
+    )
+    scheduler = build_scheduler(config)
+    hours = scheduler.quiet_hours
+    assert hours is not None
+    assert (hours.start, hours.end) == (clock_time(22, 30), clock_time(6, 45))
+    assert hours.min_priority == scheduler.quiet_min_priority == PRIORITY_LEVELS["high"]
+    today = datetime.now().replace(second=0, microsecond=0)
+    assert scheduler.quiet_now(today.replace(hour=23, minute=0).timestamp())
+    assert not scheduler.quiet_now(today.replace(hour=7, minute=0).timestamp())
+
+    scheduler.reconfigure(5, quiet_hours(Config()), 80)  # reloaded without them
+    assert scheduler.quiet_hours is None
+    assert not scheduler.quiet_now(today.replace(hour=23, minute=0).timestamp())
