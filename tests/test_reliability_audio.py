@@ -48,7 +48,7 @@ from tests.support import (
 )
 
 DEVICE = "herald_unpluggable"
-RETRY_S = AUDIO_RETRY_S  # how often the daemon tries a missing device again (scaled: 2 s)
+RETRY_S = AUDIO_RETRY_S  # how often the daemon tries a missing device again (scaled: 2.5 s)
 LONG = "This one is long on purpose: the speaker is pulled out while it plays, then comes back."
 
 ASOUNDRC = """
