@@ -143,7 +143,7 @@ def test_a_refusal_that_names_a_queued_id_does_not_settle_it(journal: QueueJourn
 
 
 def test_without_a_journal_events_still_go_out_and_to_every_follower() -> None:
-    broker, followed = Broker(), []
+    broker, followed = Broker(), list[object]()
     outbox = Outbox(broker, TOPIC, journal=None)
     outbox.follow(followed.append)
     outbox.follow(lambda event: followed.append(event.kind))

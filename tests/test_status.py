@@ -99,7 +99,7 @@ def test_waiting_for_the_device_is_its_own_state_and_the_reported_problem_comes_
 
 def test_a_burst_of_changes_is_one_publication_and_the_last_fate_is_kept() -> None:
     async def scenario() -> tuple[list[str], Status]:
-        scheduler, published = Scheduler(), []
+        scheduler, published = Scheduler(), list[str]()
         status = board(scheduler, published)
         speaking(scheduler)
         door = scheduler.current
