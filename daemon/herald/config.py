@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from herald.announcement import parse_priority
 from herald.chime_names import validate_chime_spec
 
 DEFAULT_CONFIG_PATH = Path("/etc/herald/herald.toml")
@@ -542,8 +543,6 @@ class QuietHoursConfig(_Frozen):
     @field_validator("min_priority")
     @classmethod
     def _known_priority(cls, value: str | int) -> str | int:
-        from herald.announcement import parse_priority
-
         parse_priority(value)
         return value
 
