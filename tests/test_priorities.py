@@ -217,7 +217,7 @@ def test_a_resumed_one_cut_in_its_repeat_goes_on_from_where_that_round_was() -> 
         h.say(text=CRITICAL, id="fire", priority="critical", chime=False)
         await h.until("started", "fire")
 
-        assert h.voice.asked == [text, text, CRITICAL]
+        assert h.voice.asked == [text, CRITICAL]  # (the repeat came from memory)
         resumed = h.scheduler.find("story")
         assert resumed is not None and resumed.text == rest
 
@@ -338,6 +338,24 @@ def test_repeat_and_volume() -> None:
         again = sounds[paused + 1].at - sounds[0].at
         assert again == pytest.approx(len(tone) / RATE + REPEAT_PAUSE_MS / 1000)
         assert [e.kind for e in h.events.of("r")] == ["queued", "started", "finished"]
+        assert h.voice.asked == ["Twice."]  # the second round from memory, not asked again
+
+    run(scenario)
+
+
+def test_a_round_too_long_to_keep_is_asked_of_the_voice_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = "A long and leisurely announcement, repeated."
+    monkeypatch.setattr("herald.speaker.REPEAT_FROM_MEMORY_S", len(tone_of(text)) / RATE - 0.1)
+
+    async def scenario(h: Harness) -> None:
+        h.say(text=text, id="r", repeat=2, chime=False)
+        await h.until("finished", "r")
+
+        assert h.voice.asked == [text, text]
+        pause = silence(RATE * REPEAT_PAUSE_MS // 1000)
+        assert np.array_equal(h.output.heard(), joined(tone_of(text), pause, tone_of(text)))
 
     run(scenario)
 

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 MEDIA = "media"  # the "voice" of an announcement that plays a URL, in its events and levels
 REPEAT_PAUSE_MS = 600  # between the repeats of an announcement
+# A round up to this long is repeated from memory (about 5.8 MB at 48 kHz), not asked of the
+# voice again: no second wait for a cloud voice's first audio (late, in rooms kept in step).
+REPEAT_FROM_MEMORY_S = 60
 CACHED_CHUNK_MS = 40  # recalled audio goes out in pieces, so a resume position stays accurate
 DEVICE_FAULTS_MAX = 3  # the device failing an announcement this often fails it for good
 # How far the voice may run ahead of the chime: longer than any chime (at most 10 s), so a voice
@@ -232,12 +235,13 @@ class Speaker:
                 self._output.place(time.monotonic() + self._agreed.at - time.time())
             else:
                 await self._wake_output()
-            voice = await self._play_round(announcement, gain, first)
+            keep_s = REPEAT_FROM_MEMORY_S if announcement.repeat > 1 else 0  # 0: nothing kept
+            heard = _Heard(ms_to_frames(keep_s * 1000, self._rate))
+            voice = await self._play_round(announcement, gain, first, heard)
             for _ in range(announcement.repeat - 1):
                 await self._output.play(silence(ms_to_frames(REPEAT_PAUSE_MS, self._rate)))
-                voice = await self._play_round(
-                    announcement, gain, self._begin_round(announcement, None)
-                )
+                again = self._begin_round(announcement, None, heard.replay())
+                voice = await self._play_round(announcement, gain, again)
             if self._delivery.tail_ms:  # the last word is heard out, then a little silence
                 await self._output.play(silence(ms_to_frames(self._delivery.tail_ms, self._rate)))
             await self._output.finish()
@@ -295,23 +299,31 @@ class Speaker:
                 silence(ms_to_frames(self._delivery.wake_preroll_ms, self._rate))
             )
 
-    def _begin_round(self, announcement: Announcement, chime: Samples | None) -> _Round:
+    def _begin_round(
+        self,
+        announcement: Announcement,
+        chime: Samples | None,
+        heard_before: AsyncGenerator[tuple[str, Samples], None] | None = None,
+    ) -> _Round:
         """One round set going: the voice runs ahead (its audio kept in a _Lookahead) until
         the round is played. The chime (if any) and the speech pass through one Levelling, in
-        the order they are heard: the chime first."""
+        the order they are heard: the chime first. `heard_before`: the speech of an earlier
+        round, levelled already, played again instead of asking the voice."""
         levelling = Levelling(self._delivery.loudness, self._rate)
         levelled_chime = None if chime is None else levelling.chime(chime)
         ahead = _Lookahead(ms_to_frames(LOOKAHEAD_MS, self._rate))
-        speech = self._speech(announcement, levelling)
+        speech = heard_before or self._speech(announcement, levelling)
         pump = asyncio.create_task(_pump(speech, ahead), name=f"voice-{announcement.id}")
         return _Round(levelled_chime, ahead, pump)
 
-    async def _play_round(self, announcement: Announcement, gain: float, round_: _Round) -> str:
-        """The chime (if any) while the voice warms up, then the speech."""
+    async def _play_round(
+        self, announcement: Announcement, gain: float, round_: _Round, heard: _Heard | None = None
+    ) -> str:
+        """The chime (if any) while the voice warms up, then the speech (kept in `heard`)."""
         try:
             if round_.chime is not None:
                 await self._output.play(apply_gain(round_.chime, gain))
-            return await self._play_speech(announcement, _drain(round_.ahead), gain)
+            return await self._play_speech(announcement, _drain(round_.ahead), gain, heard)
         finally:
             await round_.stop()
 
@@ -320,6 +332,7 @@ class Speaker:
         announcement: Announcement,
         speech: AsyncGenerator[tuple[str, Samples], None],
         gain: float,
+        heard: _Heard | None = None,
     ) -> str:
         voice = ""
         self.speech_seconds = 0.0
@@ -337,6 +350,8 @@ class Speaker:
                     )
                 self.speech_seconds += len(chunk) / self._rate
                 self._heard_seconds += len(chunk) / self._rate
+                if heard is not None:
+                    heard.add(voice, chunk)
                 await self._output.play(apply_gain(chunk, gain))
         return voice
 
@@ -439,6 +454,34 @@ class Humming:
             await _cancel(self._task)
         finally:
             self._output.drop()
+
+
+class _Heard:
+    """A round's speech as it was played (levelled, before the volume), for the repeats; given
+    up once it is longer than `limit_frames` (the voice is then asked again)."""
+
+    def __init__(self, limit_frames: int) -> None:
+        self._items: list[tuple[str, Samples]] | None = []
+        self._frames = 0
+        self._limit = limit_frames
+
+    def add(self, voice: str, chunk: Samples) -> None:
+        if self._items is None:
+            return
+        self._frames += len(chunk)
+        if self._frames > self._limit:
+            self._items = None
+        else:
+            self._items.append((voice, chunk))
+
+    def replay(self) -> AsyncGenerator[tuple[str, Samples], None] | None:
+        """The speech again, or None when it was too long to keep."""
+        return None if self._items is None else _replayed(list(self._items))
+
+
+async def _replayed(items: list[tuple[str, Samples]]) -> AsyncGenerator[tuple[str, Samples], None]:
+    for item in items:
+        yield item
 
 
 @dataclass
