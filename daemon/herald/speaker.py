@@ -556,6 +556,10 @@ async def _pump(speech: AsyncGenerator[tuple[str, Samples], None], ahead: _Looka
         async with contextlib.aclosing(speech):
             async for item in speech:
                 await ahead.put(item)
+                # A turn of the loop for the player: a voice whose frames are already buffered
+                # (a socket that received faster than real time) would otherwise run on without
+                # suspending, and the first audio would reach the device only after all of it.
+                await asyncio.sleep(0)
     except VoiceError as exc:
         await ahead.put(exc)
         return
